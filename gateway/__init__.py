@@ -1,0 +1,1 @@
+"""Airlock gateway: the HTTP surfaces, services and backends around the policy engine."""

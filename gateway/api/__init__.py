@@ -1,0 +1,12 @@
+"""HTTP surfaces, one blueprint per audience; this list is the whole surface."""
+
+from gateway.api import access, blobs, compliance, health, hub, publisher
+
+BLUEPRINTS = (
+    health.bp,  # /healthz, /readyz, /api/v1/openapi.json
+    publisher.bp,  # /api/v1: models, uploads, commits, policies, grants, freezes
+    access.bp,  # /api/v1: tiers, requests, reviews, own grants, tokens, manual KYC
+    compliance.bp,  # /api/v1/audit
+    hub.bp,  # Hugging Face Hub compatible reads: /api/models/..., /{org}/{name}/resolve/...
+    blobs.bp,  # /blobs/...: signed, expiring, Range-capable file URLs
+)

@@ -1,0 +1,68 @@
+"""Per-request access to the process's services, the database session and the caller."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from flask import current_app, g, request
+from sqlalchemy.orm import Session
+
+from gateway.services.container import Airlock
+from gateway.services.principal import Principal
+
+COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
+def airlock() -> Airlock:
+    """The services bound to the current app."""
+    return current_app.extensions["airlock"]  # type: ignore[no-any-return]
+
+
+def db() -> Session:
+    """This request's session, opened on first use and closed at teardown."""
+    if "db_session" not in g:
+        g.db_session = airlock().db.sessionmaker()
+    session: Session = g.db_session
+    return session
+
+
+def close_session(_exc: BaseException | None = None) -> None:
+    """Teardown: roll back anything uncommitted and release the connection."""
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()
+
+
+def principal() -> Principal:
+    """The authenticated caller (anonymous without a token; 401 for a bad one)."""
+    if "principal" not in g:
+        g.principal = current_app.extensions["airlock_auth"].current()
+    found: Principal = g.principal
+    return found
+
+
+def base_url() -> str:
+    """The absolute public base URL of this deployment."""
+    configured = airlock().settings.public_url
+    return (configured or request.host_url).rstrip("/")
+
+
+def request_country() -> str | None:
+    """The request's country from a trusted proxy's header; spoofed headers are ignored."""
+    settings = airlock().settings
+    if not settings.geo_header or not settings.trusted_proxies:
+        return None
+    peer = request.remote_addr or ""
+    if not _is_trusted(peer, settings.trusted_proxies):
+        return None
+    value = (request.headers.get(settings.geo_header) or "").strip().upper()
+    return value if COUNTRY.match(value) else None
+
+
+def _is_trusted(peer: str, proxies: tuple[str, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(p, strict=False) for p in proxies)

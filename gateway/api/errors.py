@@ -1,0 +1,123 @@
+"""Domain errors to HTTP, in one table; each surface renders its clients' dialect."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Response, g, jsonify, request
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from gateway import errors as e
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[e.AirlockError], int] = {
+    e.AccessDenied: 403,
+    e.ArtifactMissing: 503,
+    e.AuthenticationRequired: 401,
+    e.Conflict: 409,
+    e.EntryNotFound: 404,
+    e.Forbidden: 403,
+    e.InvalidCredentials: 401,
+    e.InvalidInput: 422,
+    e.NotFound: 404,
+    e.PayloadTooLarge: 413,
+    e.PolicyInvalid: 422,
+    e.RateLimited: 429,
+    e.RepoNotFound: 404,
+    e.RevisionNotFound: 404,
+    e.ServiceUnavailable: 503,
+}
+HUB_CODES: dict[type[e.AirlockError], str] = {
+    e.AccessDenied: "GatedRepo",
+    e.EntryNotFound: "EntryNotFound",
+    e.RepoNotFound: "RepoNotFound",
+    e.RevisionNotFound: "RevisionNotFound",
+}
+
+
+def status_of(exc: e.AirlockError) -> int:
+    """The HTTP status for a domain error (most specific class wins)."""
+    if isinstance(exc, e.AccessDenied) and not exc.authenticated:
+        return 401
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def is_hub_request() -> bool:
+    """Whether this request belongs to the Hugging Face-compatible surface."""
+    return request.blueprint in ("hub", "blobs")
+
+
+def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> Response:
+    """An RFC 9457 problem-details response."""
+    body = {
+        "type": f"https://airlock.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": g.get("request_id"),
+        **extra,
+    }
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+def hub_error(status: int, code: str | None, message: str) -> Response:
+    """The Hub dialect: X-Error-Code and X-Error-Message headers plus {"error": ...}."""
+    response = jsonify({"error": message})
+    response.status_code = status
+    if code:
+        response.headers["X-Error-Code"] = code
+    response.headers["X-Error-Message"] = _header_safe(message)
+    return response
+
+
+def render(exc: e.AirlockError) -> Response:
+    """Render a domain error for the surface the request came in on."""
+    status = status_of(exc)
+    if is_hub_request():
+        code = next((c for cls, c in HUB_CODES.items() if isinstance(exc, cls)), None)
+        response = hub_error(status, code, exc.detail)
+    else:
+        response = problem(status, exc.title, exc.detail, exc.code, **exc.extra)
+    if isinstance(exc, e.RateLimited):
+        response.headers.update(exc.headers)
+        response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, e.ServiceUnavailable | e.ArtifactMissing):
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+def render_http(exc: HTTPException) -> Response:
+    """Werkzeug's own errors (unknown route, wrong method, body too large) in our dialects."""
+    status = exc.code or 500
+    code = (exc.name or "error").lower().replace(" ", "_")
+    if is_hub_request():
+        return hub_error(status, None, exc.description or exc.name)
+    response = problem(status, exc.name, exc.description or exc.name, code)
+    if status == 405 and exc.response is None:
+        response.headers["Allow"] = ", ".join(getattr(exc, "valid_methods", None) or [])
+    return response
+
+
+def render_unexpected(exc: Exception) -> Response:
+    """Never show internals: a database outage is 503 (fail closed), anything else 500."""
+    if isinstance(exc, OperationalError):
+        log.error("database unavailable: %s", type(exc).__name__)
+        return render(e.ServiceUnavailable("the database is unavailable; nothing was authorized"))
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    if is_hub_request():
+        return hub_error(500, None, "internal error")
+    return problem(500, "Internal error", "an unexpected error occurred", "internal_error")
+
+
+def _header_safe(message: str) -> str:
+    return message.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")[:2000]

@@ -1,0 +1,5 @@
+"""Hub surface (in progress)."""
+
+from flask import Blueprint
+
+bp = Blueprint("hub", __name__)

@@ -1,0 +1,210 @@
+"""Publisher API: models, uploads, commits, release policies, grants, freezes."""
+
+from __future__ import annotations
+
+from flask import Blueprint, request
+
+from gateway.api import schemas as s
+from gateway.api.context import airlock, db, principal
+from gateway.api.serialize import grant_out, model_out, revision_out
+from gateway.api.spec import endpoint
+from gateway.services.publishing import ManifestEntry
+
+bp = Blueprint("publisher", __name__, url_prefix="/api/v1")
+MODEL = "/models/<org>/<name>"
+
+
+def _model(org: str, name: str):  # type: ignore[no-untyped-def]
+    model = airlock().publishing.get_model(db(), f"{org}/{name}")
+    airlock().access.require_visible(principal(), model)
+    return model
+
+
+def _stage(model) -> str | None:  # type: ignore[no-untyped-def]
+    policy = airlock().policies.current(model)
+    return str(policy.stage) if policy else None
+
+
+@endpoint(
+    bp,
+    "/models",
+    "POST",
+    summary="Create a model",
+    body=s.CreateModel,
+    response=s.ModelOut,
+    status=201,
+    scopes=("models:write",),
+)
+def create_model(body: s.CreateModel) -> s.ModelOut:
+    model = airlock().publishing.create_model(
+        db(), principal=principal(), repo_id=body.repo_id, description=body.description
+    )
+    return model_out(model, None)
+
+
+@endpoint(bp, MODEL, "GET", summary="Show a model", response=s.ModelOut)
+def show_model(org: str, name: str) -> s.ModelOut:
+    model = _model(org, name)
+    return model_out(model, _stage(model))
+
+
+@endpoint(
+    bp,
+    MODEL + "/blobs/<sha256>",
+    "PUT",
+    summary="Upload one file's bytes (streamed)",
+    response=s.BlobOut,
+    scopes=("models:write",),
+    raw_body="application/octet-stream",
+)
+def upload_blob(org: str, name: str, sha256: str) -> s.BlobOut:
+    settings = airlock().settings
+    request.max_content_length = settings.max_upload_bytes
+    result = airlock().publishing.upload_blob(
+        db(),
+        principal=principal(),
+        model=_model(org, name),
+        sha256=sha256,
+        stream=request.stream,
+        max_bytes=settings.max_upload_bytes,
+    )
+    return s.BlobOut(**result)
+
+
+@endpoint(
+    bp,
+    MODEL + "/commits",
+    "POST",
+    summary="Commit uploaded files as a revision",
+    body=s.CommitIn,
+    response=s.RevisionOut,
+    status=201,
+    scopes=("models:write",),
+)
+def commit(org: str, name: str, body: s.CommitIn) -> s.RevisionOut:
+    manifest = [ManifestEntry(f.path, f.size, f.sha256) for f in body.files]
+    revision = airlock().publishing.commit(
+        db(),
+        principal=principal(),
+        model=_model(org, name),
+        manifest=manifest,
+        message=body.message,
+    )
+    return revision_out(revision)
+
+
+@endpoint(
+    bp,
+    MODEL + "/revisions/<rev>",
+    "GET",
+    summary="Show a revision and its vetting report",
+    response=s.RevisionOut,
+    scopes=("models:write",),
+)
+def show_revision(org: str, name: str, rev: str) -> s.RevisionOut:
+    model = _model(org, name)
+    airlock().publishing.require_publisher(principal(), model)
+    return revision_out(airlock().publishing.resolve_revision(db(), model, rev))
+
+
+@endpoint(
+    bp,
+    "/policies",
+    "POST",
+    summary="Validate and apply a release policy (new version)",
+    body=s.PolicyIn,
+    response=s.PolicyVersionOut,
+    status=201,
+    scopes=("policies:write",),
+)
+def apply_policy(body: s.PolicyIn) -> tuple[s.PolicyVersionOut, int]:
+    version, created = airlock().policies.apply(
+        db(), principal=principal(), source=body.source, comment=body.comment
+    )
+    return _version_out(version, created), 201 if created else 200
+
+
+@endpoint(
+    bp,
+    "/policies/validate",
+    "POST",
+    summary="Validate a release policy without applying",
+    body=s.PolicyIn,
+)
+def validate_policy(body: s.PolicyIn) -> dict[str, object]:
+    policy = airlock().policies.validate(body.source)
+    return {"valid": True, "document": policy.to_dict()}
+
+
+@endpoint(
+    bp,
+    MODEL + "/policy/versions",
+    "GET",
+    summary="Every version of a model's policy",
+    response=s.PolicyHistoryOut,
+    scopes=("policies:write",),
+)
+def policy_history(org: str, name: str) -> s.PolicyHistoryOut:
+    model = _model(org, name)
+    versions = airlock().policies.history(db(), principal=principal(), model=model)
+    return s.PolicyHistoryOut(versions=[_version_out(v, True, model.repo_id) for v in versions])
+
+
+@endpoint(
+    bp,
+    MODEL + "/freeze",
+    "POST",
+    summary="Emergency freeze or unfreeze a model",
+    body=s.FreezeIn,
+    response=s.ModelOut,
+    scopes=("models:write",),
+)
+def freeze(org: str, name: str, body: s.FreezeIn) -> s.ModelOut:
+    model = airlock().access.set_frozen(
+        db(), principal=principal(), model=_model(org, name), frozen=body.frozen, reason=body.reason
+    )
+    return model_out(model, _stage(model))
+
+
+@endpoint(
+    bp,
+    MODEL + "/grants",
+    "GET",
+    summary="Grants of a model",
+    response=s.GrantList,
+    scopes=("grants:manage",),
+)
+def model_grants(org: str, name: str) -> s.GrantList:
+    grants = airlock().access.list_grants(
+        db(), principal=principal(), model=_model(org, name), mine=False
+    )
+    return s.GrantList(grants=[grant_out(g) for g in grants])
+
+
+@endpoint(
+    bp,
+    "/grants/<int:grant_id>/revoke",
+    "POST",
+    summary="Revoke a grant",
+    body=s.RevokeIn,
+    response=s.GrantOut,
+    scopes=("grants:manage",),
+)
+def revoke_grant(grant_id: int, body: s.RevokeIn) -> s.GrantOut:
+    grant = airlock().access.revoke_grant(
+        db(), principal=principal(), grant_id=grant_id, reason=body.reason
+    )
+    return grant_out(grant)
+
+
+def _version_out(version, created: bool, repo_id: str | None = None) -> s.PolicyVersionOut:  # type: ignore[no-untyped-def]
+    return s.PolicyVersionOut(
+        repo_id=repo_id or version.document.get("model", ""),
+        version=version.version,
+        sha256=version.content_sha256,
+        applied_at=version.applied_at,
+        applied_by=version.applied_by_id,
+        comment=version.comment,
+        created=created,
+        document=version.document,
+    )

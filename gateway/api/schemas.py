@@ -1,0 +1,352 @@
+"""Request and response schemas of the /api/v1 surface (they validate and document it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Strict = ConfigDict(extra="forbid", strict=True)
+RepoId = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+FormValue = str | bool | int | None
+
+
+class Reason(BaseModel):
+    """One reason of a decision: stable code, sentence, the rule it came from, its effect."""
+
+    code: str
+    message: str
+    rule: str
+    effect: str
+
+
+class CreateModel(BaseModel):
+    """Create an empty model."""
+
+    model_config = Strict
+    repo_id: RepoId
+    description: str = Field(default="", max_length=10_000)
+
+
+class ModelOut(BaseModel):
+    """A model as its publisher sees it."""
+
+    repo_id: str
+    description: str
+    head: str | None
+    stage: str | None
+    policy_version: int | None
+    frozen: bool
+    frozen_reason: str | None
+    created_at: datetime
+
+
+class ManifestFile(BaseModel):
+    """One file of a commit; its bytes were uploaded to /blobs/{sha256} first."""
+
+    model_config = Strict
+    path: str = Field(min_length=1, max_length=1024)
+    size: int = Field(ge=0, le=2**50)
+    sha256: Sha256
+
+
+class CommitIn(BaseModel):
+    """Commit uploaded blobs as a new revision."""
+
+    model_config = Strict
+    files: list[ManifestFile] = Field(min_length=1, max_length=10_000)
+    message: str = Field(default="", max_length=10_000)
+
+
+class FileOut(BaseModel):
+    """A file of a revision."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+class RevisionOut(BaseModel):
+    """A committed revision and its vetting state."""
+
+    commit: str
+    parent: str | None
+    message: str
+    created_at: datetime
+    vetting_status: str
+    vetting_report: dict[str, Any]
+    files: list[FileOut]
+
+
+class BlobOut(BaseModel):
+    """Result of an upload."""
+
+    sha256: str
+    stored: bool
+    size: int | None = None
+
+
+class PolicyIn(BaseModel):
+    """A release policy document (YAML text)."""
+
+    model_config = Strict
+    source: str = Field(min_length=1, max_length=262_144)
+    comment: str = Field(default="", max_length=2000)
+
+
+class PolicyVersionOut(BaseModel):
+    """One applied version of a release policy."""
+
+    repo_id: str
+    version: int
+    sha256: str
+    applied_at: datetime
+    applied_by: int
+    comment: str
+    created: bool = True
+    document: dict[str, Any]
+
+
+class PolicyHistoryOut(BaseModel):
+    """Every version of a model's policy, newest first."""
+
+    versions: list[PolicyVersionOut]
+
+
+class FreezeIn(BaseModel):
+    """Freeze or unfreeze a model, with the reason recorded in the audit log."""
+
+    model_config = Strict
+    frozen: bool
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class AccessRequestIn(BaseModel):
+    """Ask for one tier of a model."""
+
+    model_config = Strict
+    tier: str = Field(min_length=1, max_length=64)
+    form: dict[Annotated[str, StringConstraints(max_length=64)], FormValue] = Field(
+        default_factory=dict, max_length=50
+    )
+    agreement: str | None = Field(default=None, max_length=120, description="e.g. acme-aup@2")
+
+
+class GrantOut(BaseModel):
+    """A grant: what a user may do with a model, until when."""
+
+    id: int
+    user: str
+    repo_id: str
+    tier: str
+    status: str
+    policy_version: int
+    granted_at: datetime
+    expires_at: datetime | None
+    ended_at: datetime | None
+    end_reason: str | None
+
+
+class ReviewOut(BaseModel):
+    """One reviewer's verdict."""
+
+    reviewer_id: int
+    verdict: str
+    note: str
+    created_at: datetime
+
+
+class AccessRequestOut(BaseModel):
+    """An access request, its decision and every reason."""
+
+    id: int
+    user: str
+    repo_id: str
+    tier: str
+    status: str
+    effect: str
+    reasons: list[Reason]
+    form: dict[str, Any]
+    agreement: str | None
+    reviewers_required: int
+    reviews: list[ReviewOut]
+    created_at: datetime
+    decided_at: datetime | None
+    decision_note: str | None
+    grant: GrantOut | None = None
+
+
+class AccessRequestList(BaseModel):
+    """A list of access requests."""
+
+    requests: list[AccessRequestOut]
+
+
+class RequestListQuery(BaseModel):
+    """Filters for listing requests."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["pending", "approved", "denied", "rejected", "cancelled"] | None = None
+    repo_id: RepoId | None = None
+
+
+class ReviewIn(BaseModel):
+    """A reviewer's verdict; rejections need a reason the requester reads."""
+
+    model_config = Strict
+    verdict: Literal["approve", "reject"]
+    note: str = Field(default="", max_length=2000)
+
+
+class GrantList(BaseModel):
+    """A list of grants."""
+
+    grants: list[GrantOut]
+
+
+class GrantListQuery(BaseModel):
+    """Filters for listing grants."""
+
+    model_config = ConfigDict(extra="forbid")
+    repo_id: RepoId | None = None
+
+
+class RevokeIn(BaseModel):
+    """Revoke a grant, with the reason recorded."""
+
+    model_config = Strict
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class TierOut(BaseModel):
+    """One tier as a requester sees it."""
+
+    name: str
+    grants: list[str]
+    files: list[str]
+    requires: dict[str, Any]
+    limits: dict[str, Any]
+    grant_ttl: str | None
+    open: bool
+
+
+class ModelAccessOut(BaseModel):
+    """A model's tiers, agreements and forms: what one may request and how."""
+
+    repo_id: str
+    stage: str
+    frozen: bool
+    tiers: list[TierOut]
+    agreements: dict[str, Any]
+    forms: dict[str, Any]
+    how_to_request: str
+
+
+class TokenIn(BaseModel):
+    """Create an API token for yourself."""
+
+    model_config = Strict
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[str] = Field(min_length=1, max_length=20)
+    expires_in_days: int = Field(default=90, ge=1, le=366)
+
+
+class TokenOut(BaseModel):
+    """A token's metadata; `token` is present only in the response that created it."""
+
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    token: str | None = None
+
+
+class TokenList(BaseModel):
+    """The caller's tokens."""
+
+    tokens: list[TokenOut]
+
+
+class KycRecordIn(BaseModel):
+    """A reviewer's manual identity verification of a user."""
+
+    model_config = Strict
+    username: str = Field(min_length=1, max_length=64)
+    org: str = Field(min_length=1, max_length=64)
+    level: Literal["none", "email", "identity", "institution"]
+    nationality: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+    residence_country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+    residence_subdivision: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}-[A-Z0-9]{1,3}$")] | None
+    ) = None
+    document_country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+    sanctions_hit: bool | None = None
+    expires_in_days: int = Field(default=365, ge=1, le=3650)
+    notes: str = Field(default="", max_length=4000)
+
+
+class KycOut(BaseModel):
+    """A recorded verification (normalized facts only)."""
+
+    id: int
+    username: str
+    provider: str
+    level: str
+    status: str
+    nationality: str | None
+    residence_country: str | None
+    document_country: str | None
+    expires_at: datetime | None
+
+
+class AuditQuery(BaseModel):
+    """Filters and cursor for the audit log."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: str | None = Field(default=None, max_length=64)
+    effect: Literal["allow", "deny", "review"] | None = None
+    actor: str | None = Field(default=None, max_length=64)
+    subject: str | None = Field(default=None, max_length=64)
+    repo_id: RepoId | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    cursor: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class AuditEventOut(BaseModel):
+    """One audit event with its chain links."""
+
+    seq: int
+    occurred_at: datetime
+    action: str
+    actor_id: int | None
+    org_id: int | None
+    subject_user_id: int | None
+    model_id: int | None
+    effect: str | None
+    payload: dict[str, Any]
+    prev_hash: str
+    entry_hash: str
+
+
+class AuditPage(BaseModel):
+    """A page of audit events and the cursor for the next one."""
+
+    events: list[AuditEventOut]
+    next_cursor: int | None
+
+
+class WhoamiOut(BaseModel):
+    """The caller as Airlock knows them."""
+
+    username: str
+    scopes: list[str]
+    roles: dict[str, list[str]]

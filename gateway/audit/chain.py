@@ -1,0 +1,175 @@
+"""Canonical JSON, the domain-separated hash chain, appends under a locked head, verification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.db.models import AuditEvent, AuditHead, utcnow
+
+DOMAIN = b"airlock-audit-v1\x00"
+GENESIS_HASH = "0" * 64
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class AuditAction(StrEnum):
+    """Audit actions, grammar `subject:action`, kept sorted."""
+
+    DOWNLOAD_DENY = "download:deny"
+    DOWNLOAD_ISSUE = "download:issue"
+    GRANT_CREATE = "grant:create"
+    GRANT_EXPIRE = "grant:expire"
+    GRANT_REVOKE = "grant:revoke"
+    KYC_VERIFY = "kyc:verify"
+    MEMBERSHIP_ADD = "membership:add"
+    MODEL_CREATE = "model:create"
+    MODEL_FREEZE = "model:freeze"
+    MODEL_UNFREEZE = "model:unfreeze"
+    ORG_CREATE = "org:create"
+    POLICY_APPLY = "policy:apply"
+    REQUEST_APPROVE = "request:approve"
+    REQUEST_CREATE = "request:create"
+    REQUEST_REJECT = "request:reject"
+    REQUEST_REVIEW = "request:review"
+    REVISION_COMMIT = "revision:commit"
+    REVISION_VET = "revision:vet"
+    TOKEN_CREATE = "token:create"  # noqa: S105 (an action name, not a secret)
+    TOKEN_REVOKE = "token:revoke"  # noqa: S105
+    USER_CREATE = "user:create"
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, UTF-8, no insignificant whitespace; floats are refused, not rounded."""
+    return json.dumps(
+        _canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float):
+        raise TypeError("floats are not allowed in audit events; use integers or strings")
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Fixed-format UTC with microseconds, e.g. 2026-01-02T03:04:05.000006Z."""
+    if moment.tzinfo is None:
+        raise ValueError("audit timestamps must be timezone-aware")
+    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+def event_body(event: AuditEvent) -> dict[str, Any]:
+    """The hashed content of an event: everything but its own link fields."""
+    return {
+        "seq": event.seq,
+        "occurred_at": format_timestamp(event.occurred_at),
+        "action": event.action,
+        "actor_id": event.actor_id,
+        "org_id": event.org_id,
+        "subject_user_id": event.subject_user_id,
+        "model_id": event.model_id,
+        "effect": event.effect,
+        "payload": event.payload,
+    }
+
+
+def entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
+    """SHA-256(domain || prev_hash || SHA-256(canonical_json(body))), hex."""
+    inner = hashlib.sha256(canonical_json(body)).digest()
+    return hashlib.sha256(DOMAIN + bytes.fromhex(prev_hash) + inner).hexdigest()
+
+
+class AuditRecorder:
+    """Appends events inside the caller's transaction, serialized by the locked head row."""
+
+    def record(
+        self,
+        session: Session,
+        action: AuditAction,
+        *,
+        actor_id: int | None,
+        org_id: int | None = None,
+        subject_user_id: int | None = None,
+        model_id: int | None = None,
+        effect: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Add one event to the chain; it commits or rolls back with the change it records."""
+        head = session.execute(
+            select(AuditHead).where(AuditHead.id == 1).with_for_update()
+        ).scalar_one()
+        event = AuditEvent(
+            seq=head.seq + 1,
+            occurred_at=utcnow(),
+            action=str(action),
+            actor_id=actor_id,
+            org_id=org_id,
+            subject_user_id=subject_user_id,
+            model_id=model_id,
+            effect=effect,
+            payload=json.loads(canonical_json(payload or {})),
+            prev_hash=head.entry_hash,
+        )
+        event.entry_hash = entry_hash(head.entry_hash, event_body(event))
+        head.seq, head.entry_hash = event.seq, event.entry_hash
+        session.add(event)
+        return event
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """Outcome of verifying a chain: the first bad sequence number and what is wrong."""
+
+    ok: bool
+    checked: int
+    head_seq: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(
+    events: Iterable[AuditEvent], *, head_seq: int | None = None, head_hash: str | None = None
+) -> ChainReport:
+    """Recompute every link; report the first sequence number whose record does not hold."""
+    expected_seq, prev, checked = 1, GENESIS_HASH, 0
+    for event in events:
+        problem = _check_event(event, expected_seq, prev)
+        if problem:
+            return ChainReport(False, checked, expected_seq - 1, expected_seq, problem)
+        prev, expected_seq, checked = event.entry_hash, expected_seq + 1, checked + 1
+    last = expected_seq - 1
+    if head_seq is not None and (head_seq != last or (head_hash or prev) != prev):
+        return ChainReport(
+            False,
+            checked,
+            last,
+            last + 1 if head_seq > last else head_seq,
+            f"the chain ends at {last} ({prev[:12]}) but the head records "
+            f"{head_seq} ({(head_hash or '')[:12]}): events were removed from the tail",
+        )
+    return ChainReport(True, checked, last)
+
+
+def _check_event(event: AuditEvent, expected_seq: int, prev: str) -> str | None:
+    if event.seq != expected_seq:
+        kind = "missing" if event.seq > expected_seq else "duplicated or out of order"
+        return f"expected sequence {expected_seq}, found {event.seq}: event {kind}"
+    if event.prev_hash != prev:
+        return "prev_hash does not link to the previous event (deleted, inserted or reordered)"
+    if entry_hash(prev, event_body(event)) != event.entry_hash:
+        return "entry_hash does not match the event's content (edited)"
+    return None

@@ -1,0 +1,1 @@
+"""Identity: API tokens, scopes and the principal a request acts as."""

@@ -1,0 +1,338 @@
+"""The `airlock` command: demo, server, database, publisher, reviewer and audit tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway.client import ApiClient, ApiError, LocalFile, client_from_env, repo_path, upload
+from gateway.settings import load_settings
+
+endpoint_option = click.option("--endpoint", envvar="AIRLOCK_ENDPOINT", help="Airlock base URL.")
+token_option = click.option("--token", envvar="AIRLOCK_TOKEN", help="API token (alk_...).")
+
+
+@click.group()
+def main() -> None:
+    """Airlock: staged access to frontier model weights and inference."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--data-dir", default="./var/demo", show_default=True, type=click.Path())
+def demo(host: str, port: int, data_dir: str) -> None:
+    """Seed (first run) or reuse a demo deployment, write demo.json, and serve it."""
+    from gateway.app import create_app
+    from gateway.db.migrate import upgrade
+    from gateway.demo import how_to, seed, write_demo_json
+    from gateway.services.container import build_airlock
+
+    root = Path(data_dir).resolve()
+    endpoint = f"http://{host}:{port}"
+    settings = load_settings(data_dir=root).with_overrides(public_url=endpoint)
+    upgrade(settings.database_url)
+    airlock = build_airlock(settings)
+    tokens = seed(airlock, root)
+    document = write_demo_json(root / "demo.json", endpoint, tokens)
+    click.echo(how_to(document))
+    _serve(create_app(airlock=airlock), host, port)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Serve the gateway with the development server (use gunicorn in production)."""
+    from gateway.app import create_app
+
+    _serve(create_app(), host, port)
+
+
+def _serve(app: Any, host: str, port: int) -> None:
+    from werkzeug.serving import run_simple
+
+    run_simple(host, port, app, threaded=True, use_reloader=False)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration to the configured database."""
+    from gateway.db.migrate import upgrade
+
+    upgrade(load_settings().database_url)
+    click.echo("database is at the newest schema")
+
+
+@db.command("check")
+def db_check() -> None:
+    """Fail if the models and the migrated database disagree."""
+    from gateway.db.engine import Database
+    from gateway.db.migrate import schema_drift
+
+    drift = schema_drift(Database(load_settings().database_url).engine)
+    if drift:
+        click.echo(f"models and migrations disagree: {drift}", err=True)
+        sys.exit(1)
+    click.echo("models and migrations agree")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("repo_id")
+@click.option("--message", "-m", default="", help="Commit message.")
+@click.option("--create/--no-create", default=True, help="Create the model if it is missing.")
+@endpoint_option
+@token_option
+def push(
+    directory: Path,
+    repo_id: str,
+    message: str,
+    create: bool,
+    endpoint: str | None,
+    token: str | None,
+) -> None:
+    """Upload DIRECTORY as a new revision of REPO_ID (org/name)."""
+    client = client_from_env(endpoint, token)
+    files = _scan(directory)
+    if create:
+        _ensure_model(client, repo_id)
+    total = sum(f.size for f in files)
+    with click.progressbar(
+        length=total, label=f"uploading {len(files)} files", file=sys.stderr
+    ) as bar:
+        for file in files:
+            _call(lambda f=file: upload(client, repo_id, f, bar.update))
+    manifest = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]
+    revision = _call(
+        lambda: client.request(
+            "POST", f"{repo_path(repo_id)}/commits", {"files": manifest, "message": message}
+        )
+    )
+    click.echo(
+        f"{repo_id}@{revision['commit']} ({len(files)} files, {total} bytes); "
+        f"vetting: {revision['vetting_status']}"
+    )
+
+
+def _scan(directory: Path) -> list[LocalFile]:
+    files = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel.split("/")[0] in (".git", ".cache"):
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        files.append(LocalFile(rel, path, path.stat().st_size, digest.hexdigest()))
+    if not files:
+        raise click.ClickException(f"{directory} holds no files")
+    return files
+
+
+def _ensure_model(client: ApiClient, repo_id: str) -> None:
+    try:
+        client.request("POST", "/api/v1/models", {"repo_id": repo_id})
+    except ApiError as exc:
+        if exc.status != 409:
+            _fail(exc)
+
+
+@main.group()
+def policy() -> None:
+    """Release policies."""
+
+
+@policy.command("apply")
+@click.argument("file", type=click.File("r"))
+@click.option("--comment", default="")
+@endpoint_option
+@token_option
+def policy_apply(file: Any, comment: str, endpoint: str | None, token: str | None) -> None:
+    """Validate FILE and apply it as the next version of its model's policy."""
+    client = client_from_env(endpoint, token)
+    result = _call(
+        lambda: client.request(
+            "POST", "/api/v1/policies", {"source": file.read(), "comment": comment}
+        )
+    )
+    state = "applied" if result["created"] else "unchanged"
+    click.echo(
+        f"{result['repo_id']}: policy version {result['version']} {state} "
+        f"(sha256 {result['sha256'][:12]})"
+    )
+
+
+@policy.command("validate")
+@click.argument("file", type=click.File("r"))
+def policy_validate(file: Any) -> None:
+    """Validate FILE locally (no server needed); print every problem with its line."""
+    from policies import PolicyError, load_packs, parse_policy
+
+    try:
+        parsed = parse_policy(file.read(), packs=load_packs())
+    except PolicyError as exc:
+        for issue in exc.issues:
+            click.echo(f"{file.name}:{issue.line or '?'}: {issue.path}: {issue.message}", err=True)
+        sys.exit(1)
+    click.echo(f"{parsed.model}: valid ({len(parsed.tiers)} tiers, stage {parsed.stage})")
+
+
+@main.command("request")
+@click.argument("repo_id")
+@click.option("--tier", required=True)
+@click.option("--agreement", help="Accept an agreement, e.g. acme-research-aup@2.")
+@click.option("--field", "fields", multiple=True, metavar="NAME=VALUE", help="A form field.")
+@endpoint_option
+@token_option
+def request_access(
+    repo_id: str,
+    tier: str,
+    agreement: str | None,
+    fields: tuple[str, ...],
+    endpoint: str | None,
+    token: str | None,
+) -> None:
+    """Request a tier of REPO_ID and print the decision with every reason."""
+    form = dict(f.split("=", 1) for f in fields if "=" in f)
+    client = client_from_env(endpoint, token)
+    _print(
+        _call(
+            lambda: client.request(
+                "POST",
+                f"{repo_path(repo_id)}/access",
+                {"tier": tier, "form": form, "agreement": agreement},
+            )
+        )
+    )
+
+
+@main.group()
+def requests() -> None:
+    """Access requests (reviewers)."""
+
+
+@requests.command("list")
+@click.option("--status", default="pending", show_default=True)
+@endpoint_option
+@token_option
+def requests_list(status: str, endpoint: str | None, token: str | None) -> None:
+    """List requests for your organizations' models."""
+    client = client_from_env(endpoint, token)
+    _print(_call(lambda: client.request("GET", f"/api/v1/requests?status={status}")))
+
+
+@requests.command("decide")
+@click.argument("request_id", type=int)
+@click.argument("verdict", type=click.Choice(["approve", "reject"]))
+@click.option("--note", default="")
+@endpoint_option
+@token_option
+def requests_decide(
+    request_id: int, verdict: str, note: str, endpoint: str | None, token: str | None
+) -> None:
+    """Approve or reject a request (rejections need --note)."""
+    client = client_from_env(endpoint, token)
+    _print(
+        _call(
+            lambda: client.request(
+                "POST", f"/api/v1/requests/{request_id}/review", {"verdict": verdict, "note": note}
+            )
+        )
+    )
+
+
+@main.group()
+def grants() -> None:
+    """Grants."""
+
+
+@grants.command("revoke")
+@click.argument("grant_id", type=int)
+@click.option("--reason", required=True)
+@endpoint_option
+@token_option
+def grants_revoke(grant_id: int, reason: str, endpoint: str | None, token: str | None) -> None:
+    """Revoke a grant; the next request under it is refused."""
+    client = client_from_env(endpoint, token)
+    _print(
+        _call(
+            lambda: client.request("POST", f"/api/v1/grants/{grant_id}/revoke", {"reason": reason})
+        )
+    )
+
+
+@main.command()
+@click.argument("repo_id")
+@click.option("--reason", required=True)
+@click.option("--undo", is_flag=True, help="Unfreeze instead.")
+@endpoint_option
+@token_option
+def freeze(repo_id: str, reason: str, undo: bool, endpoint: str | None, token: str | None) -> None:
+    """Emergency freeze of REPO_ID: weights and inference refused at once."""
+    client = client_from_env(endpoint, token)
+    _print(
+        _call(
+            lambda: client.request(
+                "POST", f"{repo_path(repo_id)}/freeze", {"frozen": not undo, "reason": reason}
+            )
+        )
+    )
+
+
+@main.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Verify the hash chain in the configured database; exit 1 naming the first bad row."""
+    from gateway.db.engine import Database
+    from gateway.services.audit_log import AuditLogService
+
+    database = Database(load_settings().database_url)
+    with database.session() as session:
+        report = AuditLogService().verify(session)
+    if not report.ok:
+        click.echo(
+            f"audit chain BROKEN at seq {report.first_bad_seq}: {report.problem} "
+            f"({report.checked} events verified before it)",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(f"audit chain OK: {report.checked} events, head at seq {report.head_seq}")
+
+
+def _call(action: Any) -> Any:
+    try:
+        return action()
+    except ApiError as exc:
+        _fail(exc)
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach Airlock: {exc}") from None
+
+
+def _fail(exc: ApiError) -> None:
+    click.echo(f"error {exc.status}: {exc}", err=True)
+    for item in exc.body.get("errors", []) or []:
+        where = f"line {item['line']}: " if item.get("line") else ""
+        click.echo(f"  {where}{item.get('path', '')}: {item.get('message', '')}", err=True)
+    for reason in exc.body.get("reasons", []) or []:
+        click.echo(f"  [{reason.get('code')}] {reason.get('message')}", err=True)
+    sys.exit(1)
+
+
+def _print(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))

@@ -1,0 +1,1 @@
+"""Services: plain classes driving the domain; the web request and a task call the same code."""

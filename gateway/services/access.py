@@ -1,0 +1,584 @@
+"""Access requests, reviews, grants, KYC facts, revocation and freezes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from gateway.audit import AuditAction, AuditRecorder
+from gateway.auth.tokens import Scope
+from gateway.db.models import (
+    AccessRequest,
+    Grant,
+    GrantStatus,
+    KycVerification,
+    Model,
+    Organization,
+    RequestReview,
+    RequestStatus,
+    User,
+    utcnow,
+)
+from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound, RepoNotFound
+from gateway.kyc import KycFacts
+from gateway.services.policy import PolicyService
+from gateway.services.principal import Principal
+from policies import (
+    Decision,
+    Effect,
+    KycLevel,
+    PackRegistry,
+    ReleasePolicy,
+    Stage,
+    Subject,
+    evaluate,
+)
+
+
+def reasons_json(decision: Decision) -> list[dict[str, Any]]:
+    """The decision's reasons as JSON-ready dicts (code, message, rule, effect)."""
+    return [
+        {"code": str(r.code), "message": r.message, "rule": r.rule, "effect": str(r.effect)}
+        for r in decision.reasons
+    ]
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """A stored request, and the grant it produced when the tier is automatic."""
+
+    request: AccessRequest
+    grant: Grant | None
+    decision: Decision
+
+
+class AccessService:
+    """Turns requests into decisions and grants, and keeps grants honest."""
+
+    def __init__(
+        self, *, audit: AuditRecorder, policies: PolicyService, packs: PackRegistry
+    ) -> None:
+        self.audit = audit
+        self.policies = policies
+        self.packs = packs
+
+    # -- visibility ----------------------------------------------------------------------------
+    def visible(self, principal: Principal, model: Model) -> bool:
+        """Members always see their models; others only once a policy opens it beyond internal."""
+        if principal.is_member(model.org_id):
+            return True
+        policy = self.policies.current(model)
+        return policy is not None and policy.stage != Stage.INTERNAL
+
+    def require_visible(self, principal: Principal, model: Model) -> None:
+        """RepoNotFound unless the caller may know the model exists."""
+        if not self.visible(principal, model):
+            raise RepoNotFound(f"model '{model.repo_id}' not found")
+
+    # -- facts and decisions -------------------------------------------------------------------
+    def subject(
+        self,
+        session: Session,
+        *,
+        user: User,
+        model: Model,
+        request_country: str | None,
+        form: Mapping[str, object] | None = None,
+        agreement: tuple[str, int] | None = None,
+    ) -> Subject:
+        """The facts the engine sees about `user` asking for `model`."""
+        kyc = self.current_kyc(session, user_id=user.id, org_id=model.org_id)
+        org = user.affiliation
+        return Subject(
+            user_id=str(user.id),
+            kyc_level=KycLevel(kyc.level) if kyc else KycLevel.NONE,
+            kyc_expires_at=kyc.expires_at if kyc else None,
+            sanctions_hit=kyc.sanctions_hit if kyc else None,
+            nationality=kyc.nationality if kyc else None,
+            residence_country=kyc.residence_country if kyc else None,
+            residence_subdivision=kyc.residence_subdivision if kyc else None,
+            document_country=kyc.document_country if kyc else None,
+            org_hq_country=org.hq_country if org else None,
+            request_country=request_country,
+            affiliation_org=org.slug if org else None,
+            email=user.email,
+            accepted_agreements=frozenset({agreement}) if agreement else frozenset(),
+            form=form,
+        )
+
+    def current_kyc(self, session: Session, *, user_id: int, org_id: int) -> KycVerification | None:
+        """The newest approved verification valid for decisions of `org_id`."""
+        return session.scalar(
+            select(KycVerification)
+            .where(
+                KycVerification.user_id == user_id,
+                KycVerification.status == "approved",
+                or_(
+                    KycVerification.issuer_org_id.is_(None), KycVerification.issuer_org_id == org_id
+                ),
+            )
+            .order_by(KycVerification.verified_at.desc(), KycVerification.id.desc())
+            .limit(1)
+        )
+
+    def decide(
+        self, policy: ReleasePolicy, tier: str, subject: Subject, model: Model, now: datetime
+    ) -> Decision:
+        """Run the engine for one tier with the model's freeze state."""
+        return evaluate(
+            policy,
+            tier,
+            subject,
+            now=now,
+            packs=self.packs,
+            model_frozen=model.frozen_at is not None,
+        )
+
+    # -- requests ------------------------------------------------------------------------------
+    def request_access(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        model: Model,
+        tier: str,
+        form: Mapping[str, object],
+        agreement: str | None,
+        request_country: str | None,
+    ) -> RequestOutcome:
+        """Decide a request now: auto tiers grant at once, manual ones wait for reviewers."""
+        user_id = principal.require_scope(Scope.ACCESS_REQUEST)
+        self.require_visible(principal, model)
+        version, policy = self.policies.require_current(model)
+        if policy.tier(tier) is None:
+            names = [t.name for t in policy.tiers]
+            raise InvalidInput(f"unknown tier '{tier[:64]}'; this model offers {names}")
+        self._refuse_duplicate(session, user_id=user_id, model=model, tier=tier)
+        user = session.get_one(User, user_id)
+        accepted = _parse_agreement(agreement)
+        now = utcnow()
+        subject = self.subject(
+            session,
+            user=user,
+            model=model,
+            request_country=request_country,
+            form=form,
+            agreement=accepted,
+        )
+        decision = self.decide(policy, tier, subject, model, now)
+        request = AccessRequest(
+            user_id=user_id,
+            model_id=model.id,
+            tier=tier,
+            policy_version_id=version.id,
+            form=dict(form),
+            agreement_id=accepted[0] if accepted else None,
+            agreement_version=accepted[1] if accepted else None,
+            effect=str(decision.effect),
+            reasons=reasons_json(decision),
+            created_at=now,
+            reviewers_required=decision.approval.reviewers if decision.approval else 0,
+            status=str(_initial_status(decision)),
+        )
+        session.add(request)
+        session.flush()
+        self.audit.record(
+            session,
+            AuditAction.REQUEST_CREATE,
+            actor_id=user_id,
+            org_id=model.org_id,
+            subject_user_id=user_id,
+            model_id=model.id,
+            effect=str(decision.effect),
+            payload={
+                "request_id": request.id,
+                "tier": tier,
+                "policy_version": version.version,
+                "decision": decision.to_dict(),
+                "request_country": request_country,
+            },
+        )
+        grant = None
+        if decision.effect == Effect.ALLOW:
+            request.decided_at = now
+            grant = self._create_grant(session, request=request, policy=policy, actor_id=user_id)
+        session.commit()
+        return RequestOutcome(request, grant, decision)
+
+    def _refuse_duplicate(self, session: Session, *, user_id: int, model: Model, tier: str) -> None:
+        pending = session.scalar(
+            select(AccessRequest.id).where(
+                AccessRequest.user_id == user_id,
+                AccessRequest.model_id == model.id,
+                AccessRequest.tier == tier,
+                AccessRequest.status == RequestStatus.PENDING,
+            )
+        )
+        if pending:
+            raise Conflict(
+                f"request {pending} for this tier is already pending", extra={"request_id": pending}
+            )
+        now = utcnow()
+        active = session.scalar(
+            select(Grant.id).where(
+                Grant.user_id == user_id,
+                Grant.model_id == model.id,
+                Grant.tier == tier,
+                Grant.status == GrantStatus.ACTIVE,
+                or_(Grant.expires_at.is_(None), Grant.expires_at > now),
+            )
+        )
+        if active:
+            raise Conflict(
+                f"grant {active} for this tier is already active", extra={"grant_id": active}
+            )
+
+    def review(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        request_id: int,
+        approve: bool,
+        note: str,
+    ) -> RequestOutcome:
+        """Record one reviewer's verdict; the last required approval creates the grant."""
+        request = session.get(AccessRequest, request_id)
+        if request is None:
+            raise NotFound("no such access request")
+        model = request.model
+        reviewer = principal.require_org_scope(model.org_id, Scope.REQUESTS_REVIEW)
+        if request.user_id == reviewer:
+            raise Forbidden("reviewers may not decide their own requests")
+        if request.status != RequestStatus.PENDING:
+            raise Conflict(f"request {request.id} is {request.status}, not pending")
+        if any(r.reviewer_id == reviewer for r in request.reviews):
+            raise Conflict("you have already reviewed this request")
+        if not approve and not note.strip():
+            raise InvalidInput("a rejection needs a reason the requester will read")
+        _, policy = self.policies.require_current(model)
+        decision = self._recheck(session, request, policy, model)
+        if approve and _blocking(decision):
+            raise Conflict(
+                "the request no longer meets the policy; it cannot be approved",
+                extra={"reasons": reasons_json(decision)},
+            )
+        request.reviews.append(
+            RequestReview(
+                reviewer_id=reviewer, verdict="approve" if approve else "reject", note=note[:2000]
+            )
+        )
+        self.audit.record(
+            session,
+            AuditAction.REQUEST_REVIEW,
+            actor_id=reviewer,
+            org_id=model.org_id,
+            subject_user_id=request.user_id,
+            model_id=model.id,
+            effect="allow" if approve else "deny",
+            payload={"request_id": request.id, "note": note[:2000], "decision": decision.to_dict()},
+        )
+        outcome = self._settle(session, request, policy, decision, reviewer, approve, note)
+        session.commit()
+        return outcome
+
+    def _recheck(
+        self, session: Session, request: AccessRequest, policy: ReleasePolicy, model: Model
+    ) -> Decision:
+        agreement = (
+            (request.agreement_id, request.agreement_version)
+            if request.agreement_id and request.agreement_version
+            else None
+        )
+        subject = self.subject(
+            session,
+            user=request.user,
+            model=model,
+            request_country=None,
+            form=request.form,
+            agreement=agreement,
+        )
+        return self.decide(policy, request.tier, subject, model, utcnow())
+
+    def _settle(
+        self,
+        session: Session,
+        request: AccessRequest,
+        policy: ReleasePolicy,
+        decision: Decision,
+        reviewer: int,
+        approve: bool,
+        note: str,
+    ) -> RequestOutcome:
+        now = utcnow()
+        if not approve:
+            request.status, request.decided_at, request.decision_note = (
+                str(RequestStatus.REJECTED),
+                now,
+                note[:2000],
+            )
+            self.audit.record(
+                session,
+                AuditAction.REQUEST_REJECT,
+                actor_id=reviewer,
+                org_id=request.model.org_id,
+                subject_user_id=request.user_id,
+                model_id=request.model_id,
+                effect="deny",
+                payload={"request_id": request.id, "reason": note[:2000]},
+            )
+            return RequestOutcome(request, None, decision)
+        approvals = sum(1 for r in request.reviews if r.verdict == "approve")
+        if approvals < max(1, request.reviewers_required):
+            return RequestOutcome(request, None, decision)
+        request.status, request.decided_at, request.decision_note = (
+            str(RequestStatus.APPROVED),
+            now,
+            note[:2000] or None,
+        )
+        self.audit.record(
+            session,
+            AuditAction.REQUEST_APPROVE,
+            actor_id=reviewer,
+            org_id=request.model.org_id,
+            subject_user_id=request.user_id,
+            model_id=request.model_id,
+            effect="allow",
+            payload={"request_id": request.id, "approvals": approvals},
+        )
+        grant = self._create_grant(session, request=request, policy=policy, actor_id=reviewer)
+        return RequestOutcome(request, grant, decision)
+
+    def _create_grant(
+        self, session: Session, *, request: AccessRequest, policy: ReleasePolicy, actor_id: int
+    ) -> Grant:
+        tier = policy.tier(request.tier)
+        assert tier is not None
+        now = utcnow()
+        grant = Grant(
+            user_id=request.user_id,
+            model_id=request.model_id,
+            tier=request.tier,
+            request_id=request.id,
+            policy_version_id=request.policy_version_id,
+            status=str(GrantStatus.ACTIVE),
+            granted_at=now,
+            expires_at=now + tier.grant_ttl if tier.grant_ttl else None,
+        )
+        session.add(grant)
+        session.flush()
+        self.audit.record(
+            session,
+            AuditAction.GRANT_CREATE,
+            actor_id=actor_id,
+            org_id=request.model.org_id,
+            subject_user_id=request.user_id,
+            model_id=request.model_id,
+            effect="allow",
+            payload={
+                "grant_id": grant.id,
+                "request_id": request.id,
+                "tier": request.tier,
+                "grants": sorted(str(g) for g in tier.grants),
+                "expires_at": grant.expires_at,
+            },
+        )
+        return grant
+
+    def list_requests(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        model: Model | None = None,
+        status: RequestStatus | None = None,
+        mine: bool = False,
+    ) -> list[AccessRequest]:
+        """Own requests, or (for reviewers) the requests for their organizations' models."""
+        query = select(AccessRequest).order_by(AccessRequest.id)
+        if mine:
+            query = query.where(
+                AccessRequest.user_id == principal.require_scope(Scope.ACCESS_REQUEST)
+            )
+        else:
+            orgs = principal.orgs_with_scope(Scope.REQUESTS_REVIEW)
+            if not orgs:
+                principal.require_scope(Scope.REQUESTS_REVIEW)
+                raise Forbidden("no role in any organization permits 'requests:review'")
+            query = query.join(Model).where(Model.org_id.in_(orgs))
+        if model is not None:
+            query = query.where(AccessRequest.model_id == model.id)
+        if status is not None:
+            query = query.where(AccessRequest.status == status)
+        return list(session.scalars(query.limit(1000)))
+
+    def get_request(
+        self, session: Session, *, principal: Principal, request_id: int
+    ) -> AccessRequest:
+        """One request, to its requester or a reviewer of its model's organization."""
+        request = session.get(AccessRequest, request_id)
+        user_id = principal.require_user()
+        if request is None or not (
+            request.user_id == user_id
+            or request.model.org_id in principal.orgs_with_scope(Scope.REQUESTS_REVIEW)
+        ):
+            raise NotFound("no such access request")
+        return request
+
+    # -- grants --------------------------------------------------------------------------------
+    def list_grants(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        model: Model | None = None,
+        mine: bool = True,
+    ) -> list[Grant]:
+        """The caller's grants, or a managed model's grants."""
+        query = select(Grant).order_by(Grant.id)
+        if mine:
+            query = query.where(Grant.user_id == principal.require_scope(Scope.ACCESS_REQUEST))
+        else:
+            if model is None:
+                raise InvalidInput("name a model to list its grants")
+            principal.require_org_scope(model.org_id, Scope.GRANTS_MANAGE)
+        if model is not None:
+            query = query.where(Grant.model_id == model.id)
+        return list(session.scalars(query.limit(5000)))
+
+    def revoke_grant(
+        self, session: Session, *, principal: Principal, grant_id: int, reason: str
+    ) -> Grant:
+        """End a grant now; the very next request under it is refused."""
+        grant = session.get(Grant, grant_id)
+        if grant is None:
+            raise NotFound("no such grant")
+        actor = principal.require_org_scope(grant.model.org_id, Scope.GRANTS_MANAGE)
+        if not reason.strip():
+            raise InvalidInput("revoking a grant needs a reason")
+        if grant.status in (GrantStatus.REVOKED, GrantStatus.EXPIRED):
+            raise Conflict(f"grant {grant.id} is already {grant.status}")
+        grant.status, grant.ended_at, grant.ended_by_id, grant.end_reason = (
+            str(GrantStatus.REVOKED),
+            utcnow(),
+            actor,
+            reason[:2000],
+        )
+        self.audit.record(
+            session,
+            AuditAction.GRANT_REVOKE,
+            actor_id=actor,
+            org_id=grant.model.org_id,
+            subject_user_id=grant.user_id,
+            model_id=grant.model_id,
+            effect="deny",
+            payload={"grant_id": grant.id, "tier": grant.tier, "reason": reason[:2000]},
+        )
+        session.commit()
+        return grant
+
+    # -- freeze --------------------------------------------------------------------------------
+    def set_frozen(
+        self, session: Session, *, principal: Principal, model: Model, frozen: bool, reason: str
+    ) -> Model:
+        """Emergency freeze (or thaw): weights and inference are refused while frozen."""
+        actor = principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
+        if not reason.strip():
+            raise InvalidInput("a freeze or unfreeze needs a reason")
+        if (model.frozen_at is not None) == frozen:
+            return model
+        model.frozen_at, model.frozen_reason = (utcnow(), reason[:2000]) if frozen else (None, None)
+        self.audit.record(
+            session,
+            AuditAction.MODEL_FREEZE if frozen else AuditAction.MODEL_UNFREEZE,
+            actor_id=actor,
+            org_id=model.org_id,
+            model_id=model.id,
+            effect="deny" if frozen else None,
+            payload={"reason": reason[:2000]},
+        )
+        session.commit()
+        return model
+
+    # -- KYC -----------------------------------------------------------------------------------
+    def record_kyc(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        org: Organization,
+        user: User,
+        facts: KycFacts,
+        notes: str,
+    ) -> KycVerification:
+        """A reviewer's manual verification, valid for decisions of the reviewer's organization."""
+        actor = principal.require_org_scope(org.id, Scope.KYC_RECORD)
+        if actor == user.id:
+            raise Forbidden("reviewers may not verify themselves")
+        row = KycVerification(
+            user_id=user.id,
+            provider=facts.provider,
+            provider_ref=facts.provider_ref,
+            issuer_org_id=org.id,
+            status=facts.status,
+            level=str(facts.level),
+            nationality=facts.nationality,
+            residence_country=facts.residence_country,
+            residence_subdivision=facts.residence_subdivision,
+            document_country=facts.document_country,
+            sanctions_hit=facts.sanctions_hit,
+            screened_at=facts.screened_at,
+            expires_at=facts.expires_at,
+            recorded_by_id=actor,
+            notes=notes[:4000],
+        )
+        session.add(row)
+        session.flush()
+        self.audit.record(
+            session,
+            AuditAction.KYC_VERIFY,
+            actor_id=actor,
+            org_id=org.id,
+            subject_user_id=user.id,
+            effect="allow" if facts.status == "approved" else "deny",
+            payload={
+                "verification_id": row.id,
+                "provider": facts.provider,
+                "level": str(facts.level),
+                "status": facts.status,
+                "nationality": facts.nationality,
+                "residence_country": facts.residence_country,
+                "document_country": facts.document_country,
+                "sanctions_hit": facts.sanctions_hit,
+                "expires_at": facts.expires_at,
+            },
+        )
+        session.commit()
+        return row
+
+
+def _initial_status(decision: Decision) -> RequestStatus:
+    if decision.effect == Effect.ALLOW:
+        return RequestStatus.APPROVED
+    if decision.effect == Effect.REVIEW:
+        return RequestStatus.PENDING
+    return RequestStatus.DENIED
+
+
+def _blocking(decision: Decision) -> bool:
+    """Whether anything other than a reviewer's judgement stands in the way."""
+    return decision.effect == Effect.DENY
+
+
+def _parse_agreement(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    ident, sep, version = value.partition("@")
+    if not sep or not ident or not version.isdigit() or len(ident) > 100:
+        raise InvalidInput("an agreement is accepted as 'id@version', e.g. 'acme-aup@2'")
+    return ident, int(version)

@@ -1,0 +1,430 @@
+"""Hub-compatible reads: who may list and fetch which files, and download tickets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.audit import AuditAction, AuditRecorder
+from gateway.auth.tokens import Scope
+from gateway.db.models import (
+    AccessRequest,
+    DownloadTicket,
+    Grant,
+    GrantStatus,
+    Model,
+    Revision,
+    RevisionFile,
+    User,
+    utcnow,
+)
+from gateway.errors import AccessDenied, EntryNotFound, RateLimited
+from gateway.ratelimit import Dimension, Limiter, LimitResult
+from gateway.services.access import AccessService, reasons_json
+from gateway.services.policy import PolicyService
+from gateway.services.principal import Principal
+from gateway.services.publishing import PublishingService
+from gateway.services.signing import BlobClaim, BlobSigner
+from gateway.storage import Storage
+from policies import GrantKind, ReleasePolicy, Subject, Tier
+
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class WeightsAccess:
+    """The caller's usable weights grants for a model, with the tiers that define them."""
+
+    model: Model
+    policy: ReleasePolicy
+    grants: tuple[tuple[Grant, Tier], ...]
+
+    def allows(self, path: str) -> bool:
+        """Whether any grant's file globs cover `path`."""
+        return any(tier.allows_file(path) for _, tier in self.grants)
+
+    def grant_for(self, path: str) -> tuple[Grant, Tier]:
+        """The grant that covers `path` (the first, in grant order)."""
+        return next((g, t) for g, t in self.grants if t.allows_file(path))
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A signed URL for one file, and the headers a Hub client needs on the redirect."""
+
+    url: str
+    file: RevisionFile
+    commit: str
+    limit: LimitResult | None
+
+
+class DownloadService:
+    """Authorizes Hub reads against grants, the live policy and limits; issues tickets."""
+
+    def __init__(
+        self,
+        *,
+        audit: AuditRecorder,
+        access: AccessService,
+        policies: PolicyService,
+        publishing: PublishingService,
+        limiter: Limiter,
+        signer: BlobSigner,
+        storage: Storage,
+        apply_url: str,
+    ) -> None:
+        self.audit = audit
+        self.access = access
+        self.policies = policies
+        self.publishing = publishing
+        self.limiter = limiter
+        self.signer = signer
+        self.storage = storage
+        self.apply_url = apply_url
+
+    def weights_access(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        model: Model,
+        request_country: str | None,
+    ) -> WeightsAccess:
+        """The caller's live weights grants, or AccessDenied (audited) with every reason."""
+        self.access.require_visible(principal, model)
+        apply_url = self.apply_url.format(repo=model.repo_id)
+        if not principal.authenticated:
+            raise AccessDenied(
+                f"Access to model {model.repo_id} is restricted. Authenticate with an Airlock "
+                f"token and request access at {apply_url}",
+                apply_url=apply_url,
+                authenticated=False,
+            )
+        user_id = principal.require_user()
+        policy = self.policies.current(model)
+        usable = self._usable_grants(session, user_id, model, policy)
+        if Scope.MODELS_READ not in principal.scopes:
+            self._deny(
+                session,
+                principal,
+                model,
+                [
+                    {
+                        "code": "token_scope_missing",
+                        "effect": "deny",
+                        "rule": "token.scopes",
+                        "message": "The API token lacks the 'models:read' scope downloads need.",
+                    }
+                ],
+            )
+        if not usable or policy is None:
+            self._deny(session, principal, model, self._no_grant_reasons(session, user_id, model))
+        assert policy is not None
+        checked = self._recheck(session, principal, model, policy, usable, request_country)
+        return WeightsAccess(model, policy, checked)
+
+    def _usable_grants(
+        self, session: Session, user_id: int, model: Model, policy: ReleasePolicy | None
+    ) -> list[tuple[Grant, Tier]]:
+        if policy is None:
+            return []
+        now = utcnow()
+        grants = session.scalars(
+            select(Grant)
+            .where(
+                Grant.user_id == user_id,
+                Grant.model_id == model.id,
+                Grant.status == GrantStatus.ACTIVE,
+            )
+            .order_by(Grant.id)
+        )
+        usable = []
+        for grant in grants:
+            tier = policy.tier(grant.tier)
+            if (
+                tier is not None
+                and GrantKind.WEIGHTS in tier.grants
+                and (grant.expires_at is None or grant.expires_at > now)
+            ):
+                usable.append((grant, tier))
+        return usable
+
+    def _recheck(
+        self,
+        session: Session,
+        principal: Principal,
+        model: Model,
+        policy: ReleasePolicy,
+        usable: Sequence[tuple[Grant, Tier]],
+        request_country: str | None,
+    ) -> tuple[tuple[Grant, Tier], ...]:
+        """Evaluate the live policy for each grant's tier; deny-effects refuse the download."""
+        user = session.get_one(User, principal.require_user())
+        subject = self.access.subject(
+            session, user=user, model=model, request_country=request_country
+        )
+        kept, reasons = [], []
+        for grant, tier in usable:
+            request = session.get(AccessRequest, grant.request_id) if grant.request_id else None
+            decision = self.access.decide(
+                policy, tier.name, with_request_facts(subject, request), model, utcnow()
+            )
+            denying = [r for r in reasons_json(decision) if r["effect"] == "deny"]
+            if denying:
+                reasons += denying
+            else:
+                kept.append((grant, tier))
+        if not kept:
+            self._deny(session, principal, model, reasons)
+        return tuple(kept)
+
+    def _no_grant_reasons(
+        self, session: Session, user_id: int, model: Model
+    ) -> list[dict[str, str]]:
+        latest = session.scalar(
+            select(Grant)
+            .where(Grant.user_id == user_id, Grant.model_id == model.id)
+            .order_by(Grant.id.desc())
+            .limit(1)
+        )
+        if latest is None:
+            return [
+                {
+                    "code": "no_grant",
+                    "effect": "deny",
+                    "rule": "grants",
+                    "message": "You hold no grant for a tier of this model that includes weights.",
+                }
+            ]
+        if latest.status == GrantStatus.ACTIVE:
+            return [
+                {
+                    "code": "grant_expired",
+                    "effect": "deny",
+                    "rule": f"grants[{latest.id}]",
+                    "message": f"Your grant {latest.id} ({latest.tier}) expired at "
+                    f"{latest.expires_at:%Y-%m-%d %H:%M} UTC.",
+                }
+            ]
+        return [
+            {
+                "code": f"grant_{latest.status}",
+                "effect": "deny",
+                "rule": f"grants[{latest.id}]",
+                "message": f"Your grant {latest.id} ({latest.tier}) was {latest.status}"
+                + (f": {latest.end_reason}" if latest.end_reason else "."),
+            }
+        ]
+
+    def _deny(
+        self, session: Session, principal: Principal, model: Model, reasons: list[dict[str, str]]
+    ) -> None:
+        self.audit.record(
+            session,
+            AuditAction.DOWNLOAD_DENY,
+            actor_id=principal.user_id,
+            org_id=model.org_id,
+            subject_user_id=principal.user_id,
+            model_id=model.id,
+            effect="deny",
+            payload={"reasons": reasons},
+        )
+        session.commit()
+        apply_url = self.apply_url.format(repo=model.repo_id)
+        summary = " ".join(r["message"] for r in reasons)
+        raise AccessDenied(
+            f"Access to model {model.repo_id} is restricted. {summary} "
+            f"Request access at {apply_url}",
+            reasons=reasons,
+            apply_url=apply_url,
+        )
+
+    def visible_files(self, access: WeightsAccess, revision: Revision) -> list[RevisionFile]:
+        """The files of `revision` the caller's grants cover (others are invisible)."""
+        return [f for f in revision.files if access.allows(f.path)]
+
+    def find_file(self, access: WeightsAccess, revision: Revision, path: str) -> RevisionFile:
+        """One file the caller may see, or EntryNotFound (also for files outside the grant)."""
+        for file in revision.files:
+            if file.path == path and access.allows(path):
+                return file
+        raise EntryNotFound(
+            f"{path[:200]} does not exist in {access.model.repo_id}@{revision.commit_id}"
+        )
+
+    def issue_ticket(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        access: WeightsAccess,
+        revision: Revision,
+        file: RevisionFile,
+        method: str,
+        base_url: str,
+    ) -> Ticket:
+        """Count the download against the grant's limits, record and audit it, sign the URL."""
+        grant, tier = access.grant_for(file.path)
+        limit = self._charge(session, principal, access.model, grant, tier, file, method)
+        ttl = min(tier.signed_url_ttl, timedelta(hours=12))
+        expires_at = utcnow() + ttl
+        claim = BlobClaim(
+            file.id,
+            file.sha256,
+            revision.commit_id,
+            grant.user_id,
+            grant.id,
+            method,
+            int(expires_at.timestamp()),
+        )
+        url = self.storage.presign(file.storage_key, method=method, expires_at=expires_at)
+        url = url or self.signer.url(base_url, claim, file.path)
+        ticket = DownloadTicket(
+            grant_id=grant.id, file_id=file.id, method=method, expires_at=expires_at, size=file.size
+        )
+        session.add(ticket)
+        session.flush()
+        self.audit.record(
+            session,
+            AuditAction.DOWNLOAD_ISSUE,
+            actor_id=grant.user_id,
+            org_id=access.model.org_id,
+            subject_user_id=grant.user_id,
+            model_id=access.model.id,
+            effect="allow",
+            payload={
+                "ticket_id": ticket.id,
+                "grant_id": grant.id,
+                "tier": grant.tier,
+                "commit": revision.commit_id,
+                "path": file.path,
+                "sha256": file.sha256,
+                "size": file.size,
+                "method": method,
+                "expires_at": expires_at,
+            },
+        )
+        session.commit()
+        return Ticket(url, file, revision.commit_id, limit)
+
+    def _charge(
+        self,
+        session: Session,
+        principal: Principal,
+        model: Model,
+        grant: Grant,
+        tier: Tier,
+        file: RevisionFile,
+        method: str,
+    ) -> LimitResult | None:
+        dims = _dimensions(grant, tier, file, method)
+        if not dims:
+            return None
+        result = self.limiter.acquire(dims)
+        if not result.allowed:
+            refused = result.refused
+            assert refused is not None
+            self._deny_limited(session, principal, model, grant, refused, result)
+        return result
+
+    def _deny_limited(
+        self,
+        session: Session,
+        principal: Principal,
+        model: Model,
+        grant: Grant,
+        refused: Dimension,
+        result: LimitResult,
+    ) -> None:
+        never = result.retry_after == float("inf")
+        message = (
+            f"The file is larger than the tier's whole {refused.name} limit."
+            if never
+            else f"The tier's {refused.name} limit ({refused.quota}) is used up."
+        )
+        self.audit.record(
+            session,
+            AuditAction.DOWNLOAD_DENY,
+            actor_id=principal.user_id,
+            org_id=model.org_id,
+            subject_user_id=principal.user_id,
+            model_id=model.id,
+            effect="deny",
+            payload={
+                "grant_id": grant.id,
+                "reasons": [
+                    {
+                        "code": "rate_limited",
+                        "effect": "deny",
+                        "rule": f"tiers[{grant.tier}].limits",
+                        "message": message,
+                    }
+                ],
+            },
+        )
+        session.commit()
+        retry = DAY if never else max(1, int(result.retry_after + 0.999))
+        raise RateLimited(message, retry_after=retry, headers=ratelimit_headers(result))
+
+
+def _dimensions(grant: Grant, tier: Tier, file: RevisionFile, method: str) -> list[Dimension]:
+    """Downloads and bytes per day are charged on GET only (HEAD carries no bytes)."""
+    if method != "GET":
+        return []
+    dims = []
+    if tier.limits.downloads_per_day:
+        dims.append(
+            Dimension(
+                f"grant:{grant.id}:downloads_per_day",
+                "downloads_per_day",
+                tier.limits.downloads_per_day,
+                DAY,
+            )
+        )
+    if tier.limits.bytes_per_day:
+        dims.append(
+            Dimension(
+                f"grant:{grant.id}:bytes_per_day",
+                "bytes_per_day",
+                tier.limits.bytes_per_day,
+                DAY,
+                cost=max(1, file.size),
+                unit="content-bytes",
+            )
+        )
+    return dims
+
+
+def ratelimit_headers(result: LimitResult | None) -> dict[str, str]:
+    """IETF draft `RateLimit-Policy` and `RateLimit` structured-field headers."""
+    if result is None or not result.states:
+        return {}
+    policy = ", ".join(
+        f'"{s.dimension.name}";q={s.dimension.quota};w={s.dimension.window}'
+        + (f';qu="{s.dimension.unit}"' if s.dimension.unit != "requests" else "")
+        for s in result.states
+    )
+    current = ", ".join(
+        f'"{s.dimension.name}";r={s.remaining};t={max(0, int(s.reset_after))}'
+        for s in result.states
+    )
+    headers = {"RateLimit-Policy": policy, "RateLimit": current}
+    if not result.allowed:
+        headers["Retry-After"] = str(max(1, int(min(result.retry_after, DAY) + 0.999)))
+    return headers
+
+
+def with_request_facts(subject: Subject, request: AccessRequest | None) -> Subject:
+    """The subject with the agreement and form of the request the grant came from."""
+    if request is None:
+        return subject
+    agreement = (request.agreement_id, request.agreement_version)
+    return replace(
+        subject,
+        form=request.form,
+        accepted_agreements=frozenset({agreement}) if all(agreement) else frozenset(),
+    )

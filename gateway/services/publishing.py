@@ -1,0 +1,268 @@
+"""Models, uploads, revisions and vetting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.audit import AuditAction, AuditRecorder
+from gateway.auth.tokens import Scope
+from gateway.db.models import Model, Organization, Revision, RevisionFile, VettingStatus, utcnow
+from gateway.errors import Conflict, InvalidInput, NotFound, RevisionNotFound
+from gateway.services.principal import Principal
+from gateway.storage import Storage
+from gateway.tasks import TaskRunner, enqueue_after_commit
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+COMMIT_HEX = re.compile(r"^[0-9a-f]{40}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+MAX_PATH = 1024
+VET_TASK = "airlock.vetting.vet_revision"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One file of a commit: its path, size and SHA-256 (the bytes uploaded beforehand)."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+def blob_key(sha256: str) -> str:
+    """Content-addressed storage key of a blob."""
+    return f"sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def safe_repo_path(path: str) -> str:
+    """Validate a file path inside a repository: relative, normalized, no NUL or `..`."""
+    problem = _path_problem(path)
+    if problem:
+        raise InvalidInput(f"invalid file path {path[:200]!r}: {problem}")
+    return path
+
+
+def _path_problem(path: str) -> str | None:
+    if not path or len(path) > MAX_PATH:
+        return f"must be 1 to {MAX_PATH} characters"
+    if "\x00" in path or any(ord(c) < 32 for c in path):
+        return "control characters are not allowed"
+    if path.startswith("/") or "\\" in path or re.match(r"^[A-Za-z]:", path):
+        return "must be a relative POSIX path"
+    if posixpath.normpath(path) != path or any(p in ("", ".", "..") for p in path.split("/")):
+        return "must be normalized (no '.', '..' or empty segments)"
+    return None
+
+
+def git_blob_oid(size: int, sha256: str) -> str:
+    """The git object id of the LFS pointer file standing for this blob (what the Hub lists)."""
+    pointer = (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
+    ).encode()
+    return hashlib.sha1(b"blob %d\x00" % len(pointer) + pointer, usedforsecurity=False).hexdigest()
+
+
+def commit_id_for(manifest: Sequence[ManifestEntry], parent: str | None, message: str) -> str:
+    """40 lowercase hex over the canonical manifest, parent and message."""
+    body = json.dumps(
+        {
+            "files": [[e.path, e.size, e.sha256] for e in sorted(manifest, key=lambda e: e.path)],
+            "parent": parent,
+            "message": message,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha1(b"airlock-commit-v1\x00" + body.encode(), usedforsecurity=False).hexdigest()
+
+
+class PublishingService:
+    """Creates models, stores uploaded blobs, commits revisions and schedules vetting."""
+
+    def __init__(self, *, audit: AuditRecorder, storage: Storage, runner: TaskRunner) -> None:
+        self.audit = audit
+        self.storage = storage
+        self.runner = runner
+
+    def get_model(self, session: Session, repo_id: str) -> Model:
+        """The model `org/name`, or NotFound."""
+        org_slug, _, name = repo_id.partition("/")
+        model = session.scalar(
+            select(Model)
+            .join(Organization)
+            .where(Organization.slug == org_slug, Model.name == name)
+        )
+        if model is None:
+            raise NotFound(f"model '{repo_id[:200]}' not found")
+        return model
+
+    def require_publisher(self, principal: Principal, model: Model) -> int:
+        """The caller's user id if they publish in the model's organization."""
+        return principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
+
+    def create_model(
+        self, session: Session, *, principal: Principal, repo_id: str, description: str = ""
+    ) -> Model:
+        """A new, empty model in an organization where the caller publishes."""
+        org_slug, _, name = repo_id.partition("/")
+        org = session.scalar(select(Organization).where(Organization.slug == org_slug))
+        if org is None or not MODEL_NAME.match(name):
+            raise InvalidInput(
+                f"'{repo_id[:200]}' is not a valid 'org/name' of a known organization"
+            )
+        actor = principal.require_org_scope(org.id, Scope.MODELS_WRITE)
+        if session.scalar(select(Model.id).where(Model.org_id == org.id, Model.name == name)):
+            raise Conflict(f"model '{repo_id}' already exists")
+        model = Model(org_id=org.id, name=name, description=description, org=org)
+        session.add(model)
+        session.flush()
+        self.audit.record(
+            session,
+            AuditAction.MODEL_CREATE,
+            actor_id=actor,
+            org_id=org.id,
+            model_id=model.id,
+            payload={"repo_id": repo_id},
+        )
+        session.commit()
+        return model
+
+    def upload_blob(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        model: Model,
+        sha256: str,
+        stream: BinaryIO,
+        max_bytes: int,
+    ) -> dict[str, Any]:
+        """Store the bytes of one file, verifying they hash to `sha256`; idempotent."""
+        principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
+        if not SHA256_HEX.match(sha256):
+            raise InvalidInput("the blob name must be the file's lowercase hex sha256")
+        key = blob_key(sha256)
+        if self.storage.exists(key):
+            return {"sha256": sha256, "stored": False}
+        stored = self.storage.put_stream(key, stream, max_bytes=max_bytes, expected_sha256=sha256)
+        return {"sha256": sha256, "size": stored.size, "stored": True}
+
+    def commit(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        model: Model,
+        manifest: Sequence[ManifestEntry],
+        message: str = "",
+    ) -> Revision:
+        """Create a revision from uploaded blobs and make it the model's head."""
+        actor = principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
+        self._check_manifest(manifest)
+        parent = model.head_revision.commit_id if model.head_revision else None
+        commit_id = commit_id_for(manifest, parent, message)
+        existing = session.scalar(
+            select(Revision).where(Revision.model_id == model.id, Revision.commit_id == commit_id)
+        )
+        if existing is not None:
+            return existing
+        revision = Revision(
+            model_id=model.id,
+            commit_id=commit_id,
+            parent_commit_id=parent,
+            message=message,
+            created_by_id=actor,
+            created_at=utcnow(),
+            files=[
+                RevisionFile(
+                    path=e.path,
+                    size=e.size,
+                    sha256=e.sha256,
+                    git_oid=git_blob_oid(e.size, e.sha256),
+                    storage_key=blob_key(e.sha256),
+                )
+                for e in manifest
+            ],
+        )
+        session.add(revision)
+        session.flush()
+        model.head_revision_id = revision.id
+        self.audit.record(
+            session,
+            AuditAction.REVISION_COMMIT,
+            actor_id=actor,
+            org_id=model.org_id,
+            model_id=model.id,
+            payload={
+                "commit": commit_id,
+                "parent": parent,
+                "files": len(manifest),
+                "bytes": sum(e.size for e in manifest),
+            },
+        )
+        enqueue_after_commit(session, self.runner, VET_TASK, {"revision_id": revision.id})
+        session.commit()
+        return revision
+
+    def _check_manifest(self, manifest: Sequence[ManifestEntry]) -> None:
+        if not manifest:
+            raise InvalidInput("a commit needs at least one file")
+        seen: set[str] = set()
+        for entry in manifest:
+            safe_repo_path(entry.path)
+            if entry.path in seen:
+                raise InvalidInput(f"duplicate path {entry.path!r} in manifest")
+            seen.add(entry.path)
+            if not SHA256_HEX.match(entry.sha256) or entry.size < 0:
+                raise InvalidInput(f"invalid sha256 or size for {entry.path!r}")
+            if not self.storage.exists(blob_key(entry.sha256)):
+                raise InvalidInput(
+                    f"the bytes of {entry.path!r} (sha256 {entry.sha256}) were not uploaded"
+                )
+
+    def resolve_revision(self, session: Session, model: Model, rev: str) -> Revision:
+        """`main` (the head) or a 40-hex commit id of this model."""
+        if rev == "main":
+            if model.head_revision is None:
+                raise RevisionNotFound(f"model '{model.repo_id}' has no revision yet")
+            return model.head_revision
+        if not COMMIT_HEX.match(rev):
+            raise RevisionNotFound(f"revision '{rev[:80]}' not found: use 'main' or a commit id")
+        revision = session.scalar(
+            select(Revision).where(Revision.model_id == model.id, Revision.commit_id == rev)
+        )
+        if revision is None:
+            raise RevisionNotFound(f"revision '{rev}' not found")
+        return revision
+
+    def mark_vetted(
+        self, session: Session, *, revision: Revision, passed: bool, report: dict[str, Any]
+    ) -> None:
+        """Record the vetting outcome of a revision (called by the vetting task)."""
+        status = VettingStatus.PASSED if passed else VettingStatus.FAILED
+        if revision.vetting_status == status and revision.vetting_report == report:
+            return
+        revision.vetting_status = str(status)
+        revision.vetting_report = report
+        model = session.get(Model, revision.model_id)
+        self.audit.record(
+            session,
+            AuditAction.REVISION_VET,
+            actor_id=None,
+            org_id=model.org_id if model else None,
+            model_id=revision.model_id,
+            effect="allow" if passed else "deny",
+            payload={
+                "commit": revision.commit_id,
+                "status": str(status),
+                "problems": report.get("problems", []),
+            },
+        )

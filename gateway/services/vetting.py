@@ -1,0 +1,163 @@
+"""Vetting of uploaded files: digests, safetensors headers, pickle opcodes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickletools
+import struct
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from sqlalchemy.orm import Session
+
+from gateway.db.models import Revision, RevisionFile
+from gateway.errors import ArtifactMissing
+from gateway.services.publishing import PublishingService
+from gateway.storage import Storage
+
+MAX_HEADER = 100 * 1024 * 1024
+DTYPE_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch", "FloatStorage"),
+    ("torch", "HalfStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "LongStorage"),
+    ("torch", "IntStorage"),
+    ("torch", "ByteStorage"),
+    ("torch", "BoolStorage"),
+    ("torch", "float32"),
+    ("torch", "float16"),
+    ("torch", "bfloat16"),
+}
+
+
+def vet_revision(
+    session: Session, *, revision_id: int, storage: Storage, publishing: PublishingService
+) -> None:
+    """Check every file of a revision and record the report; safe to run twice."""
+    revision = session.get(Revision, revision_id)
+    if revision is None:
+        return
+    problems: list[dict[str, str]] = []
+    for file in revision.files:
+        problems.extend({"path": file.path, "problem": p} for p in vet_file(storage, file))
+    report: dict[str, Any] = {"files": len(revision.files), "problems": problems}
+    publishing.mark_vetted(session, revision=revision, passed=not problems, report=report)
+    session.commit()
+
+
+def vet_file(storage: Storage, file: RevisionFile) -> list[str]:
+    """Problems found in one stored file (empty when it passes)."""
+    try:
+        with storage.open_read(file.storage_key) as stream:
+            problems = _digest_problems(stream, file)
+            if file.path.endswith(".safetensors"):
+                stream.seek(0)
+                problems += safetensors_problems(stream, file.size)
+            elif file.path.endswith(PICKLE_SUFFIXES):
+                stream.seek(0)
+                problems += pickle_problems(stream)
+            return problems
+    except ArtifactMissing:
+        return ["the stored bytes are missing"]
+
+
+def _digest_problems(stream: BinaryIO, file: RevisionFile) -> list[str]:
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(chunk)
+        size += len(chunk)
+    problems = []
+    if digest.hexdigest() != file.sha256:
+        problems.append("sha256 of the stored bytes does not match the manifest")
+    if size != file.size:
+        problems.append(f"size {size} does not match the manifest's {file.size}")
+    return problems
+
+
+def safetensors_problems(stream: BinaryIO, total_size: int) -> list[str]:
+    """Validate a safetensors header: length, JSON, dtypes, shapes and contiguous offsets."""
+    prefix = stream.read(8)
+    if len(prefix) != 8:
+        return ["file is shorter than a safetensors header"]
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > min(MAX_HEADER, total_size - 8):
+        return [f"header length {header_len} is out of bounds"]
+    try:
+        header = json.loads(stream.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return ["header is not valid JSON"]
+    if not isinstance(header, dict):
+        return ["header is not a JSON object"]
+    return list(_tensor_problems(header, total_size - 8 - header_len))
+
+
+def _tensor_problems(header: dict[str, Any], data_size: int) -> Iterator[str]:
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            count = 1
+            for dim in shape:
+                count *= int(dim)
+            expected = count * DTYPE_SIZES[dtype]
+        except (KeyError, TypeError, ValueError):
+            yield f"tensor {name!r} has a malformed entry"
+            continue
+        if end - begin != expected:
+            yield f"tensor {name!r} spans {end - begin} bytes, its shape needs {expected}"
+        spans.append((begin, end))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            yield "tensor data is not contiguous (gap or overlap)"
+            return
+        position = end
+    if position != data_size:
+        yield f"tensor data covers {position} bytes of {data_size}"
+
+
+def pickle_problems(stream: BinaryIO) -> list[str]:
+    """Globals a pickle would import that are not on the allow-list (found without unpickling)."""
+    problems: list[str] = []
+    try:
+        recent: list[Any] = []
+        for opcode, arg, _pos in pickletools.genops(stream):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                recent = [*recent[-1:], arg]
+            elif opcode.name == "GLOBAL":
+                module, _, attr = str(arg).partition(" ")
+                _check_global(module, attr, problems)
+            elif opcode.name == "STACK_GLOBAL" and len(recent) == 2:
+                _check_global(str(recent[0]), str(recent[1]), problems)
+    except Exception as exc:  # any parse failure is itself a finding
+        problems.append(f"pickle stream could not be parsed: {type(exc).__name__}")
+    return problems
+
+
+def _check_global(module: str, attr: str, problems: list[str]) -> None:
+    if (module, attr) not in SAFE_GLOBALS:
+        problems.append(f"pickle imports unsafe global {module}.{attr}")

@@ -1,0 +1,81 @@
+"""Settings: the one place that reads the environment (``AIRLOCK_*`` variables)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "./var/airlock"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every configurable value of a gateway or worker process, resolved once."""
+
+    data_dir: Path
+    database_url: str
+    storage_url: str
+    secret_key: str = field(repr=False)
+    public_url: str | None = None
+    redis_url: str | None = None
+    broker_url: str | None = None
+    s3_endpoint_url: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    geo_header: str | None = None
+    geoip_db: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    max_upload_bytes: int = 64 * 1024**3
+    blob_url_ttl_seconds: int = 600
+    token_ttl_days: int = 90
+    log_level: str = "INFO"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (for tests and the demo)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, data_dir: str | Path | None = None
+) -> Settings:
+    """Read ``AIRLOCK_*`` variables into a Settings, generating local secrets on first run."""
+    env = os.environ if environ is None else environ
+    root = Path(data_dir or env.get("AIRLOCK_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
+    return Settings(
+        data_dir=root,
+        database_url=env.get("AIRLOCK_DATABASE_URL") or f"sqlite:///{root / 'airlock.db'}",
+        storage_url=env.get("AIRLOCK_STORAGE_URL") or f"file://{root / 'blobs'}",
+        secret_key=env.get("AIRLOCK_SECRET_KEY") or _local_secret(root, "secret_key"),
+        public_url=env.get("AIRLOCK_PUBLIC_URL") or None,
+        redis_url=env.get("AIRLOCK_REDIS_URL") or None,
+        broker_url=env.get("AIRLOCK_BROKER_URL") or None,
+        s3_endpoint_url=env.get("AIRLOCK_S3_ENDPOINT_URL") or None,
+        trusted_proxies=_csv(env.get("AIRLOCK_TRUSTED_PROXIES")),
+        geo_header=env.get("AIRLOCK_GEO_HEADER") or None,
+        geoip_db=env.get("AIRLOCK_GEOIP_DB") or None,
+        max_body_bytes=int(env.get("AIRLOCK_MAX_BODY_BYTES", 1024 * 1024)),
+        blob_url_ttl_seconds=int(env.get("AIRLOCK_BLOB_URL_TTL", 600)),
+        log_level=env.get("AIRLOCK_LOG_LEVEL", "INFO"),
+    )
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+def _local_secret(root: Path, name: str) -> str:
+    """Return a secret kept in the data dir, creating it (mode 0600) on first use."""
+    path = root / name
+    if path.exists():
+        return path.read_text().strip()
+    root.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value

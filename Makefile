@@ -1,0 +1,55 @@
+# Two entry points: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HUB036 := .venv-hub036
+DATA_DIR ?= ./var/demo
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: demo test lint typecheck contracts pytest services bench clean
+
+demo: $(VENV)/.runtime
+	$(BIN)/airlock demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+test: $(VENV)/.dev $(HUB036)/.installed services lint typecheck contracts pytest
+
+$(VENV)/.runtime: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(VENV)/.runtime $@
+
+# huggingface_hub 0.36 (the line transformers 4.x pins) lives in its own venv for the e2e tests.
+$(HUB036)/.installed:
+	test -d $(HUB036) || $(PYTHON) -m venv $(HUB036)
+	$(HUB036)/bin/pip install --quiet 'huggingface_hub==0.36.*'
+	touch $@
+
+services:
+	@$(BIN)/python scripts/check_services.py
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy
+
+contracts:
+	$(BIN)/lint-imports
+
+pytest:
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/resolve.py
+
+clean:
+	rm -rf $(VENV) $(HUB036) var .pytest_cache .mypy_cache .ruff_cache

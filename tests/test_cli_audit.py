@@ -1,0 +1,111 @@
+"""`airlock audit verify` on a seeded demo database: passes, then names the row after tampering."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from gateway.cli import main
+from gateway.db.migrate import upgrade
+from gateway.demo import seed
+from gateway.services.container import build_airlock
+from gateway.settings import load_settings
+
+
+@pytest.fixture(scope="module")
+def seeded_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo data dir seeded once through the services."""
+    root = tmp_path_factory.mktemp("demo")
+    settings = load_settings({}, data_dir=root)
+    upgrade(settings.database_url)
+    airlock = build_airlock(settings)
+    seed(airlock, root)
+    airlock.close()
+    return root
+
+
+@pytest.fixture
+def demo_copy(seeded_demo: Path, tmp_path: Path) -> Path:
+    """A private copy of the seeded demo database."""
+    shutil.copytree(seeded_demo, tmp_path / "demo")
+    return tmp_path / "demo"
+
+
+def verify(data_dir: Path) -> tuple[int, str]:
+    env = {"AIRLOCK_DATA_DIR": str(data_dir), "AIRLOCK_DATABASE_URL": ""}
+    result = CliRunner().invoke(main, ["audit", "verify"], env=env)
+    return result.exit_code, result.output
+
+
+def tamper(data_dir: Path, *statements: str) -> None:
+    """Edit the database as its owner could: drop the append-only triggers first."""
+    engine = create_engine(f"sqlite:///{data_dir / 'airlock.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER audit_events_no_update"))
+        conn.execute(text("DROP TRIGGER audit_events_no_delete"))
+        for statement in statements:
+            conn.execute(text(statement))
+    engine.dispose()
+
+
+def test_verify_passes_on_the_demo_database(demo_copy: Path) -> None:
+    code, output = verify(demo_copy)
+    assert code == 0, output
+    assert "audit chain OK" in output
+
+
+@pytest.mark.parametrize("seq", [1, 5, 12])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE audit_events SET action = 'grant:revoke' WHERE seq = {seq}",
+        "UPDATE audit_events SET payload = '{{\"forged\": true}}' WHERE seq = {seq}",
+        "UPDATE audit_events SET occurred_at = '2020-01-01 00:00:00.000000' WHERE seq = {seq}",
+        "UPDATE audit_events SET actor_id = 999 WHERE seq = {seq}",
+        "DELETE FROM audit_events WHERE seq = {seq}",
+    ],
+)
+def test_verify_names_the_first_edited_or_deleted_row(demo_copy: Path, seq: int, edit: str) -> None:
+    tamper(demo_copy, edit.format(seq=seq))
+    code, output = verify(demo_copy)
+    assert code == 1
+    assert f"BROKEN at seq {seq}:" in output
+
+
+def test_verify_detects_a_recomputed_hash_through_the_next_link(demo_copy: Path) -> None:
+    """Row 3 edited and its own hash recomputed: the link from row 4 no longer holds."""
+    from sqlalchemy.orm import Session
+
+    from gateway.audit import entry_hash, event_body
+    from gateway.db.models import AuditEvent
+
+    engine = create_engine(f"sqlite:///{demo_copy / 'airlock.db'}")
+    with Session(engine) as session:
+        event = session.get_one(AuditEvent, 3)
+        session.expunge(event)
+    engine.dispose()
+    event.payload = {"forged": True}
+    forged = entry_hash(event.prev_hash, event_body(event))
+    tamper(
+        demo_copy,
+        f"UPDATE audit_events SET payload = '{{\"forged\": true}}', "
+        f"entry_hash = '{forged}' WHERE seq = 3",
+    )
+    code, output = verify(demo_copy)
+    assert code == 1
+    assert "BROKEN at seq 4: prev_hash does not link" in output
+
+
+def test_verify_detects_a_truncated_tail_against_the_head(demo_copy: Path) -> None:
+    engine = create_engine(f"sqlite:///{demo_copy / 'airlock.db'}")
+    with engine.connect() as conn:
+        last = conn.execute(text("SELECT max(seq) FROM audit_events")).scalar_one()
+    engine.dispose()
+    tamper(demo_copy, f"DELETE FROM audit_events WHERE seq = {last}")
+    code, output = verify(demo_copy)
+    assert code == 1
+    assert f"BROKEN at seq {last}:" in output

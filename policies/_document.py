@@ -96,10 +96,9 @@ class _Builder:
             return int(value)
         if tag == f"{_TAG}float" and _FLOAT.fullmatch(value):
             return float(value)
-        if tag in _TEXT_TAGS:
-            return value
-        self._refuse(node, path)
-        return None
+        if tag not in _TEXT_TAGS:
+            self._refuse(node, path)
+        return value
 
     def _refuse(self, node: Node, path: str) -> None:
         self._issue(path, node, f"unsupported YAML tag '{node.tag}'")
@@ -110,9 +109,10 @@ class _Builder:
 
 def _syntax_issue(exc: yaml.YAMLError) -> PolicyIssue:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    text = ": ".join(part for part in parts if part) or str(exc)
     line = int(mark.line) + 1 if mark is not None else None
-    return PolicyIssue("", line, f"YAML syntax error: {problem}")
+    return PolicyIssue("", line, f"YAML syntax error: {text}")
 
 
 def read_document(text: str) -> "tuple[object, Reader]":

@@ -179,7 +179,8 @@ def _availability(q: _Request, model_frozen: bool) -> list[Reason]:
         message += f" the model is in stage '{q.policy.stage}'."
         reasons.append(Reason(ReasonCode.STAGE_CLOSED, message, q.rule("opens_in"), Effect.DENY))
     if model_frozen and q.tier.grants & _SERVING:
-        message = "The model is frozen: no tier serves its weights or inference until it is lifted."
+        message = "The model is under an emergency freeze: no tier serves its weights or"
+        message += " inference until the freeze is lifted."
         reasons.append(Reason(ReasonCode.MODEL_FROZEN, message, q.rule("grants"), Effect.DENY))
     return reasons
 
@@ -328,8 +329,8 @@ def _signal(q: _Request, rule: JurisdictionRule, signal: Signal) -> list[Reason]
         return [Reason(ReasonCode.SIGNAL_MISSING, message, where, Effect.REVIEW)]
     code = value.strip().upper()
     if not is_jurisdiction_code(code):
-        message = f"The requester's {label} {value!r} is not an ISO 3166 code; a reviewer must"
-        message += " decide."
+        message = f"The requester's {label} {value!r} is not an assigned ISO 3166 code; a reviewer"
+        message += " must decide."
         return [Reason(ReasonCode.SIGNAL_INVALID, message, where, Effect.REVIEW)]
     return (
         _listed(q, rule.deny, "deny", signal, code)
@@ -374,23 +375,27 @@ def _listed_reason(q: _Request, signal: Signal, code: str, hit: _Hit) -> Reason:
     listed = f"'{hit.entry.code}'" + (f" ({hit.entry.note})" if hit.entry.note else "")
     source = _source(q, hit.ref)
     if hit.found is Match.FULL:
-        code_, effect, verb = _LISTED[hit.kind]
-        message = f"{subject} matches {listed} on {source}, which this tier {verb}."
-        return Reason(code_, message, where, effect)
+        reason, effect, verb = _LISTED[hit.kind]
+        if source is None:
+            message = f"{subject} matches {listed}, which this tier's rule {verb} by name."
+        else:
+            message = f"{subject} matches {listed} on {source}, which this tier {verb}."
+        return Reason(reason, message, where, effect)
+    source = source or "this tier's rule"
     if hit.entry.code.startswith(f"{code}-"):
-        message = f"{subject} is not precise enough: {source} lists {listed}, part of '{code}'."
+        message = f"{subject} is not precise enough to decide: {source} lists {listed},"
+        message += f" which is only part of '{code}'."
     else:
-        message = f"{subject} cannot decide alone: {source} lists only part of {listed}."
-    return Reason(
-        ReasonCode.JURISDICTION_REVIEW, f"{message} A reviewer must decide.", where, Effect.REVIEW
-    )
+        message = f"{subject} is not enough to decide: {source} covers only part of {listed}."
+    message += " A reviewer must decide."
+    return Reason(ReasonCode.JURISDICTION_REVIEW, message, where, Effect.REVIEW)
 
 
-def _source(q: _Request, ref: str) -> str:
+def _source(q: _Request, ref: str) -> str | None:
     target = q.packs.resolve(ref)
     if isinstance(target, ListRef):
         return f"list '{target.list_name}' of pack {target.pack_id} version {target.version}"
-    return "the policy's own list"
+    return None
 
 
 def _otherwise(q: _Request, rule: JurisdictionRule, signal: Signal, code: str) -> Reason:

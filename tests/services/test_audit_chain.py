@@ -47,7 +47,7 @@ def test_canonical_json_refuses_floats_and_naive_times() -> None:
     with pytest.raises(TypeError):
         canonical_json({"x": 1.5})
     with pytest.raises(ValueError, match="timezone-aware"):
-        canonical_json({"t": datetime(2026, 1, 1)})  # noqa: DTZ001
+        canonical_json({"t": datetime(2026, 1, 1)})
 
 
 def test_hash_is_domain_separated_and_linked() -> None:

@@ -26,7 +26,7 @@ from policies.schema import (
     Upstream,
     parse_policy,
 )
-from policies.units import format_duration, parse_byte_size, parse_duration
+from policies.units import format_duration, parse_byte_size, parse_date, parse_duration
 from policies.vocab import (
     ApprovalMode,
     Effect,
@@ -79,6 +79,7 @@ __all__ = [
     "kyc_at_least",
     "load_packs",
     "parse_byte_size",
+    "parse_date",
     "parse_duration",
     "parse_pack",
     "parse_policy",

@@ -17,7 +17,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from policies.errors import PolicyError, PolicyIssue
-from policies.units import parse_byte_size, parse_duration
+from policies.units import parse_byte_size, parse_date, parse_duration
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -25,7 +25,6 @@ _TAG = "tag:yaml.org,2002:"
 _TEXT_TAGS = {f"{_TAG}{name}" for name in ("str", "timestamp", "bool", "int", "float")}
 _INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]+")
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 NONBLANK = re.compile(r".*\S.*", re.DOTALL)
 _MAX_NODES = 50_000
 _MAX_DEPTH = 40
@@ -175,16 +174,14 @@ class Reader:
                 self.error(child(path, key), f"'{key}' is required")
         return value
 
-    def items(
-        self, value: object, path: str, *, non_empty: bool = True
-    ) -> Iterator[tuple[str, object]]:
-        """The (path, item) pairs of a list; nothing when absent (None)."""
+    def items(self, value: object, path: str) -> Iterator[tuple[str, object]]:
+        """The (path, item) pairs of a non-empty list; nothing when absent (None)."""
         if value is None:
             return
         if not isinstance(value, list):
             self.error(path, f"must be a list, not {describe(value)}")
             return
-        if not value and non_empty:
+        if not value:
             self.error(path, "must not be empty")
         for index, item in enumerate(value):
             yield child(path, index), item
@@ -212,22 +209,22 @@ class Reader:
             return None
         return value
 
-    def integer(self, value: object, path: str, minimum: int = 1) -> int | None:
-        """A whole number of at least `minimum`; None when absent or invalid."""
+    def integer(self, value: object, path: str) -> int | None:
+        """A whole number of at least 1; None when absent or invalid."""
         if value is None:
             return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            self.error(path, f"must be a whole number of at least {minimum}, not {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            self.error(path, f"must be a whole number of at least 1, not {value!r}")
             return None
         return value
 
-    def boolean(self, value: object, path: str, default: bool = False) -> bool:
-        """true or false; `default` when absent or invalid."""
+    def boolean(self, value: object, path: str) -> bool:
+        """true or false; false when absent or invalid."""
         if value is None:
-            return default
+            return False
         if not isinstance(value, bool):
             self.error(path, f"must be true or false, not {value!r}")
-            return default
+            return False
         return value
 
     def choice(self, kind: type[E], value: object, path: str, what: str) -> E | None:
@@ -265,12 +262,8 @@ class Reader:
     def day(self, value: object, path: str) -> date | None:
         """A calendar date written YYYY-MM-DD; None when absent or invalid."""
         text = self.text(value, path)
-        if text is None:
+        try:
+            return None if text is None else parse_date(text)
+        except ValueError as exc:
+            self.error(path, str(exc))
             return None
-        if _DATE.fullmatch(text):
-            try:
-                return date.fromisoformat(text)
-            except ValueError:
-                pass
-        self.error(path, f"'{text}' is not a valid date written YYYY-MM-DD")
-        return None

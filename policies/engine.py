@@ -13,8 +13,8 @@ from policies.iso3166 import is_jurisdiction_code
 from policies.packs import ListRef, PackEntry, PackRegistry
 from policies.schema import Approval, JurisdictionRule, ReleasePolicy, Tier
 from policies.vocab import (
+    ApprovalMode,
     Effect,
-    GrantKind,
     KycLevel,
     Match,
     ReasonCode,
@@ -23,7 +23,6 @@ from policies.vocab import (
     kyc_at_least,
 )
 
-_SERVING = frozenset({GrantKind.INFERENCE, GrantKind.WEIGHTS})
 _SIGNAL_LABELS = {
     Signal.DOCUMENT_COUNTRY: "identity document's issuing country",
     Signal.NATIONALITY: "nationality",
@@ -89,7 +88,11 @@ class Reason:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome for one subject and tier, with every reason and the packs consulted."""
+    """The outcome for one subject and tier, with every reason and the packs consulted.
+
+    `approval` is what a grant still needs: the tier's approval, or one manual reviewer when a
+    request for an automatic tier goes to review. It is None only for an unknown tier.
+    """
 
     effect: Effect
     reasons: tuple[Reason, ...]
@@ -156,7 +159,15 @@ def evaluate(
     q = _Request(policy, tier, subject, now, packs)
     reasons = [*_availability(q, model_frozen), *_requirements(q)]
     reasons += _approval(q, reasons)
-    return Decision(_combine(reasons), tuple(reasons), tier.name, tier.requires.approval, _packs(q))
+    effect = _combine(reasons)
+    return Decision(effect, tuple(reasons), tier.name, _approval_needed(tier, effect), _packs(q))
+
+
+def _approval_needed(tier: Tier, effect: Effect) -> Approval:
+    """The tier's approval; a request of an automatic tier sent to review needs one reviewer."""
+    if effect is Effect.REVIEW and tier.requires.approval.mode is ApprovalMode.AUTO:
+        return Approval(ApprovalMode.MANUAL, 1)
+    return tier.requires.approval
 
 
 def _combine(reasons: Iterable[Reason]) -> Effect:
@@ -178,7 +189,7 @@ def _availability(q: _Request, model_frozen: bool) -> list[Reason]:
         message = f"Tier '{q.tier.name}' opens only in stages {stages};"
         message += f" the model is in stage '{q.policy.stage}'."
         reasons.append(Reason(ReasonCode.STAGE_CLOSED, message, q.rule("opens_in"), Effect.DENY))
-    if model_frozen and q.tier.grants & _SERVING:
+    if model_frozen and q.tier.serves_model:
         message = "The model is under an emergency freeze: no tier serves its weights or"
         message += " inference until the freeze is lifted."
         reasons.append(Reason(ReasonCode.MODEL_FROZEN, message, q.rule("grants"), Effect.DENY))
@@ -196,8 +207,9 @@ def _requirements(q: _Request) -> list[Reason]:
 def _approval(q: _Request, reasons: list[Reason]) -> list[Reason]:
     if q.tier.requires.explicit_empty or any(r.effect is not Effect.ALLOW for r in reasons):
         return []
-    rule, reviewers = q.rule("requires.approval"), q.tier.requires.approval.reviewers
-    if reviewers:
+    rule, approval = q.rule("requires.approval"), q.tier.requires.approval
+    if approval.mode is ApprovalMode.MANUAL:
+        reviewers = approval.reviewers
         count = "one reviewer" if reviewers == 1 else f"{reviewers} reviewers"
         message = f"All requirements are met; the grant still needs approval by {count}."
         return [Reason(ReasonCode.APPROVAL_REQUIRED, message, rule, Effect.REVIEW)]
@@ -226,15 +238,14 @@ def _kyc(q: _Request) -> list[Reason]:
 
 
 def _sanctions(q: _Request) -> list[Reason]:
-    if q.subject.sanctions_hit is not True or not kyc_at_least(
-        q.tier.requires.kyc, KycLevel.IDENTITY
-    ):
+    # Screening comes with identity-level verification; below that the tier does not use it.
+    screened = kyc_at_least(q.tier.requires.kyc, KycLevel.IDENTITY)
+    if not screened or q.subject.sanctions_hit is not True:
         return []
     message = "Sanctions screening of the requester reported a hit; access stays denied until"
     message += " the hit is cleared."
-    return [
-        Reason(ReasonCode.SANCTIONS_SCREENING_HIT, message, q.rule("requires.kyc"), Effect.DENY)
-    ]
+    rule = q.rule("requires.kyc")
+    return [Reason(ReasonCode.SANCTIONS_SCREENING_HIT, message, rule, Effect.DENY)]
 
 
 def _agreement(q: _Request) -> list[Reason]:

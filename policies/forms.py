@@ -1,14 +1,12 @@
 """Request forms: the fields a requester fills in, and checking what they submitted."""
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
 from policies.iso3166 import is_country_code
+from policies.units import parse_date
 from policies.vocab import FieldType
-
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True)
@@ -23,13 +21,14 @@ class FormField:
 
     def to_dict(self) -> dict[str, object]:
         """Canonical JSON-ready form (absent settings left out)."""
-        found: dict[str, object] = {"name": self.name, "type": self.type.value}
-        found["required"] = self.required
-        if self.max_length is not None:
-            found["max_length"] = self.max_length
-        if self.options:
-            found["options"] = list(self.options)
-        return found
+        found: dict[str, object] = {
+            "name": self.name,
+            "type": self.type.value,
+            "required": self.required,
+            "max_length": self.max_length,
+            "options": list(self.options),
+        }
+        return {key: value for key, value in found.items() if value not in (None, [])}
 
 
 def validate_form(fields: Sequence[FormField], values: Mapping[str, object]) -> list[str]:
@@ -63,7 +62,7 @@ def _check_checkbox(field: FormField, value: object) -> str | None:
 
 
 def _check_date(field: FormField, value: object) -> str | None:
-    if isinstance(value, date) or (isinstance(value, str) and _is_iso_date(value)):
+    if isinstance(value, date) or (isinstance(value, str) and _is_date(value)):
         return None
     return f"must be a date written YYYY-MM-DD; got {value!r}"
 
@@ -80,11 +79,12 @@ def _check_select(field: FormField, value: object) -> str | None:
     return f"must be one of {', '.join(field.options)}; got {value!r}"
 
 
-def _is_iso_date(text: str) -> bool:
+def _is_date(text: str) -> bool:
     try:
-        return _DATE.fullmatch(text) is not None and bool(date.fromisoformat(text))
+        parse_date(text)
     except ValueError:
         return False
+    return True
 
 
 _CHECKS: dict[FieldType, Callable[[FormField, object], str | None]] = {

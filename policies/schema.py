@@ -182,7 +182,7 @@ class Limits:
         return _compact(dict(vars(self)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Tier:
     """A release tier: what it grants, to whom, within which limits, in which stages."""
 
@@ -195,6 +195,11 @@ class Tier:
     grant_ttl: timedelta | None = None
     signed_url_ttl: timedelta = DEFAULT_SIGNED_URL_TTL
     fingerprint: bool = False
+
+    @property
+    def serves_model(self) -> bool:
+        """Whether the tier grants weights or inference (what a freeze stops)."""
+        return bool(self.grants & _SERVING)
 
     def allows_file(self, path: str) -> bool:
         """Whether holders may download the repository-relative `path` (needs a weights grant)."""
@@ -238,7 +243,7 @@ class Upstream:
         return _compact({"base_url": self.base_url, "api_key": self.api_key})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReleasePolicy:
     """A model's validated release policy."""
 
@@ -464,7 +469,8 @@ def _agreement_ref(c: _Context, value: object, path: str) -> AgreementRef | None
     text = c.r.text(value, path, _AGREEMENT_REF, hint)
     if text is None:
         return None
-    ref = AgreementRef(text.split("@")[0], int(text.split("@")[1]))
+    agreement_id, _, version = text.partition("@")
+    ref = AgreementRef(agreement_id, int(version))
     declared = c.agreements.get(ref.id)
     if declared is None:
         c.r.error(path, f"agreement '{ref.id}' is not declared under 'agreements'")
@@ -522,12 +528,14 @@ def _references(c: _Context, value: object, path: str) -> tuple[str, ...]:
 
 def _reference(c: _Context, value: object, path: str) -> str | None:
     ref = c.r.text(value, path)
-    check = c.packs.resolve if c.packs is not None else parse_reference
+    if ref is None:
+        return None
     try:
-        return None if ref is None else check(ref) and ref
+        c.packs.resolve(ref) if c.packs is not None else parse_reference(ref)
     except (LookupError, ValueError) as exc:
         c.r.error(path, str(exc))
         return None
+    return ref
 
 
 def _signals(r: Reader, value: object, path: str) -> tuple[Signal, ...]:

@@ -1,9 +1,10 @@
-"""Durations (`15m`, `90d`) and byte sizes (`400GB`, `1.5GiB`) as written in policies."""
+"""Durations (`15m`, `90d`), byte sizes (`400GB`, `1.5GiB`) and dates as written in policies."""
 
 import re
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DURATION = re.compile(r"([1-9][0-9]*)([smhdw])")
 _DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _BYTE_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([KMGTP]i?B|kB|B)")
@@ -46,3 +47,13 @@ def parse_byte_size(value: int | str) -> int:
     if found is None:
         raise ValueError(f"'{value}' is not a byte size such as 500MB, 400GB or 1.5GiB")
     return int(Decimal(found.group(1)) * _BYTE_UNITS[found.group(2)])
+
+
+def parse_date(text: str) -> date:
+    """Parse a calendar date written exactly YYYY-MM-DD; raise ValueError otherwise."""
+    if _DATE.fullmatch(text) is None:
+        raise ValueError(f"'{text}' is not a date written YYYY-MM-DD")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a valid date written YYYY-MM-DD") from None

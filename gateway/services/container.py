@@ -19,8 +19,6 @@ from gateway.storage import Storage, storage_from_url
 from gateway.tasks import InProcessRunner, TaskRunner
 from policies import PackRegistry, load_packs
 
-APPLY_PATH = "/ui/models/{repo}/access"
-
 
 @dataclass
 class Airlock:
@@ -58,7 +56,6 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
     publishing = PublishingService(audit=audit, storage=storage, runner=task_runner)
     policies = PolicyService(audit=audit, packs=packs, publishing=publishing)
     access = AccessService(audit=audit, policies=policies, packs=packs)
-    apply_url = (settings.public_url or "").rstrip("/") + APPLY_PATH
     downloads = DownloadService(
         audit=audit,
         access=access,
@@ -67,7 +64,6 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
         limiter=limiter,
         signer=signer,
         storage=storage,
-        apply_url=apply_url,
     )
     airlock = Airlock(
         settings,

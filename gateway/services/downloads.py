@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,7 +23,14 @@ from gateway.db.models import (
     User,
     utcnow,
 )
-from gateway.errors import AccessDenied, EntryNotFound, RateLimited
+from gateway.errors import (
+    AccessDenied,
+    EntryNotFound,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    RepoNotFound,
+)
 from gateway.ratelimit import Dimension, Limiter, LimitResult
 from gateway.services.access import AccessService, reasons_json
 from gateway.services.policy import PolicyService
@@ -33,6 +41,7 @@ from gateway.storage import Storage
 from policies import GrantKind, ReleasePolicy, Subject, Tier
 
 DAY = 86400
+APPLY_PATH = "/api/v1/models/{repo}/access"
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,15 @@ class WeightsAccess:
     def grant_for(self, path: str) -> tuple[Grant, Tier]:
         """The grant that covers `path` (the first, in grant order)."""
         return next((g, t) for g, t in self.grants if t.allows_file(path))
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A verified blob request: the file row, its commit, and where its bytes are on disk."""
+
+    file: RevisionFile
+    commit: str
+    path: Path | None
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,6 @@ class DownloadService:
         limiter: Limiter,
         signer: BlobSigner,
         storage: Storage,
-        apply_url: str,
     ) -> None:
         self.audit = audit
         self.access = access
@@ -84,7 +101,34 @@ class DownloadService:
         self.limiter = limiter
         self.signer = signer
         self.storage = storage
-        self.apply_url = apply_url
+
+    def open_revision(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        repo_id: str,
+        rev: str,
+        request_country: str | None,
+        base_url: str,
+    ) -> tuple[WeightsAccess, Revision]:
+        """The caller's weights access to `repo_id` and the revision `rev` names.
+
+        Access is decided before the revision is resolved, so callers without a grant learn
+        nothing about which revisions exist.
+        """
+        try:
+            model = self.publishing.get_model(session, repo_id)
+        except NotFound as exc:
+            raise RepoNotFound(f"model '{repo_id[:200]}' not found") from exc
+        access = self.weights_access(
+            session,
+            principal=principal,
+            model=model,
+            request_country=request_country,
+            base_url=base_url,
+        )
+        return access, self.publishing.resolve_revision(session, model, rev)
 
     def weights_access(
         self,
@@ -93,10 +137,11 @@ class DownloadService:
         principal: Principal,
         model: Model,
         request_country: str | None,
+        base_url: str,
     ) -> WeightsAccess:
         """The caller's live weights grants, or AccessDenied (audited) with every reason."""
         self.access.require_visible(principal, model)
-        apply_url = self.apply_url.format(repo=model.repo_id)
+        apply_url = apply_url_for(base_url, model)
         if not principal.authenticated:
             raise AccessDenied(
                 f"Access to model {model.repo_id} is restricted. Authenticate with an Airlock "
@@ -112,6 +157,7 @@ class DownloadService:
                 session,
                 principal,
                 model,
+                apply_url,
                 [
                     {
                         "code": "token_scope_missing",
@@ -122,9 +168,12 @@ class DownloadService:
                 ],
             )
         if not usable or policy is None:
-            self._deny(session, principal, model, self._no_grant_reasons(session, user_id, model))
+            reasons = self._no_grant_reasons(session, user_id, model)
+            self._deny(session, principal, model, apply_url, reasons)
         assert policy is not None
-        checked = self._recheck(session, principal, model, policy, usable, request_country)
+        checked = self._recheck(
+            session, principal, model, policy, usable, request_country, apply_url
+        )
         return WeightsAccess(model, policy, checked)
 
     def _usable_grants(
@@ -161,6 +210,7 @@ class DownloadService:
         policy: ReleasePolicy,
         usable: Sequence[tuple[Grant, Tier]],
         request_country: str | None,
+        apply_url: str,
     ) -> tuple[tuple[Grant, Tier], ...]:
         """Evaluate the live policy for each grant's tier; deny-effects refuse the download."""
         user = session.get_one(User, principal.require_user())
@@ -179,7 +229,7 @@ class DownloadService:
             else:
                 kept.append((grant, tier))
         if not kept:
-            self._deny(session, principal, model, reasons)
+            self._deny(session, principal, model, apply_url, reasons)
         return tuple(kept)
 
     def _no_grant_reasons(
@@ -221,7 +271,12 @@ class DownloadService:
         ]
 
     def _deny(
-        self, session: Session, principal: Principal, model: Model, reasons: list[dict[str, str]]
+        self,
+        session: Session,
+        principal: Principal,
+        model: Model,
+        apply_url: str,
+        reasons: list[dict[str, str]],
     ) -> None:
         self.audit.record(
             session,
@@ -234,7 +289,6 @@ class DownloadService:
             payload={"reasons": reasons},
         )
         session.commit()
-        apply_url = self.apply_url.format(repo=model.repo_id)
         summary = " ".join(r["message"] for r in reasons)
         raise AccessDenied(
             f"Access to model {model.repo_id} is restricted. {summary} "
@@ -310,6 +364,40 @@ class DownloadService:
         )
         session.commit()
         return Ticket(url, file, revision.commit_id, limit)
+
+    def open_blob(
+        self,
+        session: Session,
+        *,
+        claim: BlobClaim | None,
+        signature: str,
+        method: str,
+        filename: str,
+        now: datetime,
+    ) -> Blob:
+        """Check a signed blob URL (signature, expiry, method) and find its file: one DB read.
+
+        No grant is consulted: a signed URL carries its own authority until it expires.
+        """
+        if claim is None or not signature:
+            raise Forbidden("This blob URL is missing its signature; fetch the file via /resolve.")
+        if not self.signer.verify(claim, signature):
+            raise Forbidden("This blob URL's signature is invalid; fetch the file via /resolve.")
+        if claim.expires <= now.timestamp():
+            raise Forbidden("This blob URL has expired; fetch the file again via /resolve.")
+        if not claim.permits(method):
+            raise Forbidden(f"This blob URL was signed for {claim.method}, not {method}.")
+        row = session.execute(
+            select(RevisionFile, Revision.commit_id)
+            .join(Revision, Revision.id == RevisionFile.revision_id)
+            .where(RevisionFile.id == claim.file_id)
+        ).first()
+        if row is None or row[0].sha256 != claim.sha256 or row[1] != claim.commit:
+            raise Forbidden("This blob URL no longer matches a stored file.")
+        file, commit = row
+        if filename != file.path.rsplit("/", 1)[-1]:
+            raise Forbidden("This blob URL's file name does not match its signature.")
+        return Blob(file, commit, self.storage.local_path(file.storage_key))
 
     def _charge(
         self,
@@ -397,6 +485,11 @@ def _dimensions(grant: Grant, tier: Tier, file: RevisionFile, method: str) -> li
             )
         )
     return dims
+
+
+def apply_url_for(base_url: str, model: Model) -> str:
+    """Where a researcher sees a model's tiers (GET) and requests one (POST)."""
+    return base_url.rstrip("/") + APPLY_PATH.format(repo=model.repo_id)
 
 
 def ratelimit_headers(result: LimitResult | None) -> dict[str, str]:

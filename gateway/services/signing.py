@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
+
+METHODS_ALLOWED = {"GET": frozenset({"GET", "HEAD"}), "HEAD": frozenset({"HEAD"})}
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,26 @@ class BlobClaim:
                 str(self.expires),
             ]
         ).encode()
+
+    def permits(self, method: str) -> bool:
+        """A GET-signed URL serves GET and HEAD; a HEAD-signed one only HEAD."""
+        return method in METHODS_ALLOWED.get(self.method, frozenset())
+
+    @classmethod
+    def from_query(cls, file_id: int, query: Mapping[str, str]) -> BlobClaim | None:
+        """The claim a blob URL's query states, or None when a part is missing or malformed."""
+        try:
+            return cls(
+                file_id,
+                query["h"],
+                query["c"],
+                int(query["u"]),
+                int(query["g"]),
+                query["m"],
+                int(query["e"]),
+            )
+        except (KeyError, ValueError):
+            return None
 
 
 class BlobSigner:

@@ -1,5 +1,46 @@
-"""Blob surface (in progress)."""
+"""Signed, expiring, Range-capable file URLs for local storage (the target of /resolve)."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+from flask import Blueprint, Response, request, send_file
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+
+from gateway.api.context import airlock, db
+from gateway.api.errors import hub_error
+from gateway.db.models import utcnow
+from gateway.errors import ArtifactMissing, NotFound
+from gateway.services.signing import BlobClaim
 
 bp = Blueprint("blobs", __name__)
+
+
+@bp.route("/blobs/<int:file_id>/<filename>", methods=["GET", "HEAD"])
+def blob(file_id: int, filename: str) -> Response:
+    """Serve one file's bytes to whoever holds a valid signed URL; no grant lookup."""
+    found = airlock().downloads.open_blob(
+        db(),
+        claim=BlobClaim.from_query(file_id, request.args),
+        signature=request.args.get("s", ""),
+        method=request.method,
+        filename=filename,
+        now=utcnow(),
+    )
+    if found.path is None:
+        raise NotFound("this deployment serves files from its object store, not /blobs")
+    if not found.path.is_file():
+        raise ArtifactMissing(f"the bytes of {found.file.path} are missing from storage")
+    try:
+        response = send_file(
+            found.path,
+            mimetype="application/octet-stream",
+            download_name=found.file.path.rsplit("/", 1)[-1],
+            conditional=True,
+            etag=found.file.sha256,
+        )
+    except RequestedRangeNotSatisfiable as exc:
+        response = hub_error(416, None, "the requested range is not satisfiable")
+        response.headers["Content-Range"] = f"bytes */{exc.length}"
+    response.headers["X-Repo-Commit"] = found.commit
+    response.headers["X-Linked-Etag"] = f'"{found.file.sha256}"'
+    response.headers["X-Linked-Size"] = str(found.file.size)
+    return response

@@ -336,3 +336,7 @@ def _fail(exc: ApiError) -> None:
 
 def _print(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
+
+
+if __name__ == "__main__":
+    main()

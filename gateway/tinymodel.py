@@ -7,8 +7,9 @@ import random
 import struct
 from array import array
 from pathlib import Path
+from typing import Any
 
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
     "vocab_size": 512,
@@ -26,7 +27,7 @@ CONFIG = {
 }
 
 
-def tensor_shapes(config: dict[str, int]) -> dict[str, list[int]]:
+def tensor_shapes(config: dict[str, Any]) -> dict[str, list[int]]:
     """Tensor names and shapes of a Llama model with this config."""
     h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     shapes = {

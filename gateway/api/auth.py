@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from authlib.oauth2.rfc6749 import ResourceProtector, TokenMixin
-from authlib.oauth2.rfc6749.errors import OAuth2Error
-from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc6749 import ResourceProtector, TokenMixin  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6749.errors import OAuth2Error  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6750 import BearerTokenValidator  # type: ignore[import-untyped]
 from flask import request
+from werkzeug.datastructures import Headers
 
 from gateway.errors import InvalidCredentials
 from gateway.services.principal import ANONYMOUS, Principal
@@ -54,7 +55,7 @@ class AirlockBearerValidator(BearerTokenValidator):  # type: ignore[misc]
 class _HeadersOnly:
     """The part of a request Authlib's protector reads (never the body)."""
 
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] | Headers
 
 
 class TokenAuthenticator:

@@ -29,8 +29,8 @@ class MemoryLimiter:
                 allow_at = new_tat - dim.window
                 if dim.cost > dim.quota or allow_at > now:
                     retry = float("inf") if dim.cost > dim.quota else allow_at - now
-                    states = (DimensionState(dim, _remaining(dim, tat, now), tat - now),)
-                    return LimitResult(False, states, retry_after=retry, refused=dim)
+                    refusal = (DimensionState(dim, _remaining(dim, tat, now), tat - now),)
+                    return LimitResult(False, refusal, retry_after=retry, refused=dim)
                 planned.append((dim, new_tat))
             for dim, new_tat in planned:
                 self._tat[dim.key] = new_tat

@@ -1,0 +1,210 @@
+"""Real huggingface_hub clients (2.x here, 0.36 from its own venv) against a live `airlock demo`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = "acme/tiny-llm"
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+OUTSIDE_GRANT = "README.md"  # in the repository, outside the weights tier's file globs
+
+# Runs inside the client's own interpreter; prints one JSON line. Works with hub 0.36 and 2.x.
+CLIENT = r"""
+import json, sys
+import huggingface_hub
+from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, GatedRepoError
+
+tokens, cache = json.loads(sys.argv[1]), sys.argv[2]
+out = {"version": huggingface_hub.__version__}
+out["snapshot"] = snapshot_download("acme/tiny-llm", token=tokens["researcher"], cache_dir=cache)
+for who in ("outsider", "anonymous"):
+    try:
+        snapshot_download("acme/tiny-llm", token=tokens.get(who, False), cache_dir=f"{cache}-{who}")
+        out[who] = ["downloaded", ""]
+    except GatedRepoError as exc:
+        out[who] = ["GatedRepoError", str(exc)]
+    except Exception as exc:
+        out[who] = [type(exc).__name__, str(exc)]
+try:
+    hf_hub_download("acme/tiny-llm", "README.md", token=tokens["researcher"], cache_dir=cache)
+    out["readme"] = ["downloaded", ""]
+except EntryNotFoundError as exc:
+    out["readme"] = ["EntryNotFoundError", str(exc)]
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class Server:
+    """A live demo deployment."""
+
+    endpoint: str
+    tokens: dict[str, str]
+    tmp: Path
+
+    def get(self, path: str, role: str) -> Any:
+        request = urllib.request.Request(
+            self.endpoint + path, headers={"Authorization": f"Bearer {self.tokens[role]}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def hub_env(self, name: str, token: str | None = None) -> dict[str, str]:
+        """Environment for a client process: our endpoint, a private cache, no Xet."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "AIRLOCK_"))}
+        env.update(
+            HF_ENDPOINT=self.endpoint,
+            HF_HOME=str(self.tmp / f"{name}-home"),
+            HF_HUB_CACHE=str(self.tmp / f"{name}-cache"),
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_ENABLE_HF_TRANSFER="0",
+            HF_HUB_DISABLE_XET="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+        )
+        if token:
+            env["HF_TOKEN"] = token
+        return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(endpoint: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"airlock demo exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(endpoint + "/healthz", timeout=1):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    pytest.fail(f"airlock demo did not become healthy in 30 s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("hub-e2e")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")}
+    command = [sys.executable, "-m", "gateway.cli", "demo", "--data-dir", str(tmp / "data")]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
+    try:
+        wait_healthy(endpoint, process, log)
+        demo = json.loads((tmp / "data" / "demo.json").read_text())
+        assert demo["endpoint"] == endpoint
+        yield Server(endpoint, demo["tokens"], tmp)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def published(server: Server) -> dict[str, str]:
+    """path -> sha256 of every file of the head revision, as the publisher sees it."""
+    revision = server.get(f"/api/v1/models/{REPO}/revisions/main", "publisher")
+    files = {f["path"]: f["sha256"] for f in revision["files"]}
+    assert OUTSIDE_GRANT in files
+    return files
+
+
+def run(command: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, f"{command[:3]} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout.strip().splitlines()[-1]
+
+
+def run_client(python: str, server: Server, name: str) -> dict[str, Any]:
+    tokens = {k: server.tokens[k] for k in ("researcher", "outsider")}
+    cache = str(server.tmp / f"{name}-cache")
+    line = run([python, "-c", CLIENT, json.dumps(tokens), cache], server.hub_env(name))
+    return json.loads(line)  # type: ignore[no-any-return]
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_snapshot(snapshot: Path, published: dict[str, str]) -> None:
+    """Every file the grant allows arrived intact; the one outside its globs did not."""
+    allowed = {p: h for p, h in published.items() if p != OUTSIDE_GRANT}
+    got = {p.relative_to(snapshot).as_posix(): p for p in snapshot.rglob("*") if p.is_file()}
+    assert sorted(got) == sorted(allowed)
+    assert {p: sha256_of(f) for p, f in got.items()} == allowed
+    # the cache names blobs by X-Linked-Etag: the sha256 of each file
+    blobs = snapshot.parents[1] / "blobs"
+    assert sorted(os.listdir(blobs)) == sorted(allowed.values())
+
+
+def assert_refusals(result: dict[str, Any], server: Server) -> None:
+    apply_url = f"{server.endpoint}/api/v1/models/{REPO}/access"
+    for who in ("outsider", "anonymous"):
+        kind, message = result[who]
+        assert kind == "GatedRepoError", result[who]
+        assert apply_url in message
+    assert result["readme"][0] == "EntryNotFoundError", result["readme"]
+
+
+def test_hub_2x_snapshot_download(server: Server, published: dict[str, str]) -> None:
+    result = run_client(sys.executable, server, "hub2")
+    assert result["version"].startswith("2.")
+    snapshot = Path(result["snapshot"])
+    assert_snapshot(snapshot, published)
+    assert_refusals(result, server)
+    from safetensors.numpy import load_file
+
+    tensors = load_file(snapshot / "model.safetensors")
+    assert "model.embed_tokens.weight" in tensors
+
+
+def test_hf_download_cli(server: Server, published: dict[str, str]) -> None:
+    env = server.hub_env("cli", token=server.tokens["researcher"])
+    snapshot = Path(run([str(BIN / "hf"), "download", REPO, "--quiet"], env))
+    assert snapshot.is_relative_to(server.tmp / "cli-cache")
+    assert_snapshot(snapshot, published)
+
+
+def test_hub_036_snapshot_download(server: Server, published: dict[str, str]) -> None:
+    python = os.environ.get("AIRLOCK_HUB036_PYTHON") or str(ROOT / ".venv-hub036/bin/python")
+    if not Path(python).is_file():
+        message = (
+            f"huggingface_hub 0.36 interpreter not found at {python}: run `make test` (it creates "
+            ".venv-hub036) or point AIRLOCK_HUB036_PYTHON at a Python with huggingface_hub 0.36"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    result = run_client(python, server, "hub036")
+    assert result["version"].startswith("0.36.")
+    assert_snapshot(Path(result["snapshot"]), published)
+    assert_refusals(result, server)

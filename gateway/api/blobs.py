@@ -40,6 +40,7 @@ def blob(file_id: int, filename: str) -> Response:
     except RequestedRangeNotSatisfiable as exc:
         response = hub_error(416, None, "the requested range is not satisfiable")
         response.headers["Content-Range"] = f"bytes */{exc.length}"
+    response.headers["Cache-Control"] = "private, no-store"  # per-recipient authority
     response.headers["X-Repo-Commit"] = found.commit
     response.headers["X-Linked-Etag"] = f'"{found.file.sha256}"'
     response.headers["X-Linked-Size"] = str(found.file.size)

@@ -380,7 +380,9 @@ class DownloadService:
         No grant is consulted: a signed URL carries its own authority until it expires.
         """
         if claim is None or not signature:
-            raise Forbidden("This blob URL is missing its signature; fetch the file via /resolve.")
+            raise Forbidden(
+                "This blob URL is incomplete or malformed; fetch the file via /resolve."
+            )
         if not self.signer.verify(claim, signature):
             raise Forbidden("This blob URL's signature is invalid; fetch the file via /resolve.")
         if claim.expires <= now.timestamp():

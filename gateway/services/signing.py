@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 METHODS_ALLOWED = {"GET": frozenset({"GET", "HEAD"}), "HEAD": frozenset({"HEAD"})}
+HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class BlobClaim:
     def from_query(cls, file_id: int, query: Mapping[str, str]) -> BlobClaim | None:
         """The claim a blob URL's query states, or None when a part is missing or malformed."""
         try:
-            return cls(
+            claim = cls(
                 file_id,
                 query["h"],
                 query["c"],
@@ -58,6 +60,13 @@ class BlobClaim:
             )
         except (KeyError, ValueError):
             return None
+        well_formed = (
+            len(claim.sha256) == 64
+            and len(claim.commit) == 40
+            and HEX.fullmatch(claim.sha256 + claim.commit) is not None
+            and claim.method in METHODS_ALLOWED
+        )
+        return claim if well_formed else None
 
 
 class BlobSigner:

@@ -5,23 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.live import ROOT, Server
+
 pytestmark = pytest.mark.e2e
 
 REPO = "acme/tiny-llm"
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 OUTSIDE_GRANT = "README.md"  # in the repository, outside the weights tier's file globs
 
@@ -50,83 +45,6 @@ except EntryNotFoundError as exc:
     out["readme"] = ["EntryNotFoundError", str(exc)]
 print(json.dumps(out))
 """
-
-
-@dataclass(frozen=True)
-class Server:
-    """A live demo deployment."""
-
-    endpoint: str
-    tokens: dict[str, str]
-    tmp: Path
-
-    def get(self, path: str, role: str) -> Any:
-        request = urllib.request.Request(
-            self.endpoint + path, headers={"Authorization": f"Bearer {self.tokens[role]}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-    def hub_env(self, name: str, token: str | None = None) -> dict[str, str]:
-        """Environment for a client process: our endpoint, a private cache, no Xet."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "AIRLOCK_"))}
-        env.update(
-            HF_ENDPOINT=self.endpoint,
-            HF_HOME=str(self.tmp / f"{name}-home"),
-            HF_HUB_CACHE=str(self.tmp / f"{name}-cache"),
-            HF_HUB_DISABLE_TELEMETRY="1",
-            HF_HUB_ENABLE_HF_TRANSFER="0",
-            HF_HUB_DISABLE_XET="1",
-            HF_HUB_DISABLE_PROGRESS_BARS="1",
-        )
-        if token:
-            env["HF_TOKEN"] = token
-        return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_healthy(endpoint: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"airlock demo exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(endpoint + "/healthz", timeout=1):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    pytest.fail(f"airlock demo did not become healthy in 30 s:\n{log.read_text()}")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("hub-e2e")
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = tmp / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")}
-    command = [sys.executable, "-m", "gateway.cli", "demo", "--data-dir", str(tmp / "data")]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-        )
-    try:
-        wait_healthy(endpoint, process, log)
-        demo = json.loads((tmp / "data" / "demo.json").read_text())
-        assert demo["endpoint"] == endpoint
-        yield Server(endpoint, demo["tokens"], tmp)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

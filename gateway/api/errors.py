@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from flask import Response, g, jsonify, request
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from gateway import errors as e
@@ -30,6 +30,7 @@ STATUS: dict[type[e.AirlockError], int] = {
     e.RevisionNotFound: 404,
     e.ServiceUnavailable: 503,
 }
+HTTP_CODES = {413: "payload_too_large"}  # Werkzeug's names where a domain code already exists
 HUB_CODES: dict[type[e.AirlockError], str] = {
     e.AccessDenied: "GatedRepo",
     e.EntryNotFound: "EntryNotFound",
@@ -93,13 +94,15 @@ def render(exc: e.AirlockError) -> Response:
         response.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, e.ServiceUnavailable | e.ArtifactMissing):
         response.headers["Retry-After"] = "5"
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="airlock"'
     return response
 
 
 def render_http(exc: HTTPException) -> Response:
     """Werkzeug's own errors (unknown route, wrong method, body too large) in our dialects."""
     status = exc.code or 500
-    code = (exc.name or "error").lower().replace(" ", "_")
+    code = HTTP_CODES.get(status) or (exc.name or "error").lower().replace(" ", "_")
     if is_hub_request():
         return hub_error(status, None, exc.description or exc.name)
     response = problem(status, exc.name, exc.description or exc.name, code)
@@ -113,6 +116,9 @@ def render_unexpected(exc: Exception) -> Response:
     if isinstance(exc, OperationalError):
         log.error("database unavailable: %s", type(exc).__name__)
         return render(e.ServiceUnavailable("the database is unavailable; nothing was authorized"))
+    if isinstance(exc, IntegrityError):  # a concurrent request won a uniqueness race
+        log.warning("integrity error on %s %s", request.method, request.path)
+        return render(e.Conflict("the request conflicts with a concurrent change; retry it"))
     log.exception("unexpected error on %s %s", request.method, request.path)
     if is_hub_request():
         return hub_error(500, None, "internal error")

@@ -12,9 +12,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
 
-from gateway.errors import InvalidInput
+from gateway.api.context import principal
+from gateway.auth.tokens import Scope
+from gateway.errors import Forbidden, InvalidInput
 
 ERROR_STATUSES = ("401", "403", "404", "409", "413", "422", "429", "503")
+MAX_ID = 2**63 - 1
+ID = f"int(max={MAX_ID})"  # use as `<{ID}:name>`: larger ids overflow 64-bit columns
+CONVERTER = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ def endpoint(
 
         @functools.wraps(view)
         def wrapper(**kwargs: Any) -> Response:
+            _authorize(scopes)
+            _check_text(kwargs, "path")
             if body is not None:
                 kwargs["body"] = _parse(body, _json_body())
             if query is not None:
@@ -92,17 +99,73 @@ def endpoint(
     return decorate
 
 
+def _authorize(scopes: tuple[str, ...]) -> None:
+    """Authenticate before the view opens its session, then require one of the declared scopes.
+
+    The token is looked up in a session of its own; resolving it first means the request never
+    holds two transactions at once (on SQLite the second would wait for the first, forever).
+    """
+    caller = principal()
+    if not scopes:
+        return
+    caller.require_user()
+    if not any(Scope(s) in caller.scopes for s in scopes):
+        wanted = " or ".join(scopes)
+        raise Forbidden(f"the token lacks the scope '{wanted}'", extra={"scope": wanted})
+
+
 def _json_body() -> Any:
     if not request.is_json:
         raise InvalidInput("the request body must be JSON (Content-Type: application/json)")
     raw = request.get_data(cache=True)
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise InvalidInput("malformed JSON: the body is not valid UTF-8") from None
+    except ValueError as exc:  # JSONDecodeError, and integers past the digit limit
+        raise InvalidInput(f"malformed JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise InvalidInput("malformed JSON: nested too deeply") from None
+    _check_text(data, "body")
+    return data
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Refuse NUL and unpaired surrogates anywhere in the input: no database stores them."""
+    stack: list[tuple[str, Any]] = [(where, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((path, k) for k in item)
+            stack.extend((f"{path}.{k}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{i}", v) for i, v in enumerate(item))
+        elif isinstance(item, str) and not _storable(item):
+            raise InvalidInput(
+                "text may not contain NUL characters or unpaired surrogates",
+                errors=[{"path": path[:200], "message": "invalid character", "type": "string"}],
+            )
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _query_dict(model: type[BaseModel]) -> dict[str, Any]:
+    unknown = sorted(set(request.args) - set(model.model_fields))
+    if unknown:
+        raise InvalidInput(
+            "unknown query parameters",
+            errors=[
+                {"path": n[:64], "message": "not a parameter of this operation"} for n in unknown
+            ],
+        )
     result: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         values = request.args.getlist(name)
@@ -110,6 +173,7 @@ def _query_dict(model: type[BaseModel]) -> dict[str, Any]:
             continue
         is_list = "list" in str(info.annotation).lower()
         result[name] = values if is_list else values[-1]
+    _check_text(result, "query")
     return result
 
 
@@ -146,7 +210,7 @@ def openapi_document(title: str, version: str) -> dict[str, Any]:
     schemas: dict[str, Any] = {"Problem": PROBLEM_SCHEMA}
     paths: dict[str, dict[str, Any]] = {}
     for ep in REGISTRY.endpoints:
-        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", ep.rule)
+        path = CONVERTER.sub(r"{\2}", ep.rule)
         paths.setdefault(path, {})[ep.method.lower()] = _operation(ep, schemas)
     return {
         "openapi": "3.1.0",
@@ -182,7 +246,7 @@ def _operation(ep: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
     }
     if ep.scopes:
         op["security"] = [{"bearer": []}]
-        op["description"] = "Requires scopes: " + ", ".join(ep.scopes)
+        op["description"] = "Requires the scope " + " or ".join(ep.scopes)
     if ep.body is not None:
         op["requestBody"] = {
             "required": True,
@@ -210,7 +274,7 @@ def _operation(ep: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
 def _parameters(ep: Endpoint, schemas: dict[str, Any]) -> list[dict[str, Any]]:
     params = [
         {"name": name, "in": "path", "required": True, "schema": _path_schema(conv)}
-        for conv, name in re.findall(r"<(?:(\w+):)?(\w+)>", ep.rule)
+        for conv, name in CONVERTER.findall(ep.rule)
     ]
     if ep.query is not None:
         schema = ep.query.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -229,7 +293,7 @@ def _parameters(ep: Endpoint, schemas: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _path_schema(converter: str) -> dict[str, Any]:
     if converter == "int":
-        return {"type": "integer", "minimum": 0}
+        return {"type": "integer", "minimum": 0, "maximum": MAX_ID}
     return {"type": "string", "pattern": "^[^/]+$"}
 
 

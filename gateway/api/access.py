@@ -10,10 +10,10 @@ from sqlalchemy import select
 from gateway.api import schemas as s
 from gateway.api.context import airlock, base_url, db, principal, request_country
 from gateway.api.serialize import grant_out, request_out, token_out
-from gateway.api.spec import endpoint
+from gateway.api.spec import ID, endpoint
 from gateway.auth.tokens import Scope
 from gateway.db.models import Organization, RequestStatus, User, utcnow
-from gateway.errors import InvalidInput, NotFound
+from gateway.errors import NotFound
 from gateway.kyc import KycFacts
 from policies import KycLevel
 
@@ -111,7 +111,8 @@ def my_requests() -> s.AccessRequestList:
 def review_queue(query: s.RequestListQuery) -> s.AccessRequestList:
     model = None
     if query.repo_id:
-        model = airlock().publishing.get_model(db(), query.repo_id)
+        org, _, name = query.repo_id.partition("/")
+        model = _model(org, name)
     status = RequestStatus(query.status) if query.status else None
     found = airlock().access.list_requests(db(), principal=principal(), model=model, status=status)
     return s.AccessRequestList(requests=[request_out(r) for r in found])
@@ -119,11 +120,11 @@ def review_queue(query: s.RequestListQuery) -> s.AccessRequestList:
 
 @endpoint(
     bp,
-    "/requests/<int:request_id>",
+    f"/requests/<{ID}:request_id>",
     "GET",
-    summary="One access request",
+    summary="One access request (its requester, or a reviewer of the model's organization)",
     response=s.AccessRequestOut,
-    scopes=("access:request",),
+    scopes=("access:request", "requests:review"),
 )
 def show_request(request_id: int) -> s.AccessRequestOut:
     found = airlock().access.get_request(db(), principal=principal(), request_id=request_id)
@@ -132,7 +133,7 @@ def show_request(request_id: int) -> s.AccessRequestOut:
 
 @endpoint(
     bp,
-    "/requests/<int:request_id>/review",
+    f"/requests/<{ID}:request_id>/review",
     "POST",
     summary="Approve or reject a request",
     body=s.ReviewIn,
@@ -162,7 +163,7 @@ def my_grants() -> s.GrantList:
 def whoami() -> s.WhoamiOut:
     caller = principal()
     caller.require_user()
-    slugs = dict(db().execute(select(Organization.id, Organization.slug)).tuples().all())
+    slugs = dict(db().execute(select(Organization.id, Organization.slug)).all())
     return s.WhoamiOut(
         username=caller.username or "",
         scopes=sorted(caller.scopes),
@@ -194,28 +195,19 @@ def list_tokens() -> s.TokenList:
     scopes=("tokens:manage",),
 )
 def create_token(body: s.TokenIn) -> s.TokenOut:
-    caller = principal()
-    user_id = caller.require_scope(Scope.TOKENS_MANAGE)
-    try:
-        scopes = [Scope(x) for x in body.scopes]
-    except ValueError:
-        raise InvalidInput(
-            "unknown scope", errors=[{"path": "scopes", "message": f"allowed: {sorted(Scope)}"}]
-        ) from None
-    issued = airlock().identity.issue_token(
+    issued = airlock().identity.create_token(
         db(),
-        user=db().get_one(User, user_id),
+        principal=principal(),
         name=body.name,
-        scopes=scopes,
+        scopes=[Scope(x) for x in body.scopes],
         ttl=timedelta(days=body.expires_in_days),
-        actor_id=user_id,
     )
     return token_out(issued.token, issued.plaintext)
 
 
 @endpoint(
     bp,
-    "/me/tokens/<int:token_id>",
+    f"/me/tokens/<{ID}:token_id>",
     "DELETE",
     summary="Revoke one of your tokens",
     response=s.TokenOut,
@@ -238,10 +230,13 @@ def revoke_token(token_id: int) -> s.TokenOut:
 )
 def record_kyc(body: s.KycRecordIn) -> s.KycOut:
     session = db()
-    user = session.scalar(select(User).where(User.username == body.username))
     org = session.scalar(select(Organization).where(Organization.slug == body.org))
-    if user is None or org is None:
-        raise NotFound("no such user or organization")
+    if org is None:
+        raise NotFound(f"no organization '{body.org}'")
+    principal().require_org_scope(org.id, Scope.KYC_RECORD)
+    user = session.scalar(select(User).where(User.username == body.username))
+    if user is None:
+        raise NotFound(f"no user '{body.username}'")
     facts = KycFacts(
         provider="manual",
         provider_ref=f"manual:{user.id}:{int(utcnow().timestamp())}",

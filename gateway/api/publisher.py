@@ -7,7 +7,7 @@ from flask import Blueprint, request
 from gateway.api import schemas as s
 from gateway.api.context import airlock, db, principal
 from gateway.api.serialize import grant_out, model_out, revision_out
-from gateway.api.spec import endpoint
+from gateway.api.spec import ID, endpoint
 from gateway.services.publishing import ManifestEntry
 
 bp = Blueprint("publisher", __name__, url_prefix="/api/v1")
@@ -183,7 +183,7 @@ def model_grants(org: str, name: str) -> s.GrantList:
 
 @endpoint(
     bp,
-    "/grants/<int:grant_id>/revoke",
+    f"/grants/<{ID}:grant_id>/revoke",
     "POST",
     summary="Revoke a grant",
     body=s.RevokeIn,

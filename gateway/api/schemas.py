@@ -5,14 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from gateway.auth.tokens import Scope
 
 Strict = ConfigDict(extra="forbid", strict=True)
 RepoId = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 ]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-FormValue = str | bool | int | None
+SafeInt = Annotated[int, Field(ge=-(2**53), le=2**53)]  # exact in every JSON parser
+FormValue = Annotated[str, StringConstraints(max_length=10_000)] | bool | SafeInt | None
+# Built from the enum so the document lists exactly the scopes the server accepts.
+ScopeName = Literal[tuple(str(scope) for scope in Scope)]  # type: ignore[valid-type]
 
 
 class Reason(BaseModel):
@@ -251,7 +256,7 @@ class TokenIn(BaseModel):
 
     model_config = Strict
     name: str = Field(min_length=1, max_length=100)
-    scopes: list[str] = Field(min_length=1, max_length=20)
+    scopes: list[ScopeName] = Field(min_length=1, max_length=20)
     expires_in_days: int = Field(default=90, ge=1, le=366)
 
 
@@ -315,9 +320,9 @@ class AuditQuery(BaseModel):
     actor: str | None = Field(default=None, max_length=64)
     subject: str | None = Field(default=None, max_length=64)
     repo_id: RepoId | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    cursor: int | None = Field(default=None, ge=0)
+    since: AwareDatetime | None = Field(default=None, description="inclusive, with a time zone")
+    until: AwareDatetime | None = Field(default=None, description="exclusive, with a time zone")
+    cursor: int | None = Field(default=None, ge=0, le=2**63 - 1)
     limit: int = Field(default=100, ge=1, le=1000)
 
 

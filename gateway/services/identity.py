@@ -158,6 +158,29 @@ class IdentityService:
         session.commit()
         return IssuedToken(token, plaintext)
 
+    def create_token(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        name: str,
+        scopes: Iterable[Scope],
+        ttl: timedelta,
+    ) -> IssuedToken:
+        """A new token for the caller, never carrying a scope the calling token lacks."""
+        user_id = principal.require_scope(Scope.TOKENS_MANAGE)
+        wanted = frozenset(Scope(s) for s in scopes)
+        beyond = sorted(str(s) for s in wanted - principal.scopes)
+        if beyond:
+            raise Forbidden(
+                f"a token cannot create a token with scopes it lacks itself: {beyond}",
+                extra={"scopes": beyond},
+            )
+        user = session.get_one(User, user_id)
+        return self.issue_token(
+            session, user=user, name=name, scopes=wanted, ttl=ttl, actor_id=user_id
+        )
+
     def grantable_scopes(self, session: Session, user: User) -> frozenset[Scope]:
         """Personal scopes plus those any of the user's roles allow."""
         roles = session.scalars(select(Membership.role).where(Membership.user_id == user.id))

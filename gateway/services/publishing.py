@@ -37,9 +37,13 @@ class ManifestEntry:
     sha256: str
 
 
-def blob_key(sha256: str) -> str:
-    """Content-addressed storage key of a blob."""
-    return f"sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+def blob_key(org_id: int, sha256: str) -> str:
+    """Content-addressed storage key of a blob, per organization.
+
+    A shared namespace would let a publisher of one organization commit (and so download)
+    another organization's gated bytes knowing only their sha256, which metadata reveals.
+    """
+    return f"orgs/{org_id}/sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
 def safe_repo_path(path: str) -> str:
@@ -149,7 +153,7 @@ class PublishingService:
         principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
         if not SHA256_HEX.match(sha256):
             raise InvalidInput("the blob name must be the file's lowercase hex sha256")
-        key = blob_key(sha256)
+        key = blob_key(model.org_id, sha256)
         if self.storage.exists(key):
             return {"sha256": sha256, "stored": False}
         stored = self.storage.put_stream(key, stream, max_bytes=max_bytes, expected_sha256=sha256)
@@ -166,7 +170,7 @@ class PublishingService:
     ) -> Revision:
         """Create a revision from uploaded blobs and make it the model's head."""
         actor = principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
-        self._check_manifest(manifest)
+        self._check_manifest(model, manifest)
         parent = model.head_revision.commit_id if model.head_revision else None
         commit_id = commit_id_for(manifest, parent, message)
         existing = session.scalar(
@@ -187,14 +191,16 @@ class PublishingService:
                     size=e.size,
                     sha256=e.sha256,
                     git_oid=git_blob_oid(e.size, e.sha256),
-                    storage_key=blob_key(e.sha256),
+                    storage_key=blob_key(model.org_id, e.sha256),
                 )
                 for e in manifest
             ],
         )
         session.add(revision)
         session.flush()
-        model.head_revision_id = revision.id
+        # Set the relationship, not only the key: a stale `head_revision` of None left on the
+        # instance would be written back by a later merge and drop the head.
+        model.head_revision = revision
         self.audit.record(
             session,
             AuditAction.REVISION_COMMIT,
@@ -212,7 +218,7 @@ class PublishingService:
         session.commit()
         return revision
 
-    def _check_manifest(self, manifest: Sequence[ManifestEntry]) -> None:
+    def _check_manifest(self, model: Model, manifest: Sequence[ManifestEntry]) -> None:
         if not manifest:
             raise InvalidInput("a commit needs at least one file")
         seen: set[str] = set()
@@ -223,7 +229,7 @@ class PublishingService:
             seen.add(entry.path)
             if not SHA256_HEX.match(entry.sha256) or entry.size < 0:
                 raise InvalidInput(f"invalid sha256 or size for {entry.path!r}")
-            if not self.storage.exists(blob_key(entry.sha256)):
+            if not self.storage.exists(blob_key(model.org_id, entry.sha256)):
                 raise InvalidInput(
                     f"the bytes of {entry.path!r} (sha256 {entry.sha256}) were not uploaded"
                 )

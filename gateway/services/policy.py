@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from typing import Any
 
@@ -18,6 +19,7 @@ from gateway.services.publishing import PublishingService
 from policies import PackRegistry, PolicyError, ReleasePolicy, parse_policy
 
 MAX_POLICY_BYTES = 256 * 1024
+log = logging.getLogger(__name__)
 
 
 class PolicyService:
@@ -42,6 +44,14 @@ class PolicyService:
             raise PolicyInvalid(
                 f"the release policy has {len(exc.issues)} problem(s)",
                 errors=[{"path": i.path, "line": i.line, "message": i.message} for i in exc.issues],
+            ) from exc
+        except (ValueError, RecursionError) as exc:
+            # The parser's contract is PolicyError; anything else is its bug, but the input is
+            # still the publisher's to fix, so answer 422 rather than 500.
+            log.warning("policy parser failed unexpectedly: %s", type(exc).__name__)
+            raise PolicyInvalid(
+                "the release policy could not be parsed",
+                errors=[{"path": "", "line": None, "message": "the document could not be parsed"}],
             ) from exc
 
     def apply(

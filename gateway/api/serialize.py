@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from gateway.api import schemas as s
-from gateway.db.models import AccessRequest, ApiToken, AuditEvent, Grant, Model, Revision
+from gateway.db.models import (
+    AccessRequest,
+    ApiToken,
+    AuditEvent,
+    Grant,
+    GrantStatus,
+    Model,
+    Revision,
+    utcnow,
+)
 
 
 def model_out(model: Model, stage: str | None) -> s.ModelOut:
@@ -34,19 +43,26 @@ def revision_out(revision: Revision) -> s.RevisionOut:
 
 
 def grant_out(grant: Grant) -> s.GrantOut:
-    """A grant."""
+    """A grant, `expired` once past its expiry even before a sweep has marked it so."""
     return s.GrantOut(
         id=grant.id,
         user=grant.user.username,
         repo_id=grant.model.repo_id,
         tier=grant.tier,
-        status=grant.status,
+        status=_effective_status(grant),
         policy_version=grant.policy_version.version,
         granted_at=grant.granted_at,
         expires_at=grant.expires_at,
         ended_at=grant.ended_at,
         end_reason=grant.end_reason,
     )
+
+
+def _effective_status(grant: Grant) -> str:
+    lapsed = grant.expires_at is not None and grant.expires_at <= utcnow()
+    if grant.status == GrantStatus.ACTIVE and lapsed:
+        return str(GrantStatus.EXPIRED)
+    return grant.status
 
 
 def request_out(request: AccessRequest, grant: Grant | None = None) -> s.AccessRequestOut:

@@ -1,0 +1,364 @@
+"""Publisher API: models, uploads, commits and vetting, release policies, freezes, grants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from gateway.app import create_app
+from gateway.auth.tokens import Scope
+from gateway.db.models import AuditEvent
+from gateway.services.container import build_airlock
+from gateway.services.publishing import blob_key
+from gateway.settings import Settings
+from tests.api.apikit import (
+    REPO,
+    RIVAL_REPO,
+    Api,
+    corrupt_safetensors,
+    make_api,
+    malicious_pickle,
+    ok,
+    problem,
+    sha256,
+)
+from tests.factories import World, policy_text, safetensors_bytes
+
+NEW = "acme/fresh"
+FILES = {"config.json": b'{"model_type": "test"}', "model.safetensors": safetensors_bytes()}
+
+
+@pytest.fixture
+def api(client: FlaskClient, world: World) -> Api:
+    return make_api(client, world)
+
+
+def audit_actions(api: Api, model_repo: str) -> list[str]:
+    with api.world.airlock.db.session() as s:
+        model = api.world.airlock.publishing.get_model(s, model_repo)
+        return list(
+            s.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.model_id == model.id)
+                .order_by(AuditEvent.seq)
+            )
+        )
+
+
+# -- models ----------------------------------------------------------------------------------------
+def test_publisher_creates_a_model_and_it_is_audited(api: Api) -> None:
+    body = ok(api.create(NEW), 201)
+    assert body["repo_id"] == NEW
+    assert body["head"] is None
+    assert body["policy_version"] is None
+    assert body["frozen"] is False
+    assert audit_actions(api, NEW) == ["model:create"]
+
+
+@pytest.mark.parametrize("who", ["reviewer", "compliance", "researcher", "outsider"])
+def test_only_publishers_create_models(api: Api, who: str) -> None:
+    problem(api.create(NEW, getattr(api, who)), 403, "forbidden")
+
+
+def test_a_publisher_of_another_org_cannot_create_models_in_this_one(api: Api) -> None:
+    problem(api.create(NEW, api.rival_publisher), 403, "forbidden")
+    ok(api.create("globex/fresh", api.rival_publisher), 201)
+
+
+def test_creating_a_model_needs_a_token(api: Api) -> None:
+    response = api.post("/api/v1/models", json={"repo_id": NEW})
+    problem(response, 401, "authentication_required")
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_publisher_token_without_models_write_cannot_create(api: Api) -> None:
+    narrow = api.token(api.publisher, [Scope.POLICIES_WRITE])
+    problem(api.create(NEW, narrow), 403, "forbidden")
+
+
+def test_duplicate_and_unknown_org_models_are_refused(api: Api) -> None:
+    problem(api.create(REPO), 409, "conflict")
+    problem(api.create("nobody/model"), 422, "invalid_input")
+    problem(api.create("Acme/UPPER"), 422, "invalid_input")
+
+
+def test_internal_models_are_invisible_outside_their_org(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    ok(api.get(f"/api/v1/models/{NEW}", api.publisher))
+    ok(api.get(f"/api/v1/models/{NEW}", api.reviewer))
+    problem(api.get(f"/api/v1/models/{NEW}", api.outsider), 404)
+    problem(api.get(f"/api/v1/models/{NEW}"), 404)
+    problem(api.get(f"/api/v1/models/{NEW}", api.rival_publisher), 404)
+    assert ok(api.get(f"/api/v1/models/{REPO}"))["stage"] == "limited"
+
+
+# -- uploads ---------------------------------------------------------------------------------------
+def test_upload_is_streamed_verified_and_idempotent(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    data = b"some weights"
+    assert ok(api.upload(NEW, data)) == {"sha256": sha256(data), "stored": True, "size": len(data)}
+    assert ok(api.upload(NEW, data))["stored"] is False
+
+
+def test_upload_with_a_wrong_sha256_is_refused_and_nothing_is_stored(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    declared = sha256(b"what I claim")
+    response = api.put(
+        f"/api/v1/models/{NEW}/blobs/{declared}",
+        api.publisher,
+        data=b"what I send",
+        content_type="application/octet-stream",
+    )
+    problem(response, 422, "invalid_input")
+    manifest = [{"path": "x.bin", "size": 11, "sha256": declared}]
+    response = api.post(f"/api/v1/models/{NEW}/commits", api.publisher, json={"files": manifest})
+    assert "were not uploaded" in problem(response, 422)["detail"]
+    blobs = Path(api.world.airlock.settings.data_dir, "blobs")
+    assert not [p for p in blobs.rglob("*") if p.is_file() and declared in p.name]
+    assert not list(blobs.rglob(".upload-*"))
+
+
+def test_upload_name_must_be_a_sha256(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    response = api.put(f"/api/v1/models/{NEW}/blobs/ABC", api.publisher, data=b"x")
+    problem(response, 422, "invalid_input")
+
+
+@pytest.mark.parametrize("who", ["reviewer", "compliance", "researcher", "rival_publisher"])
+def test_only_the_models_publishers_upload(api: Api, who: str) -> None:
+    problem(api.upload(REPO, b"bytes", getattr(api, who)), 403, "forbidden")
+
+
+def test_oversized_upload_is_413_and_nothing_is_stored(settings: Settings) -> None:
+    services = build_airlock(settings.with_overrides(max_upload_bytes=1024))
+    try:
+        client = create_app(airlock=services).test_client()
+        api = make_api(client, World(services), publish=False)
+        ok(api.create(NEW), 201)
+        data = b"x" * 2048
+        body = problem(api.upload(NEW, data), 413)
+        assert body["code"] == "payload_too_large"
+        org_id = api.world.org("acme").id
+        assert not services.storage.exists(blob_key(org_id, sha256(data)))
+        ok(api.upload(NEW, b"x" * 1024))
+    finally:
+        services.close()
+
+
+def test_blobs_of_another_org_cannot_be_committed_by_knowing_their_sha256(api: Api) -> None:
+    secret = b"acme's gated weights"
+    ok(api.create(NEW), 201)
+    assert ok(api.upload(NEW, secret))["stored"] is True
+    ok(api.create("globex/copycat", api.rival_publisher), 201)
+    response = api.commit("globex/copycat", {"stolen.bin": secret}, api.rival_publisher)
+    assert "were not uploaded" in problem(response, 422, "invalid_input")["detail"]
+    assert ok(api.upload("globex/copycat", secret, api.rival_publisher))["stored"] is True
+
+
+# -- commits and vetting ---------------------------------------------------------------------------
+def test_commit_creates_a_revision_that_becomes_the_head_and_passes_vetting(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    revision = api.push(NEW, FILES)
+    assert len(revision["commit"]) == 40
+    assert {f["path"] for f in revision["files"]} == set(FILES)
+    assert ok(api.get(f"/api/v1/models/{NEW}", api.publisher))["head"] == revision["commit"]
+    shown = ok(api.get(f"/api/v1/models/{NEW}/revisions/main", api.publisher))
+    assert shown["vetting_status"] == "passed"
+    assert shown["vetting_report"] == {"files": 2, "problems": []}
+    assert ok(api.get(f"/api/v1/models/{NEW}/revisions/{revision['commit']}", api.publisher))
+    assert audit_actions(api, NEW)[-2:] == ["revision:commit", "revision:vet"]
+
+
+@pytest.mark.parametrize(
+    ("files", "problem_text"),
+    [
+        ({"model.safetensors": corrupt_safetensors()}, "tensor data covers"),
+        ({"pytorch_model.bin": malicious_pickle()}, "unsafe global"),
+    ],
+)
+def test_vetting_fails_corrupt_safetensors_and_dangerous_pickles(
+    api: Api, files: dict[str, bytes], problem_text: str
+) -> None:
+    ok(api.create(NEW), 201)
+    api.push(NEW, files)
+    shown = ok(api.get(f"/api/v1/models/{NEW}/revisions/main", api.publisher))
+    assert shown["vetting_status"] == "failed"
+    assert problem_text in shown["vetting_report"]["problems"][0]["problem"]
+
+
+def test_pickle_scan_names_the_imported_callable(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    api.push(NEW, {"model.pkl": malicious_pickle()})
+    report = ok(api.get(f"/api/v1/models/{NEW}/revisions/main", api.publisher))["vetting_report"]
+    assert any("system" in p["problem"] for p in report["problems"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../x", "a/../../x", "/etc/passwd", "a\x00b", "dir\\file", "C:/x", "a//b", "./a", "a/", ""],
+)
+def test_commit_refuses_unsafe_paths(api: Api, path: str) -> None:
+    ok(api.create(NEW), 201)
+    ok(api.upload(NEW, b"data"))
+    manifest = [{"path": path, "size": 4, "sha256": sha256(b"data")}]
+    response = api.post(f"/api/v1/models/{NEW}/commits", api.publisher, json={"files": manifest})
+    problem(response, 422, "invalid_input")
+    assert ok(api.get(f"/api/v1/models/{NEW}", api.publisher))["head"] is None
+
+
+def test_commit_refuses_duplicate_paths_and_missing_blobs(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    ok(api.upload(NEW, b"data"))
+    entry = {"path": "a.bin", "size": 4, "sha256": sha256(b"data")}
+    url = f"/api/v1/models/{NEW}/commits"
+    assert (
+        "duplicate"
+        in problem(api.post(url, api.publisher, json={"files": [entry, entry]}), 422)["detail"]
+    )
+    missing = {"path": "b.bin", "size": 4, "sha256": sha256(b"never uploaded")}
+    problem(api.post(url, api.publisher, json={"files": [entry, missing]}), 422, "invalid_input")
+    problem(api.post(url, api.publisher, json={"files": []}), 422, "invalid_input")
+
+
+@pytest.mark.parametrize("who", ["reviewer", "researcher", "rival_publisher"])
+def test_only_the_models_publishers_commit(api: Api, who: str) -> None:
+    problem(api.commit(REPO, {"config.json": b'{"model_type": "test"}'}, getattr(api, who)), 403)
+
+
+def test_revisions_are_shown_to_publishers_only(api: Api) -> None:
+    problem(api.get(f"/api/v1/models/{REPO}/revisions/main", api.reviewer), 403)
+    problem(api.get(f"/api/v1/models/{REPO}/revisions/main", api.rival_publisher), 403)
+    problem(api.get(f"/api/v1/models/{REPO}/revisions/{'0' * 40}", api.publisher), 404)
+    problem(api.get(f"/api/v1/models/{REPO}/revisions/nope", api.publisher), 404)
+
+
+# -- release policies ------------------------------------------------------------------------------
+def test_policy_versions_are_created_per_change_and_identical_content_is_a_no_op(
+    api: Api,
+) -> None:
+    ok(api.create(NEW), 201)
+    first = ok(api.apply(policy_text(NEW), comment="first"), 201)
+    assert (first["version"], first["created"], first["repo_id"]) == (1, True, NEW)
+    again = ok(api.apply(policy_text(NEW)), 200)
+    assert (again["version"], again["created"]) == (1, False)
+    second = ok(api.apply(policy_text(NEW, downloads=5)), 201)
+    assert second["version"] == 2
+    assert second["sha256"] != first["sha256"]
+    history = ok(api.get(f"/api/v1/models/{NEW}/policy/versions", api.publisher))["versions"]
+    assert [v["version"] for v in history] == [2, 1]
+    assert history[1]["comment"] == "first"
+    assert ok(api.get(f"/api/v1/models/{NEW}", api.publisher))["policy_version"] == 2
+    assert audit_actions(api, NEW).count("policy:apply") == 2
+
+
+def test_schema_errors_carry_path_and_line(api: Api) -> None:
+    source = policy_text(REPO).replace("kyc: identity", "kyc: telepathy")
+    source = source.replace("grant_ttl: 30d", "grant_ttl: forever")
+    body = problem(api.apply(source), 422, "policy_invalid")
+    assert len(body["errors"]) >= 2
+    for error in body["errors"]:
+        assert error["path"]
+        assert isinstance(error["line"], int)
+        assert error["message"]
+    lines = source.splitlines()
+    assert any("telepathy" in lines[e["line"] - 1] for e in body["errors"])
+
+
+def test_yaml_syntax_errors_carry_a_line(api: Api) -> None:
+    body = problem(api.apply("model: acme/tiny\nstage: [limited\n"), 422, "policy_invalid")
+    assert body["errors"]
+    assert all(isinstance(e["line"], int) and "path" in e for e in body["errors"])
+
+
+def test_validate_checks_without_applying(api: Api) -> None:
+    result = ok(api.post("/api/v1/policies/validate", json={"source": policy_text(REPO)}))
+    assert result["valid"] is True
+    assert result["document"]["model"] == REPO
+    source = policy_text(REPO).replace("stage: limited", "stage: everywhere")
+    problem(api.post("/api/v1/policies/validate", json={"source": source}), 422, "policy_invalid")
+    assert ok(api.get(f"/api/v1/models/{REPO}", api.publisher))["policy_version"] == 1
+
+
+@pytest.mark.parametrize("who", ["rival_publisher", "reviewer", "researcher"])
+def test_policies_are_applied_only_by_the_models_publishers(api: Api, who: str) -> None:
+    problem(api.apply(policy_text(REPO, downloads=1), getattr(api, who)), 403, "forbidden")
+    problem(api.get(f"/api/v1/models/{REPO}/policy/versions", getattr(api, who)), 403)
+
+
+def test_policy_for_an_unknown_model_is_invalid(api: Api) -> None:
+    problem(api.apply(policy_text("acme/ghost")), 422, "invalid_input")
+
+
+# -- freeze ----------------------------------------------------------------------------------------
+def test_freeze_is_audited_and_stops_new_grants(api: Api) -> None:
+    url = f"/api/v1/models/{REPO}/freeze"
+    body = ok(api.post(url, api.publisher, json={"frozen": True, "reason": "leak suspected"}))
+    assert (body["frozen"], body["frozen_reason"]) == (True, "leak suspected")
+    api.world.kyc(api.reviewer, api.researcher)
+    denied = ok(api.request("weights-auto"), 201)
+    assert denied["status"] == "denied"
+    assert "model_frozen" in {r["code"] for r in denied["reasons"]}
+    ok(api.post(url, api.publisher, json={"frozen": False, "reason": "all clear"}))
+    assert audit_actions(api, REPO)[-3:] == ["model:freeze", "request:create", "model:unfreeze"]
+    with api.world.airlock.db.session() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "model:freeze")).one()
+        assert event.payload == {"reason": "leak suspected"}
+        assert event.actor_id == api.publisher.user.id
+
+
+@pytest.mark.parametrize("who", ["reviewer", "rival_publisher", "researcher"])
+def test_only_the_models_publishers_freeze(api: Api, who: str) -> None:
+    url = f"/api/v1/models/{REPO}/freeze"
+    problem(api.post(url, getattr(api, who), json={"frozen": True, "reason": "x"}), 403)
+    assert ok(api.get(f"/api/v1/models/{REPO}"))["frozen"] is False
+
+
+def test_freeze_needs_a_real_reason(api: Api) -> None:
+    url = f"/api/v1/models/{REPO}/freeze"
+    problem(api.post(url, api.publisher, json={"frozen": True, "reason": "   "}), 422)
+    problem(api.post(url, api.publisher, json={"frozen": True}), 422)
+
+
+# -- grants ----------------------------------------------------------------------------------------
+def granted(api: Api) -> int:
+    api.world.kyc(api.reviewer, api.researcher)
+    return int(ok(api.request("weights-auto"), 201)["grant"]["id"])
+
+
+def test_grants_are_listed_and_revoked_by_the_models_org(api: Api) -> None:
+    grant_id = granted(api)
+    listed = ok(api.get(f"/api/v1/models/{REPO}/grants", api.publisher))["grants"]
+    assert [(g["id"], g["user"], g["status"]) for g in listed] == [(grant_id, "rob", "active")]
+    revoked = ok(
+        api.post(f"/api/v1/grants/{grant_id}/revoke", api.reviewer, json={"reason": "misuse"})
+    )
+    assert (revoked["status"], revoked["end_reason"]) == ("revoked", "misuse")
+    mine = ok(api.get("/api/v1/me/grants", api.researcher))["grants"]
+    assert mine[0]["status"] == "revoked"
+    again = api.post(f"/api/v1/grants/{grant_id}/revoke", api.publisher, json={"reason": "x"})
+    problem(again, 409, "conflict")
+    assert audit_actions(api, REPO)[-1] == "grant:revoke"
+
+
+@pytest.mark.parametrize(
+    "who", ["rival_publisher", "rival_reviewer", "compliance", "researcher", "outsider"]
+)
+def test_grants_are_managed_only_in_the_models_org(api: Api, who: str) -> None:
+    grant_id = granted(api)
+    actor = getattr(api, who)
+    response = api.post(f"/api/v1/grants/{grant_id}/revoke", actor, json={"reason": "x"})
+    problem(response, 403, "forbidden")
+    problem(api.get(f"/api/v1/models/{REPO}/grants", actor), 403, "forbidden")
+    assert ok(api.get("/api/v1/me/grants", api.researcher))["grants"][0]["status"] == "active"
+
+
+def test_revoking_needs_a_token_and_an_existing_grant(api: Api) -> None:
+    problem(api.post("/api/v1/grants/1/revoke", json={"reason": "x"}), 401)
+    problem(api.post("/api/v1/grants/999/revoke", api.publisher, json={"reason": "x"}), 404)
+
+
+def test_rival_org_model_is_untouched_by_acme(api: Api) -> None:
+    problem(api.commit(RIVAL_REPO, FILES, api.publisher), 403)

@@ -145,7 +145,7 @@ def test_served_document_is_the_fuzzed_one(document: dict[str, Any]) -> None:
 @schema.parametrize()
 @schema.given(repo=st.sampled_from([None, *KNOWN_REPOS]))
 @settings(
-    max_examples=12,
+    max_examples=15,
     deadline=None,
     database=None,
     # The app and its database are shared by the examples of one operation on purpose.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from gateway.api import BLUEPRINTS
 from gateway.api.auth import TokenAuthenticator
-from gateway.api.context import close_session
+from gateway.api.context import close_session, db
 from gateway.api.errors import render, render_http, render_unexpected
 from gateway.errors import AirlockError, InvalidCredentials
 from gateway.services.container import Airlock, build_airlock
@@ -44,13 +45,15 @@ def create_app(settings: Settings | None = None, *, airlock: Airlock | None = No
     return app
 
 
-def _authenticator(services: Airlock):  # type: ignore[no-untyped-def]
+def _authenticator(services: Airlock) -> Callable[[str], Principal | None]:
+    """Token lookup in the request's own session: one transaction per request (no second
+    SQLite writer waiting on the first)."""
+
     def authenticate(token: str) -> Principal | None:
-        with services.db.session() as session:
-            try:
-                return services.identity.authenticate(session, token)
-            except InvalidCredentials:
-                return None
+        try:
+            return services.identity.authenticate(db(), token)
+        except InvalidCredentials:
+            return None
 
     return authenticate
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickletools
 import struct
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -13,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from gateway.db.models import Revision, RevisionFile
 from gateway.errors import ArtifactMissing
+from gateway.services import pickle_scan
+from gateway.services.pickle_scan import looks_like_pickle
 from gateway.services.publishing import PublishingService
 from gateway.storage import Storage
 
@@ -33,22 +34,6 @@ DTYPE_SIZES = {
     "I64": 8,
     "U64": 8,
     "F64": 8,
-}
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-SAFE_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch", "FloatStorage"),
-    ("torch", "HalfStorage"),
-    ("torch", "BFloat16Storage"),
-    ("torch", "LongStorage"),
-    ("torch", "IntStorage"),
-    ("torch", "ByteStorage"),
-    ("torch", "BoolStorage"),
-    ("torch", "float32"),
-    ("torch", "float16"),
-    ("torch", "bfloat16"),
 }
 
 
@@ -75,9 +60,11 @@ def vet_file(storage: Storage, file: RevisionFile) -> list[str]:
             if file.path.endswith(".safetensors"):
                 stream.seek(0)
                 problems += safetensors_problems(stream, file.size)
-            elif file.path.endswith(PICKLE_SUFFIXES):
+            else:
                 stream.seek(0)
-                problems += pickle_problems(stream)
+                if looks_like_pickle(file.path, stream.read(4)):
+                    stream.seek(0)
+                    problems += pickle_scan.scan(stream)
             return problems
     except ArtifactMissing:
         return ["the stored bytes are missing"]
@@ -138,26 +125,3 @@ def _tensor_problems(header: dict[str, Any], data_size: int) -> Iterator[str]:
         position = end
     if position != data_size:
         yield f"tensor data covers {position} bytes of {data_size}"
-
-
-def pickle_problems(stream: BinaryIO) -> list[str]:
-    """Globals a pickle would import that are not on the allow-list (found without unpickling)."""
-    problems: list[str] = []
-    try:
-        recent: list[Any] = []
-        for opcode, arg, _pos in pickletools.genops(stream):
-            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-                recent = [*recent[-1:], arg]
-            elif opcode.name == "GLOBAL":
-                module, _, attr = str(arg).partition(" ")
-                _check_global(module, attr, problems)
-            elif opcode.name == "STACK_GLOBAL" and len(recent) == 2:
-                _check_global(str(recent[0]), str(recent[1]), problems)
-    except Exception as exc:  # any parse failure is itself a finding
-        problems.append(f"pickle stream could not be parsed: {type(exc).__name__}")
-    return problems
-
-
-def _check_global(module: str, attr: str, problems: list[str]) -> None:
-    if (module, attr) not in SAFE_GLOBALS:
-        problems.append(f"pickle imports unsafe global {module}.{attr}")

@@ -24,6 +24,7 @@ E = TypeVar("E", bound=StrEnum)
 _TAG = "tag:yaml.org,2002:"
 _TEXT_TAGS = {f"{_TAG}{name}" for name in ("str", "timestamp", "bool", "int", "float")}
 _INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_MAX_INT_DIGITS = 30
 _FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]+")
 NONBLANK = re.compile(r".*\S.*", re.DOTALL)
 _MAX_NODES = 50_000
@@ -92,6 +93,9 @@ class _Builder:
         if tag == f"{_TAG}bool" and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if tag == f"{_TAG}int" and _INT.fullmatch(value):
+            if len(value) > _MAX_INT_DIGITS:
+                self._issue(path, node, f"integer with more than {_MAX_INT_DIGITS} digits")
+                return None
             return int(value)
         if tag == f"{_TAG}float" and _FLOAT.fullmatch(value):
             return float(value)

@@ -621,3 +621,10 @@ def test_validate_form(changes: dict[str, object], problem: str | None) -> None:
 def test_policy_issue_reads_well() -> None:
     issue = PolicyIssue("tiers[1].requires.kyc", 12, "unknown KYC level 'passport'")
     assert str(issue) == "tiers[1].requires.kyc (line 12): unknown KYC level 'passport'"
+
+
+def test_huge_integers_are_a_schema_error_not_a_crash() -> None:
+    text = "model: acme/x\nstage: limited\ntiers: []\nlimit: " + "9" * 5000 + "\n"
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text)
+    assert ("limit", 4) in {(i.path, i.line) for i in caught.value.issues}

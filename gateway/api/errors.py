@@ -31,6 +31,7 @@ STATUS: dict[type[e.AirlockError], int] = {
     e.ServiceUnavailable: 503,
 }
 HTTP_CODES = {413: "payload_too_large"}  # Werkzeug's names where a domain code already exists
+HUB_MAX_RETRY_WAIT = 60
 HUB_CODES: dict[type[e.AirlockError], str] = {
     e.AccessDenied: "GatedRepo",
     e.EntryNotFound: "EntryNotFound",
@@ -86,6 +87,10 @@ def render(exc: e.AirlockError) -> Response:
     status = status_of(exc)
     if is_hub_request():
         code = next((c for cls, c in HUB_CODES.items() if isinstance(exc, cls)), None)
+        if isinstance(exc, e.RateLimited) and exc.retry_after > HUB_MAX_RETRY_WAIT:
+            # Hub clients sleep out any Retry-After, however long: a quota that resets in hours
+            # is a refusal the researcher should read now, not a wait.
+            status, code = 403, "GatedRepo"
         response = hub_error(status, code, exc.detail)
     else:
         response = problem(status, exc.title, exc.detail, exc.code, **exc.extra)

@@ -434,7 +434,8 @@ class DownloadService:
         message = (
             f"The file is larger than the tier's whole {refused.name} limit."
             if never
-            else f"The tier's {refused.name} limit ({refused.quota}) is used up."
+            else f"The tier's {refused.name} limit ({refused.quota}) is used up; "
+            f"more becomes available in {_human_wait(result.retry_after)}."
         )
         self.audit.record(
             session,
@@ -523,3 +524,13 @@ def with_request_facts(subject: Subject, request: AccessRequest | None) -> Subje
         form=request.form,
         accepted_agreements=frozenset({agreement}) if all(agreement) else frozenset(),
     )
+
+
+def _human_wait(seconds: float) -> str:
+    """A wait as a person reads it: '45 s', '12 min', '5 h 3 min'."""
+    whole = max(1, int(seconds + 0.999))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{(whole + 59) // 60} min"
+    return f"{whole // 3600} h {(whole % 3600) // 60} min"

@@ -7,6 +7,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
@@ -371,7 +372,9 @@ def test_newly_sanctioned_nationality_is_refused_at_download_time(hub: Hub) -> N
         assert any(r["effect"] == "deny" for r in denial.payload["reasons"])
 
 
-def test_downloads_per_day_exhaustion_is_429_and_head_is_free(hub: Hub) -> None:
+def test_downloads_per_day_exhaustion_is_a_readable_refusal_and_head_is_free(hub: Hub) -> None:
+    """A quota that frees up in hours is a 403 GatedRepo the researcher reads at once: hub
+    clients would otherwise sleep out the whole Retry-After on a 429."""
     url = f"/{REPO}/resolve/main/config.json"
     for _ in range(5):
         assert hub.head(url, hub.researcher).status_code == 200
@@ -380,8 +383,10 @@ def test_downloads_per_day_exhaustion_is_429_and_head_is_free(hub: Hub) -> None:
         assert response.status_code == 302
         assert f'"downloads_per_day";r={remaining}' in response.headers["RateLimit"]
     response = hub.get(url, hub.researcher)
-    assert_hub_error(response, 429, None)
-    assert int(response.headers["Retry-After"]) > 0
+    assert_hub_error(response, 403, "GatedRepo")
+    assert "downloads_per_day limit (3) is used up" in response.headers["X-Error-Message"]
+    assert "more becomes available in 8 h" in response.headers["X-Error-Message"]
+    assert int(response.headers["Retry-After"]) > 3600
     assert "downloads_per_day" in response.headers["RateLimit-Policy"]
     assert '"downloads_per_day";r=0' in response.headers["RateLimit"]
     assert hub.head(url, hub.researcher).status_code == 200  # metadata still answers
@@ -399,3 +404,14 @@ def test_no_response_of_the_surface_emits_xet(hub: Hub) -> None:
             response = method(url, hub.researcher)
             assert not any(h in response.headers for h in XET_HEADERS), url
             assert "xet-auth" not in response.headers.get("Link", "")
+
+
+def test_a_short_wait_stays_429_with_retry_after(app: Flask) -> None:
+    from gateway.api.errors import render
+    from gateway.errors import RateLimited
+
+    with app.test_request_context(f"/{REPO}/resolve/main/config.json"):
+        app.preprocess_request()
+        response = render(RateLimited("slow down", retry_after=30, headers={}))
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "30"

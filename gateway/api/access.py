@@ -8,7 +8,7 @@ from flask import Blueprint
 from sqlalchemy import select
 
 from gateway.api import schemas as s
-from gateway.api.context import airlock, base_url, db, principal, request_country
+from gateway.api.context import airlock, base_url, db, principal, request_country, visible_model
 from gateway.api.serialize import grant_out, request_out, token_out
 from gateway.api.spec import ID, endpoint
 from gateway.auth.tokens import Scope
@@ -21,12 +21,6 @@ bp = Blueprint("access", __name__, url_prefix="/api/v1")
 MODEL = "/models/<org>/<name>"
 
 
-def _model(org: str, name: str):  # type: ignore[no-untyped-def]
-    model = airlock().publishing.get_model(db(), f"{org}/{name}")
-    airlock().access.require_visible(principal(), model)
-    return model
-
-
 @endpoint(
     bp,
     MODEL + "/access",
@@ -35,7 +29,7 @@ def _model(org: str, name: str):  # type: ignore[no-untyped-def]
     response=s.ModelAccessOut,
 )
 def model_access(org: str, name: str) -> s.ModelAccessOut:
-    model = _model(org, name)
+    model = visible_model(org, name)
     _, policy = airlock().policies.require_current(model)
     doc = policy.to_dict()
     tiers = [
@@ -77,7 +71,7 @@ def request_access(org: str, name: str, body: s.AccessRequestIn) -> s.AccessRequ
     outcome = airlock().access.request_access(
         db(),
         principal=principal(),
-        model=_model(org, name),
+        model=visible_model(org, name),
         tier=body.tier,
         form=body.form,
         agreement=body.agreement,
@@ -112,7 +106,7 @@ def review_queue(query: s.RequestListQuery) -> s.AccessRequestList:
     model = None
     if query.repo_id:
         org, _, name = query.repo_id.partition("/")
-        model = _model(org, name)
+        model = visible_model(org, name)
     status = RequestStatus(query.status) if query.status else None
     found = airlock().access.list_requests(db(), principal=principal(), model=model, status=status)
     return s.AccessRequestList(requests=[request_out(r) for r in found])

@@ -8,6 +8,7 @@ import re
 from flask import current_app, g, request
 from sqlalchemy.orm import Session
 
+from gateway.db.models import Model
 from gateway.services.container import Airlock
 from gateway.services.principal import Principal
 
@@ -40,6 +41,13 @@ def principal() -> Principal:
         g.principal = current_app.extensions["airlock_auth"].current()
     found: Principal = g.principal
     return found
+
+
+def visible_model(org: str, name: str) -> Model:
+    """The model `org/name` if the caller may know it exists, else a 404."""
+    model = airlock().publishing.get_model(db(), f"{org}/{name}")
+    airlock().access.require_visible(principal(), model)
+    return model
 
 
 def base_url() -> str:

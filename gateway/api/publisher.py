@@ -5,19 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from gateway.api import schemas as s
-from gateway.api.context import airlock, db, principal
+from gateway.api.context import airlock, db, principal, visible_model
 from gateway.api.serialize import grant_out, model_out, revision_out
 from gateway.api.spec import ID, endpoint
 from gateway.services.publishing import ManifestEntry
 
 bp = Blueprint("publisher", __name__, url_prefix="/api/v1")
 MODEL = "/models/<org>/<name>"
-
-
-def _model(org: str, name: str):  # type: ignore[no-untyped-def]
-    model = airlock().publishing.get_model(db(), f"{org}/{name}")
-    airlock().access.require_visible(principal(), model)
-    return model
 
 
 def _stage(model) -> str | None:  # type: ignore[no-untyped-def]
@@ -44,7 +38,7 @@ def create_model(body: s.CreateModel) -> s.ModelOut:
 
 @endpoint(bp, MODEL, "GET", summary="Show a model", response=s.ModelOut)
 def show_model(org: str, name: str) -> s.ModelOut:
-    model = _model(org, name)
+    model = visible_model(org, name)
     return model_out(model, _stage(model))
 
 
@@ -63,7 +57,7 @@ def upload_blob(org: str, name: str, sha256: str) -> s.BlobOut:
     result = airlock().publishing.upload_blob(
         db(),
         principal=principal(),
-        model=_model(org, name),
+        model=visible_model(org, name),
         sha256=sha256,
         stream=request.stream,
         max_bytes=settings.max_upload_bytes,
@@ -86,7 +80,7 @@ def commit(org: str, name: str, body: s.CommitIn) -> s.RevisionOut:
     revision = airlock().publishing.commit(
         db(),
         principal=principal(),
-        model=_model(org, name),
+        model=visible_model(org, name),
         manifest=manifest,
         message=body.message,
     )
@@ -102,7 +96,7 @@ def commit(org: str, name: str, body: s.CommitIn) -> s.RevisionOut:
     scopes=("models:write",),
 )
 def show_revision(org: str, name: str, rev: str) -> s.RevisionOut:
-    model = _model(org, name)
+    model = visible_model(org, name)
     airlock().publishing.require_publisher(principal(), model)
     return revision_out(airlock().publishing.resolve_revision(db(), model, rev))
 
@@ -145,7 +139,7 @@ def validate_policy(body: s.PolicyIn) -> dict[str, object]:
     scopes=("policies:write",),
 )
 def policy_history(org: str, name: str) -> s.PolicyHistoryOut:
-    model = _model(org, name)
+    model = visible_model(org, name)
     versions = airlock().policies.history(db(), principal=principal(), model=model)
     return s.PolicyHistoryOut(versions=[_version_out(v, True, model.repo_id) for v in versions])
 
@@ -161,7 +155,11 @@ def policy_history(org: str, name: str) -> s.PolicyHistoryOut:
 )
 def freeze(org: str, name: str, body: s.FreezeIn) -> s.ModelOut:
     model = airlock().access.set_frozen(
-        db(), principal=principal(), model=_model(org, name), frozen=body.frozen, reason=body.reason
+        db(),
+        principal=principal(),
+        model=visible_model(org, name),
+        frozen=body.frozen,
+        reason=body.reason,
     )
     return model_out(model, _stage(model))
 
@@ -176,7 +174,7 @@ def freeze(org: str, name: str, body: s.FreezeIn) -> s.ModelOut:
 )
 def model_grants(org: str, name: str) -> s.GrantList:
     grants = airlock().access.list_grants(
-        db(), principal=principal(), model=_model(org, name), mine=False
+        db(), principal=principal(), model=visible_model(org, name), mine=False
     )
     return s.GrantList(grants=[grant_out(g) for g in grants])
 

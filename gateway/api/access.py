@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from flask import Blueprint
 from sqlalchemy import select
@@ -31,7 +32,7 @@ MODEL = "/models/<org>/<name>"
 def model_access(org: str, name: str) -> s.ModelAccessOut:
     model = visible_model(org, name)
     _, policy = airlock().policies.require_current(model)
-    doc = policy.to_dict()
+    doc: dict[str, Any] = policy.to_dict()
     tiers = [
         s.TierOut(
             name=t["name"],

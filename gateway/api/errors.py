@@ -46,7 +46,7 @@ def status_of(exc: e.AirlockError) -> int:
         return 401
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 

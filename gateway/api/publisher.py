@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO, cast
+
 from flask import Blueprint, request
 
 from gateway.api import schemas as s
@@ -59,7 +61,7 @@ def upload_blob(org: str, name: str, sha256: str) -> s.BlobOut:
         principal=principal(),
         model=visible_model(org, name),
         sha256=sha256,
-        stream=request.stream,
+        stream=cast(BinaryIO, request.stream),
         max_bytes=settings.max_upload_bytes,
     )
     return s.BlobOut(**result)

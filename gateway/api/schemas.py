@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -17,7 +17,7 @@ Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 SafeInt = Annotated[int, Field(ge=-(2**53), le=2**53)]  # exact in every JSON parser
 FormValue = Annotated[str, StringConstraints(max_length=10_000)] | bool | SafeInt | None
 # Built from the enum so the document lists exactly the scopes the server accepts.
-ScopeName = Literal[tuple(str(scope) for scope in Scope)]  # type: ignore[valid-type]
+ScopeName: TypeAlias = Literal[tuple(str(scope) for scope in Scope)]  # type: ignore[valid-type]
 
 
 class Reason(BaseModel):

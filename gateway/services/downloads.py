@@ -518,12 +518,10 @@ def with_request_facts(subject: Subject, request: AccessRequest | None) -> Subje
     """The subject with the agreement and form of the request the grant came from."""
     if request is None:
         return subject
-    agreement = (request.agreement_id, request.agreement_version)
-    return replace(
-        subject,
-        form=request.form,
-        accepted_agreements=frozenset({agreement}) if all(agreement) else frozenset(),
-    )
+    accepted: frozenset[tuple[str, int]] = frozenset()
+    if request.agreement_id and request.agreement_version:
+        accepted = frozenset({(request.agreement_id, request.agreement_version)})
+    return replace(subject, form=request.form, accepted_agreements=accepted)
 
 
 def _human_wait(seconds: float) -> str:

@@ -120,9 +120,10 @@ def _globals_problems(stream: BinaryIO) -> Iterator[str]:
             yield from _check(module, attr)
             _apply_stack_effect(opcode, stack)
         elif name == "STACK_GLOBAL":
-            attr, module = (stack.pop() if stack else UNKNOWN), (stack.pop() if stack else UNKNOWN)
-            if isinstance(module, str) and isinstance(attr, str):
-                yield from _check(module, attr)
+            name_of = stack.pop() if stack else UNKNOWN
+            module_of = stack.pop() if stack else UNKNOWN
+            if isinstance(module_of, str) and isinstance(name_of, str):
+                yield from _check(module_of, name_of)
             else:
                 yield "pickle computes the name of a global it imports; refusing to trust it"
             stack.append(UNKNOWN)

@@ -292,6 +292,108 @@ def freeze(repo_id: str, reason: str, undo: bool, endpoint: str | None, token: s
 
 
 @main.group()
+def admin() -> None:
+    """Operator commands on the configured database (organizations, users, roles, tokens)."""
+
+
+def _services() -> Any:
+    from gateway.services.container import build_airlock
+
+    return build_airlock(load_settings())
+
+
+@admin.command("create-org")
+@click.argument("slug")
+@click.option("--name", required=True)
+@click.option("--hq-country", help="ISO 3166-1 alpha-2 code of the headquarters.")
+def admin_create_org(slug: str, name: str, hq_country: str | None) -> None:
+    """Create an organization."""
+    airlock = _services()
+    with airlock.db.session() as session:
+        org = _domain(
+            lambda: airlock.identity.create_org(
+                session, slug=slug, name=name, hq_country=hq_country, actor_id=None
+            )
+        )
+        click.echo(f"organization {org.slug} created")
+
+
+@admin.command("create-user")
+@click.argument("username")
+@click.option("--email", required=True)
+@click.option("--org", "org_slug", help="Give the user a role in this organization.")
+@click.option("--role", type=click.Choice(["owner", "publisher", "reviewer", "compliance"]))
+def admin_create_user(username: str, email: str, org_slug: str | None, role: str | None) -> None:
+    """Create a user, optionally with a role in an organization."""
+    from sqlalchemy import select
+
+    from gateway.db.models import Organization, Role
+
+    if bool(org_slug) != bool(role):
+        raise click.UsageError("--org and --role go together")
+    airlock = _services()
+    with airlock.db.session() as session:
+        org = None
+        if org_slug:
+            org = session.scalar(select(Organization).where(Organization.slug == org_slug))
+            if org is None:
+                raise click.ClickException(f"no organization {org_slug!r}")
+        user = _domain(
+            lambda: airlock.identity.create_user(
+                session, username=username, email=email, actor_id=None
+            )
+        )
+        if org is not None and role:
+            airlock.identity.add_member(session, org=org, user=user, role=Role(role), actor_id=None)
+        click.echo(f"user {user.username} created" + (f" as {role} of {org_slug}" if role else ""))
+
+
+@admin.command("issue-token")
+@click.argument("username")
+@click.option("--scope", "scopes", multiple=True, required=True, help="Repeat for each scope.")
+@click.option("--days", default=90, show_default=True, type=click.IntRange(1, 366))
+@click.option("--name", default="issued by an operator", show_default=True)
+def admin_issue_token(username: str, scopes: tuple[str, ...], days: int, name: str) -> None:
+    """Issue a token for USERNAME and print it once (it is stored only as a hash)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from gateway.auth.tokens import Scope
+    from gateway.db.models import User
+
+    try:
+        wanted = [Scope(s) for s in scopes]
+    except ValueError:
+        raise click.BadParameter(f"scopes are {', '.join(sorted(Scope))}") from None
+    airlock = _services()
+    with airlock.db.session() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise click.ClickException(f"no user {username!r}")
+        issued = _domain(
+            lambda: airlock.identity.issue_token(
+                session,
+                user=user,
+                name=name,
+                scopes=wanted,
+                ttl=timedelta(days=days),
+                actor_id=None,
+            )
+        )
+        click.echo(issued.plaintext)
+
+
+def _domain(action: Any) -> Any:
+    from gateway.errors import AirlockError
+
+    try:
+        return action()
+    except AirlockError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+@main.group()
 def audit() -> None:
     """The audit log."""
 

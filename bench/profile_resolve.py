@@ -44,6 +44,8 @@ STAGES = (
     ("session commit", "sqlalchemy/orm/session.py", "commit"),
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -99,7 +101,7 @@ class Profile:
 def _short(file: str, line: int) -> str:
     if file == "~":
         return "builtin"
-    for marker in ("site-packages/", "/work/main/", "/gateway/", "/policies/"):
+    for marker in ("site-packages/", f"{ROOT}/", "/gateway/", "/policies/"):
         if marker in file:
             return file.split(marker, 1)[-1] + f":{line}"
     return f"{file}:{line}"

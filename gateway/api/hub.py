@@ -1,7 +1,7 @@
 """Hugging Face Hub-compatible reads: model info, trees, paths-info, whoami and resolve.
 
 Only callers with a live weights grant see a model's files here; the grant's file globs decide
-which files exist at all. See /work/shared/protocols/huggingface_hub.md for the wire contract.
+which files exist at all. The wire contract is the shared protocol note `huggingface_hub.md`.
 """
 
 from __future__ import annotations

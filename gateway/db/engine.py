@@ -7,8 +7,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+READ_ONLY = "airlock_read_only"
+
+
+def begin_read_only(session: Session) -> None:
+    """Begin `session`'s transaction as one that only reads: on SQLite a deferred `BEGIN`.
+
+    Every other transaction begins `BEGIN IMMEDIATE` and so holds SQLite's write lock from its
+    first statement; a read-only one takes none and never waits on writers. A deferred read
+    cannot safely turn into a write under concurrent writers (SQLite refuses the upgrade of a
+    stale snapshot at once), so code that may write afterwards must end this transaction first
+    (commit or rollback); the next one begins immediate again. No effect on PostgreSQL, and
+    none once the session's transaction has begun.
+    """
+    if not session.in_transaction():
+        session.connection(execution_options={READ_ONLY: True})
 
 
 class Database:
@@ -54,7 +70,8 @@ def _ensure_sqlite_dir(url: str) -> None:
 
 
 def _configure_sqlite(engine: Engine) -> None:
-    """Foreign keys on, WAL, and BEGIN IMMEDIATE so writers queue instead of deadlocking."""
+    """Foreign keys on, WAL, and BEGIN IMMEDIATE so writers queue instead of deadlocking
+    (plain BEGIN for transactions begun with `begin_read_only`)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -67,5 +84,6 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from gateway.db.models import AuditEvent, AuditHead, utcnow
+from gateway.db.models import AuditEvent, AuditHead, Base, utcnow
 
 DOMAIN = b"airlock-audit-v1\x00"
 GENESIS_HASH = "0" * 64
@@ -72,19 +72,28 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
 
 
+BODY_FIELDS = (
+    "seq",
+    "occurred_at",
+    "action",
+    "actor_id",
+    "org_id",
+    "subject_user_id",
+    "model_id",
+    "effect",
+    "payload",
+)
+
+
 def event_body(event: AuditEvent) -> dict[str, Any]:
     """The hashed content of an event: everything but its own link fields."""
-    return {
-        "seq": event.seq,
-        "occurred_at": format_timestamp(event.occurred_at),
-        "action": event.action,
-        "actor_id": event.actor_id,
-        "org_id": event.org_id,
-        "subject_user_id": event.subject_user_id,
-        "model_id": event.model_id,
-        "effect": event.effect,
-        "payload": event.payload,
-    }
+    return _body({name: getattr(event, name) for name in BODY_FIELDS})
+
+
+def _body(fields: Mapping[str, Any]) -> dict[str, Any]:
+    body = {name: fields[name] for name in BODY_FIELDS}
+    body["occurred_at"] = format_timestamp(body["occurred_at"])
+    return body
 
 
 def entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
@@ -93,8 +102,31 @@ def entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
     return hashlib.sha256(DOMAIN + bytes.fromhex(prev_hash) + inner).hexdigest()
 
 
+_head = AuditHead.__table__.c
+_events = Base.metadata.tables["audit_events"]
+LOCK_HEAD = select(_head.seq, _head.entry_hash).where(_head.id == 1).with_for_update()
+MOVE_HEAD = (
+    update(Base.metadata.tables["audit_head"])
+    .where(_head.id == 1)
+    .values(seq=bindparam("new_seq"), entry_hash=bindparam("new_hash"))
+)
+APPEND_EVENT = insert(_events)
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where an event landed in the chain."""
+
+    seq: int
+    entry_hash: str
+
+
 class AuditRecorder:
-    """Appends events inside the caller's transaction, serialized by the locked head row."""
+    """Appends events inside the caller's transaction, serialized by the locked head row.
+
+    Plain Core statements on the session's connection: they commit or roll back with whatever
+    else the session's transaction holds, and cost a fraction of an ORM unit of work.
+    """
 
     def record(
         self,
@@ -107,27 +139,26 @@ class AuditRecorder:
         model_id: int | None = None,
         effect: str | None = None,
         payload: Mapping[str, Any] | None = None,
-    ) -> AuditEvent:
+    ) -> Appended:
         """Add one event to the chain; it commits or rolls back with the change it records."""
-        head = session.execute(
-            select(AuditHead).where(AuditHead.id == 1).with_for_update()
-        ).scalar_one()
-        event = AuditEvent(
-            seq=head.seq + 1,
-            occurred_at=utcnow(),
-            action=str(action),
-            actor_id=actor_id,
-            org_id=org_id,
-            subject_user_id=subject_user_id,
-            model_id=model_id,
-            effect=effect,
-            payload=json.loads(canonical_json(payload or {})),
-            prev_hash=head.entry_hash,
-        )
-        event.entry_hash = entry_hash(head.entry_hash, event_body(event))
-        head.seq, head.entry_hash = event.seq, event.entry_hash
-        session.add(event)
-        return event
+        conn = session.connection()
+        seq, prev = conn.execute(LOCK_HEAD).one()
+        row = {
+            "seq": seq + 1,
+            "occurred_at": utcnow(),
+            "action": str(action),
+            "actor_id": actor_id,
+            "org_id": org_id,
+            "subject_user_id": subject_user_id,
+            "model_id": model_id,
+            "effect": effect,
+            "payload": json.loads(canonical_json(payload or {})),
+            "prev_hash": prev,
+        }
+        row["entry_hash"] = digest = entry_hash(prev, _body(row))
+        conn.execute(APPEND_EVENT, row)
+        conn.execute(MOVE_HEAD, {"new_seq": row["seq"], "new_hash": digest})
+        return Appended(row["seq"], digest)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from gateway.auth.tokens import Scope, digests_match, looks_like_token, new_toke
 from gateway.db.models import ApiToken, Membership, Organization, Role, User, utcnow
 from gateway.errors import Conflict, Forbidden, InvalidCredentials, InvalidInput, NotFound
 from gateway.services.principal import PERSONAL_SCOPES, ROLE_SCOPES, Principal
+from gateway.services.rows import TokenRow, load_token
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MAX_TOKEN_DAYS = 366
@@ -219,11 +220,14 @@ class IdentityService:
     def authenticate(
         self, session: Session, presented: str, *, now: datetime | None = None
     ) -> Principal:
-        """Resolve a bearer token to a Principal, or raise InvalidCredentials."""
+        """Resolve a bearer token to a Principal, or raise InvalidCredentials.
+
+        Read from the database on every call: a revoked token fails on the very next request.
+        """
         if not looks_like_token(presented):
             raise InvalidCredentials("Invalid credentials in Authorization header")
         digest = token_digest(presented)
-        token = session.scalar(select(ApiToken).where(ApiToken.digest == digest))
+        token = load_token(session.connection(), digest)
         moment = now or utcnow()
         if (
             token is None
@@ -232,22 +236,21 @@ class IdentityService:
             or token.expires_at <= moment
         ):
             raise InvalidCredentials("Invalid credentials in Authorization header")
-        return self.principal_for(session, token)
+        return principal_for(token)
 
-    def principal_for(self, session: Session, token: ApiToken) -> Principal:
-        """The principal a valid token stands for."""
-        roles: dict[int, set[Role]] = {}
-        for org_id, role in session.execute(
-            select(Membership.org_id, Membership.role).where(Membership.user_id == token.user_id)
-        ):
-            roles.setdefault(org_id, set()).add(Role(role))
-        return Principal(
-            user_id=token.user_id,
-            username=token.user.username,
-            token_id=token.id,
-            scopes=frozenset(Scope(s) for s in token.scopes),
-            roles={org: frozenset(rs) for org, rs in roles.items()},
-        )
+
+def principal_for(token: TokenRow) -> Principal:
+    """The principal a valid token stands for."""
+    roles: dict[int, set[Role]] = {}
+    for org_id, role in token.memberships:
+        roles.setdefault(org_id, set()).add(Role(role))
+    return Principal(
+        user_id=token.user_id,
+        username=token.username,
+        token_id=token.id,
+        scopes=frozenset(Scope(s) for s in token.scopes),
+        roles={org: frozenset(rs) for org, rs in roles.items()},
+    )
 
 
 def _check_slug(value: str, what: str) -> None:

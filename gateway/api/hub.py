@@ -19,9 +19,10 @@ from sqlalchemy import select
 
 from gateway.api.context import airlock, base_url, db, principal, request_country
 from gateway.api.errors import render
-from gateway.db.models import ApiToken, Organization, Revision, RevisionFile, User, utcnow
+from gateway.db.models import ApiToken, Organization, User, utcnow
 from gateway.errors import AuthenticationRequired, EntryNotFound, InvalidInput
 from gateway.services.downloads import WeightsAccess, apply_url_for, ratelimit_headers
+from gateway.services.rows import FileRow, RevisionRow
 from policies import ApprovalMode, GrantKind
 
 bp = Blueprint("hub", __name__)
@@ -36,12 +37,12 @@ TRUE = frozenset({"1", "true", "yes"})
 @bp.get(MODEL + "/revision/<path:rev>")
 def model_info(org: str, name: str, rev: str = "main") -> Response:
     access, revision = _open(org, name, rev)
-    files = airlock().downloads.visible_files(access, revision)
+    files = airlock().downloads.visible_files(db(), access, revision)
     blobs = _flag("blobs")
     body = {
         "id": access.model.repo_id,
         "modelId": access.model.repo_id,
-        "author": access.model.org.slug,
+        "author": access.model.org_slug,
         "sha": revision.commit_id,
         "lastModified": _iso(revision.created_at),
         "createdAt": _iso(access.model.created_at),
@@ -64,7 +65,7 @@ def model_info(org: str, name: str, rev: str = "main") -> Response:
 def tree(org: str, name: str, rest: str) -> Response:
     rev, path = _rev_and_path(org, name, "tree", rest)
     access, revision = _open(org, name, rev)
-    listing = Listing(revision, airlock().downloads.visible_files(access, revision))
+    listing = Listing(revision, airlock().downloads.visible_files(db(), access, revision))
     entries = listing.children(path.strip("/"), recursive=_flag("recursive"))
     after = _cursor()
     page = [e for e in entries if e["path"] > after] if after else entries
@@ -83,7 +84,7 @@ def paths_info(org: str, name: str, rev: str) -> Response:
     if not wanted and request.is_json:
         found = (request.get_json(silent=True) or {}).get("paths", [])
         wanted = [p for p in found if isinstance(p, str)] if isinstance(found, list) else []
-    listing = Listing(revision, airlock().downloads.visible_files(access, revision))
+    listing = Listing(revision, airlock().downloads.visible_files(db(), access, revision))
     entries = [listing.entry(p.strip("/")) for p in dict.fromkeys(wanted)]
     return jsonify([e for e in entries if e is not None])
 
@@ -155,7 +156,7 @@ def resolve(org: str, name: str, rest: str) -> Response:
     rev, path = _rev_and_path(org, name, "resolve", rest)
     access, revision = _open(org, name, rev)
     try:
-        file = airlock().downloads.find_file(access, revision, path)
+        file = airlock().downloads.find_file(db(), access, revision, path)
     except EntryNotFound as exc:
         missing = render(exc)
         missing.headers["X-Repo-Commit"] = revision.commit_id
@@ -186,10 +187,10 @@ def resolve(org: str, name: str, rest: str) -> Response:
 class Listing:
     """The files of a revision a caller may see, and the directories they imply."""
 
-    def __init__(self, revision: Revision, files: Iterable[RevisionFile]) -> None:
+    def __init__(self, revision: RevisionRow, files: Iterable[FileRow]) -> None:
         self.commit = revision.commit_id
         self.files = {f.path: f for f in files}
-        self.dirs: dict[str, list[RevisionFile]] = {}
+        self.dirs: dict[str, list[FileRow]] = {}
         for file in self.files.values():
             parts = file.path.split("/")
             for depth in range(1, len(parts)):
@@ -221,7 +222,7 @@ class Listing:
         return {"type": "directory", "oid": oid, "size": 0, "path": path}
 
 
-def tree_file(file: RevisionFile) -> dict[str, Any]:
+def tree_file(file: FileRow) -> dict[str, Any]:
     """A file as the Hub's tree and paths-info list it (always an LFS file, never Xet)."""
     return {
         "type": "file",
@@ -237,7 +238,7 @@ def lfs_pointer_size(size: int) -> int:
     return len(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'0' * 64}\nsize {size}\n")
 
 
-def _open(org: str, name: str, rev: str) -> tuple[WeightsAccess, Revision]:
+def _open(org: str, name: str, rev: str) -> tuple[WeightsAccess, RevisionRow]:
     return airlock().downloads.open_revision(
         db(),
         principal=principal(),
@@ -263,7 +264,7 @@ def _rev_and_path(org: str, name: str, keyword: str, rest: str) -> tuple[str, st
     return rev, path
 
 
-def _sibling(file: RevisionFile, blobs: bool) -> dict[str, Any]:
+def _sibling(file: FileRow, blobs: bool) -> dict[str, Any]:
     if not blobs:
         return {"rfilename": file.path}
     return {
@@ -278,7 +279,7 @@ def _sibling(file: RevisionFile, blobs: bool) -> dict[str, Any]:
     }
 
 
-def _file_headers(file: RevisionFile, commit: str) -> dict[str, str]:
+def _file_headers(file: FileRow, commit: str) -> dict[str, str]:
     etag = f'"{file.sha256}"'
     return {
         "X-Repo-Commit": commit,
@@ -343,5 +344,5 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _path(file: RevisionFile) -> str:
+def _path(file: FileRow) -> str:
     return file.path

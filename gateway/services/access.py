@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -28,6 +28,7 @@ from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound, RepoNotF
 from gateway.kyc import KycFacts
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
+from gateway.services.rows import CURRENT_KYC_ID, KycRow, UserFacts
 from policies import (
     Decision,
     Effect,
@@ -46,6 +47,60 @@ def reasons_json(decision: Decision) -> list[dict[str, Any]]:
         {"code": str(r.code), "message": r.message, "rule": r.rule, "effect": str(r.effect)}
         for r in decision.reasons
     ]
+
+
+class Freezable(Protocol):
+    """Anything carrying a model's freeze state (the entity or a row read on the hot path)."""
+
+    @property
+    def frozen_at(self) -> datetime | None: ...
+
+
+def kyc_row(kyc: KycVerification) -> KycRow:
+    """The facts of a verification entity that decisions use."""
+    return KycRow(
+        kyc.level,
+        kyc.expires_at,
+        kyc.sanctions_hit,
+        kyc.nationality,
+        kyc.residence_country,
+        kyc.residence_subdivision,
+        kyc.document_country,
+    )
+
+
+def visible_to(principal: Principal, org_id: int, policy: ReleasePolicy | None) -> bool:
+    """Members always see their models; others only once a policy opens it beyond internal."""
+    if principal.is_member(org_id):
+        return True
+    return policy is not None and policy.stage != Stage.INTERNAL
+
+
+def subject_of(
+    facts: UserFacts,
+    *,
+    request_country: str | None,
+    form: Mapping[str, object] | None = None,
+    agreement: tuple[str, int] | None = None,
+) -> Subject:
+    """The facts the engine sees about a user: KYC, affiliation, email, request and agreement."""
+    kyc = facts.kyc
+    return Subject(
+        user_id=str(facts.user_id),
+        kyc_level=KycLevel(kyc.level) if kyc else KycLevel.NONE,
+        kyc_expires_at=kyc.expires_at if kyc else None,
+        sanctions_hit=kyc.sanctions_hit if kyc else None,
+        nationality=kyc.nationality if kyc else None,
+        residence_country=kyc.residence_country if kyc else None,
+        residence_subdivision=kyc.residence_subdivision if kyc else None,
+        document_country=kyc.document_country if kyc else None,
+        org_hq_country=facts.affiliation_hq_country,
+        request_country=request_country,
+        affiliation_org=facts.affiliation_slug,
+        email=facts.email,
+        accepted_agreements=frozenset({agreement}) if agreement else frozenset(),
+        form=form,
+    )
 
 
 @dataclass(frozen=True)
@@ -70,10 +125,7 @@ class AccessService:
     # -- visibility ----------------------------------------------------------------------------
     def visible(self, principal: Principal, model: Model) -> bool:
         """Members always see their models; others only once a policy opens it beyond internal."""
-        if principal.is_member(model.org_id):
-            return True
-        policy = self.policies.current(model)
-        return policy is not None and policy.stage != Stage.INTERNAL
+        return visible_to(principal, model.org_id, self.policies.current(model))
 
     def require_visible(self, principal: Principal, model: Model) -> None:
         """RepoNotFound unless the caller may know the model exists."""
@@ -94,40 +146,24 @@ class AccessService:
         """The facts the engine sees about `user` asking for `model`."""
         kyc = self.current_kyc(session, user_id=user.id, org_id=model.org_id)
         org = user.affiliation
-        return Subject(
-            user_id=str(user.id),
-            kyc_level=KycLevel(kyc.level) if kyc else KycLevel.NONE,
-            kyc_expires_at=kyc.expires_at if kyc else None,
-            sanctions_hit=kyc.sanctions_hit if kyc else None,
-            nationality=kyc.nationality if kyc else None,
-            residence_country=kyc.residence_country if kyc else None,
-            residence_subdivision=kyc.residence_subdivision if kyc else None,
-            document_country=kyc.document_country if kyc else None,
-            org_hq_country=org.hq_country if org else None,
-            request_country=request_country,
-            affiliation_org=org.slug if org else None,
-            email=user.email,
-            accepted_agreements=frozenset({agreement}) if agreement else frozenset(),
-            form=form,
+        facts = UserFacts(
+            user.id,
+            user.email,
+            org.slug if org else None,
+            org.hq_country if org else None,
+            kyc_row(kyc) if kyc else None,
         )
+        return subject_of(facts, request_country=request_country, form=form, agreement=agreement)
 
     def current_kyc(self, session: Session, *, user_id: int, org_id: int) -> KycVerification | None:
         """The newest approved verification valid for decisions of `org_id`."""
         return session.scalar(
-            select(KycVerification)
-            .where(
-                KycVerification.user_id == user_id,
-                KycVerification.status == "approved",
-                or_(
-                    KycVerification.issuer_org_id.is_(None), KycVerification.issuer_org_id == org_id
-                ),
-            )
-            .order_by(KycVerification.verified_at.desc(), KycVerification.id.desc())
-            .limit(1)
+            select(KycVerification).where(KycVerification.id == CURRENT_KYC_ID),
+            {"user_id": user_id, "org_id": org_id},
         )
 
     def decide(
-        self, policy: ReleasePolicy, tier: str, subject: Subject, model: Model, now: datetime
+        self, policy: ReleasePolicy, tier: str, subject: Subject, model: Freezable, now: datetime
     ) -> Decision:
         """Run the engine for one tier with the model's freeze state."""
         return evaluate(

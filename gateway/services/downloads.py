@@ -12,30 +12,33 @@ from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.auth.tokens import Scope
-from gateway.db.models import (
-    AccessRequest,
-    DownloadTicket,
-    Grant,
-    GrantStatus,
-    Model,
-    Revision,
-    RevisionFile,
-    User,
-    utcnow,
-)
+from gateway.db.models import Grant, GrantStatus, utcnow
 from gateway.errors import (
     AccessDenied,
     EntryNotFound,
     Forbidden,
-    NotFound,
     RateLimited,
     RepoNotFound,
+    RevisionNotFound,
 )
 from gateway.ratelimit import Dimension, Limiter, LimitResult
-from gateway.services.access import AccessService, reasons_json
+from gateway.services.access import AccessService, reasons_json, subject_of, visible_to
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
-from gateway.services.publishing import PublishingService
+from gateway.services.publishing import COMMIT_HEX, PublishingService
+from gateway.services.rows import (
+    INSERT_TICKET,
+    FileIndex,
+    FileRow,
+    GrantRow,
+    ModelRow,
+    RevisionRow,
+    load_active_grants,
+    load_file_with_commit,
+    load_model,
+    load_revision,
+    load_user_facts,
+)
 from gateway.services.signing import BlobClaim, BlobSigner
 from gateway.storage import Storage
 from policies import GrantKind, ReleasePolicy, Subject, Tier
@@ -48,15 +51,15 @@ APPLY_PATH = "/api/v1/models/{repo}/access"
 class WeightsAccess:
     """The caller's usable weights grants for a model, with the tiers that define them."""
 
-    model: Model
+    model: ModelRow
     policy: ReleasePolicy
-    grants: tuple[tuple[Grant, Tier], ...]
+    grants: tuple[tuple[GrantRow, Tier], ...]
 
     def allows(self, path: str) -> bool:
         """Whether any grant's file globs cover `path`."""
         return any(tier.allows_file(path) for _, tier in self.grants)
 
-    def grant_for(self, path: str) -> tuple[Grant, Tier]:
+    def grant_for(self, path: str) -> tuple[GrantRow, Tier]:
         """The grant that covers `path` (the first, in grant order)."""
         return next((g, t) for g, t in self.grants if t.allows_file(path))
 
@@ -65,7 +68,7 @@ class WeightsAccess:
 class Blob:
     """A verified blob request: the file row, its commit, and where its bytes are on disk."""
 
-    file: RevisionFile
+    file: FileRow
     commit: str
     path: Path | None
 
@@ -75,7 +78,7 @@ class Ticket:
     """A signed URL for one file, and the headers a Hub client needs on the redirect."""
 
     url: str
-    file: RevisionFile
+    file: FileRow
     commit: str
     limit: LimitResult | None
 
@@ -101,6 +104,7 @@ class DownloadService:
         self.limiter = limiter
         self.signer = signer
         self.storage = storage
+        self.files = FileIndex()
 
     def open_revision(
         self,
@@ -111,16 +115,16 @@ class DownloadService:
         rev: str,
         request_country: str | None,
         base_url: str,
-    ) -> tuple[WeightsAccess, Revision]:
+    ) -> tuple[WeightsAccess, RevisionRow]:
         """The caller's weights access to `repo_id` and the revision `rev` names.
 
         Access is decided before the revision is resolved, so callers without a grant learn
         nothing about which revisions exist.
         """
-        try:
-            model = self.publishing.get_model(session, repo_id)
-        except NotFound as exc:
-            raise RepoNotFound(f"model '{repo_id[:200]}' not found") from exc
+        org_slug, _, name = repo_id.partition("/")
+        model = load_model(session.connection(), org_slug, name)
+        if model is None:
+            raise RepoNotFound(f"model '{repo_id[:200]}' not found")
         access = self.weights_access(
             session,
             principal=principal,
@@ -128,19 +132,21 @@ class DownloadService:
             request_country=request_country,
             base_url=base_url,
         )
-        return access, self.publishing.resolve_revision(session, model, rev)
+        return access, self._revision(session, model, rev)
 
     def weights_access(
         self,
         session: Session,
         *,
         principal: Principal,
-        model: Model,
+        model: ModelRow,
         request_country: str | None,
         base_url: str,
     ) -> WeightsAccess:
         """The caller's live weights grants, or AccessDenied (audited) with every reason."""
-        self.access.require_visible(principal, model)
+        policy = self.policies.current_for(session, model)
+        if not visible_to(principal, model.org_id, policy):
+            raise RepoNotFound(f"model '{model.repo_id}' not found")
         apply_url = apply_url_for(base_url, model)
         if not principal.authenticated:
             raise AccessDenied(
@@ -150,7 +156,6 @@ class DownloadService:
                 authenticated=False,
             )
         user_id = principal.require_user()
-        policy = self.policies.current(model)
         usable = self._usable_grants(session, user_id, model, policy)
         if Scope.MODELS_READ not in principal.scopes:
             self._deny(
@@ -177,22 +182,13 @@ class DownloadService:
         return WeightsAccess(model, policy, checked)
 
     def _usable_grants(
-        self, session: Session, user_id: int, model: Model, policy: ReleasePolicy | None
-    ) -> list[tuple[Grant, Tier]]:
+        self, session: Session, user_id: int, model: ModelRow, policy: ReleasePolicy | None
+    ) -> list[tuple[GrantRow, Tier]]:
         if policy is None:
             return []
         now = utcnow()
-        grants = session.scalars(
-            select(Grant)
-            .where(
-                Grant.user_id == user_id,
-                Grant.model_id == model.id,
-                Grant.status == GrantStatus.ACTIVE,
-            )
-            .order_by(Grant.id)
-        )
         usable = []
-        for grant in grants:
+        for grant in load_active_grants(session.connection(), user_id, model.id):
             tier = policy.tier(grant.tier)
             if (
                 tier is not None
@@ -206,22 +202,22 @@ class DownloadService:
         self,
         session: Session,
         principal: Principal,
-        model: Model,
+        model: ModelRow,
         policy: ReleasePolicy,
-        usable: Sequence[tuple[Grant, Tier]],
+        usable: Sequence[tuple[GrantRow, Tier]],
         request_country: str | None,
         apply_url: str,
-    ) -> tuple[tuple[Grant, Tier], ...]:
+    ) -> tuple[tuple[GrantRow, Tier], ...]:
         """Evaluate the live policy for each grant's tier; deny-effects refuse the download."""
-        user = session.get_one(User, principal.require_user())
-        subject = self.access.subject(
-            session, user=user, model=model, request_country=request_country
-        )
+        facts = load_user_facts(session.connection(), principal.require_user(), model.org_id)
+        if facts is None:  # the user was deleted after the token was read: authorize nothing
+            raise AccessDenied(f"Access to model {model.repo_id} is restricted.")
+        subject = subject_of(facts, request_country=request_country)
         kept, reasons = [], []
+        now = utcnow()
         for grant, tier in usable:
-            request = session.get(AccessRequest, grant.request_id) if grant.request_id else None
             decision = self.access.decide(
-                policy, tier.name, with_request_facts(subject, request), model, utcnow()
+                policy, tier.name, with_request_facts(subject, grant), model, now
             )
             denying = [r for r in reasons_json(decision) if r["effect"] == "deny"]
             if denying:
@@ -232,8 +228,21 @@ class DownloadService:
             self._deny(session, principal, model, apply_url, reasons)
         return tuple(kept)
 
+    def _revision(self, session: Session, model: ModelRow, rev: str) -> RevisionRow:
+        """`main` (the head) or a 40-hex commit id of this model."""
+        if rev == "main":
+            if model.head is None:
+                raise RevisionNotFound(f"model '{model.repo_id}' has no revision yet")
+            return model.head
+        if not COMMIT_HEX.match(rev):
+            raise RevisionNotFound(f"revision '{rev[:80]}' not found: use 'main' or a commit id")
+        revision = load_revision(session.connection(), model.id, rev)
+        if revision is None:
+            raise RevisionNotFound(f"revision '{rev}' not found")
+        return revision
+
     def _no_grant_reasons(
-        self, session: Session, user_id: int, model: Model
+        self, session: Session, user_id: int, model: ModelRow
     ) -> list[dict[str, str]]:
         latest = session.scalar(
             select(Grant)
@@ -274,7 +283,7 @@ class DownloadService:
         self,
         session: Session,
         principal: Principal,
-        model: Model,
+        model: ModelRow,
         apply_url: str,
         reasons: list[dict[str, str]],
     ) -> None:
@@ -297,18 +306,23 @@ class DownloadService:
             apply_url=apply_url,
         )
 
-    def visible_files(self, access: WeightsAccess, revision: Revision) -> list[RevisionFile]:
+    def visible_files(
+        self, session: Session, access: WeightsAccess, revision: RevisionRow
+    ) -> list[FileRow]:
         """The files of `revision` the caller's grants cover (others are invisible)."""
-        return [f for f in revision.files if access.allows(f.path)]
+        files = self.files.get(session.connection(), revision)
+        return [f for f in files.files if access.allows(f.path)]
 
-    def find_file(self, access: WeightsAccess, revision: Revision, path: str) -> RevisionFile:
+    def find_file(
+        self, session: Session, access: WeightsAccess, revision: RevisionRow, path: str
+    ) -> FileRow:
         """One file the caller may see, or EntryNotFound (also for files outside the grant)."""
-        for file in revision.files:
-            if file.path == path and access.allows(path):
-                return file
-        raise EntryNotFound(
-            f"{path[:200]} does not exist in {access.model.repo_id}@{revision.commit_id}"
-        )
+        file = self.files.get(session.connection(), revision).get(path)
+        if file is None or not access.allows(path):
+            raise EntryNotFound(
+                f"{path[:200]} does not exist in {access.model.repo_id}@{revision.commit_id}"
+            )
+        return file
 
     def issue_ticket(
         self,
@@ -316,16 +330,21 @@ class DownloadService:
         *,
         principal: Principal,
         access: WeightsAccess,
-        revision: Revision,
-        file: RevisionFile,
+        revision: RevisionRow,
+        file: FileRow,
         method: str,
         base_url: str,
     ) -> Ticket:
-        """Count the download against the grant's limits, record and audit it, sign the URL."""
+        """Count the download against the grant's limits, record and audit it, sign the URL.
+
+        The ticket and its audit event are written in the request's transaction, which also
+        read the token, grants and policy the decision used.
+        """
         grant, tier = access.grant_for(file.path)
         limit = self._charge(session, principal, access.model, grant, tier, file, method)
+        now = utcnow()
         ttl = min(tier.signed_url_ttl, timedelta(hours=12))
-        expires_at = utcnow() + ttl
+        expires_at = now + ttl
         claim = BlobClaim(
             file.id,
             file.sha256,
@@ -337,11 +356,21 @@ class DownloadService:
         )
         url = self.storage.presign(file.storage_key, method=method, expires_at=expires_at)
         url = url or self.signer.url(base_url, claim, file.path)
-        ticket = DownloadTicket(
-            grant_id=grant.id, file_id=file.id, method=method, expires_at=expires_at, size=file.size
+        ticket_id = (
+            session.connection()
+            .execute(
+                INSERT_TICKET,
+                {
+                    "grant_id": grant.id,
+                    "file_id": file.id,
+                    "method": method,
+                    "issued_at": now,
+                    "expires_at": expires_at,
+                    "size": file.size,
+                },
+            )
+            .scalar_one()
         )
-        session.add(ticket)
-        session.flush()
         self.audit.record(
             session,
             AuditAction.DOWNLOAD_ISSUE,
@@ -351,7 +380,7 @@ class DownloadService:
             model_id=access.model.id,
             effect="allow",
             payload={
-                "ticket_id": ticket.id,
+                "ticket_id": ticket_id,
                 "grant_id": grant.id,
                 "tier": grant.tier,
                 "commit": revision.commit_id,
@@ -389,11 +418,7 @@ class DownloadService:
             raise Forbidden("This blob URL has expired; fetch the file again via /resolve.")
         if not claim.permits(method):
             raise Forbidden(f"This blob URL was signed for {claim.method}, not {method}.")
-        row = session.execute(
-            select(RevisionFile, Revision.commit_id)
-            .join(Revision, Revision.id == RevisionFile.revision_id)
-            .where(RevisionFile.id == claim.file_id)
-        ).first()
+        row = load_file_with_commit(session.connection(), claim.file_id)
         if row is None or row[0].sha256 != claim.sha256 or row[1] != claim.commit:
             raise Forbidden("This blob URL no longer matches a stored file.")
         file, commit = row
@@ -405,10 +430,10 @@ class DownloadService:
         self,
         session: Session,
         principal: Principal,
-        model: Model,
-        grant: Grant,
+        model: ModelRow,
+        grant: GrantRow,
         tier: Tier,
-        file: RevisionFile,
+        file: FileRow,
         method: str,
     ) -> LimitResult | None:
         dims = _dimensions(grant, tier, file, method)
@@ -425,8 +450,8 @@ class DownloadService:
         self,
         session: Session,
         principal: Principal,
-        model: Model,
-        grant: Grant,
+        model: ModelRow,
+        grant: GrantRow,
         refused: Dimension,
         result: LimitResult,
     ) -> None:
@@ -462,7 +487,7 @@ class DownloadService:
         raise RateLimited(message, retry_after=retry, headers=ratelimit_headers(result))
 
 
-def _dimensions(grant: Grant, tier: Tier, file: RevisionFile, method: str) -> list[Dimension]:
+def _dimensions(grant: GrantRow, tier: Tier, file: FileRow, method: str) -> list[Dimension]:
     """Downloads and bytes per day are charged on GET only (HEAD carries no bytes)."""
     if method != "GET":
         return []
@@ -490,7 +515,7 @@ def _dimensions(grant: Grant, tier: Tier, file: RevisionFile, method: str) -> li
     return dims
 
 
-def apply_url_for(base_url: str, model: Model) -> str:
+def apply_url_for(base_url: str, model: ModelRow) -> str:
     """Where a researcher sees a model's tiers (GET) and requests one (POST)."""
     return base_url.rstrip("/") + APPLY_PATH.format(repo=model.repo_id)
 
@@ -514,14 +539,14 @@ def ratelimit_headers(result: LimitResult | None) -> dict[str, str]:
     return headers
 
 
-def with_request_facts(subject: Subject, request: AccessRequest | None) -> Subject:
+def with_request_facts(subject: Subject, grant: GrantRow) -> Subject:
     """The subject with the agreement and form of the request the grant came from."""
-    if request is None:
+    if grant.request_id is None:
         return subject
     accepted: frozenset[tuple[str, int]] = frozenset()
-    if request.agreement_id and request.agreement_version:
-        accepted = frozenset({(request.agreement_id, request.agreement_version)})
-    return replace(subject, form=request.form, accepted_agreements=accepted)
+    if grant.agreement_id and grant.agreement_version:
+        accepted = frozenset({(grant.agreement_id, grant.agreement_version)})
+    return replace(subject, form=grant.form, accepted_agreements=accepted)
 
 
 def _human_wait(seconds: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,6 +17,7 @@ from gateway.db.models import Model, PolicyVersion
 from gateway.errors import Conflict, InvalidInput, NotFound, PolicyInvalid
 from gateway.services.principal import Principal
 from gateway.services.publishing import PublishingService
+from gateway.services.rows import ModelRow, load_policy_source
 from policies import PackRegistry, PolicyError, ReleasePolicy, parse_policy
 
 MAX_POLICY_BYTES = 256 * 1024
@@ -122,12 +124,22 @@ class PolicyService:
 
     def parsed(self, version: PolicyVersion) -> ReleasePolicy:
         """Parse a stored version once per process."""
+        return self._parsed_source(version.content_sha256, lambda: version.source)
+
+    def current_for(self, session: Session, model: ModelRow) -> ReleasePolicy | None:
+        """The parsed policy in force for a model row; its source is read only on a cache miss."""
+        version_id, digest = model.policy_version_id, model.policy_sha256
+        if version_id is None or digest is None:
+            return None
+        return self._parsed_source(digest, lambda: _source(session, version_id, digest))
+
+    def _parsed_source(self, digest: str, source: Callable[[], str]) -> ReleasePolicy:
         with self._lock:
-            cached = self._parsed.get(version.content_sha256)
+            cached = self._parsed.get(digest)
         if cached is None:
-            cached = parse_policy(version.source, packs=self.packs)
+            cached = parse_policy(source(), packs=self.packs)
             with self._lock:
-                self._parsed[version.content_sha256] = cached
+                self._parsed[digest] = cached
         return cached
 
     def history(
@@ -142,6 +154,13 @@ class PolicyService:
                 .order_by(PolicyVersion.version.desc())
             )
         )
+
+
+def _source(session: Session, version_id: int, digest: str) -> str:
+    found = load_policy_source(session.connection(), version_id)
+    if found is None or found[1] != digest:  # the row changed under us: never parse a mismatch
+        raise Conflict("the model's policy version changed while it was being read; retry")
+    return found[0]
 
 
 def _version_of(version: PolicyVersion | None) -> Any:

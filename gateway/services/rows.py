@@ -8,17 +8,44 @@ reads the token, grants, policy, KYC facts and freeze state as they are now.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, insert, or_, select
 
-from gateway.db.models import ApiToken, Membership, User
+from gateway.db.models import (
+    AccessRequest,
+    ApiToken,
+    Base,
+    Grant,
+    GrantStatus,
+    KycVerification,
+    Membership,
+    Model,
+    Organization,
+    PolicyVersion,
+    Revision,
+    RevisionFile,
+    User,
+)
 
 _tokens = ApiToken.__table__.c
 _users = User.__table__.c
 _members = Membership.__table__.c
+_models = Model.__table__.c
+_orgs = Organization.__table__.c
+_policies = PolicyVersion.__table__.c
+_revisions = Revision.__table__.c
+_files = RevisionFile.__table__.c
+_grants = Grant.__table__.c
+_requests = AccessRequest.__table__.c
+_kyc = KycVerification.__table__.c
+_affiliation = Organization.__table__.alias("affiliation")
+_head = Revision.__table__.alias("head")
+_newest = KycVerification.__table__.alias("newest").c
 
 
 # -- rows ----------------------------------------------------------------------------------------
@@ -34,6 +61,85 @@ class TokenRow:
     revoked_at: datetime | None
     username: str
     memberships: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    """A model with its organization, policy version (id and content hash) and head revision."""
+
+    id: int
+    org_id: int
+    org_slug: str
+    name: str
+    created_at: datetime
+    frozen_at: datetime | None
+    policy_version_id: int | None
+    policy_sha256: str | None
+    head: RevisionRow | None
+
+    @property
+    def repo_id(self) -> str:
+        """The `org/name` identifier clients use."""
+        return f"{self.org_slug}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRow:
+    """A committed revision: immutable once it exists."""
+
+    id: int
+    commit_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    """One file of a revision."""
+
+    id: int
+    path: str
+    size: int
+    sha256: str
+    git_oid: str
+    storage_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRow:
+    """An active grant with the form and agreement of the request it came from (if any)."""
+
+    id: int
+    user_id: int
+    tier: str
+    expires_at: datetime | None
+    request_id: int | None
+    form: Mapping[str, object] | None
+    agreement_id: str | None
+    agreement_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class KycRow:
+    """The facts of one approved identity verification."""
+
+    level: str
+    expires_at: datetime | None
+    sanctions_hit: bool | None
+    nationality: str | None
+    residence_country: str | None
+    residence_subdivision: str | None
+    document_country: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserFacts:
+    """What a policy decision knows about a user: email, affiliation and current KYC."""
+
+    user_id: int
+    email: str
+    affiliation_slug: str | None
+    affiliation_hq_country: str | None
+    kyc: KycRow | None
 
 
 # -- statements (built once: the compiled cache keys on their structure) -------------------------
@@ -57,6 +163,119 @@ TOKEN_BY_DIGEST = (
     .where(_tokens.digest == bindparam("digest"))
 )
 
+MODEL_BY_NAME = (
+    select(
+        _models.id,
+        _models.org_id,
+        _orgs.slug,
+        _models.name,
+        _models.created_at,
+        _models.frozen_at,
+        _models.policy_version_id,
+        _policies.content_sha256,
+        _head.c.id,
+        _head.c.commit_id,
+        _head.c.created_at,
+    )
+    .select_from(
+        Model.__table__.join(Organization.__table__, _orgs.id == _models.org_id)
+        .outerjoin(PolicyVersion.__table__, _policies.id == _models.policy_version_id)
+        .outerjoin(_head, _head.c.id == _models.head_revision_id)
+    )
+    .where(_orgs.slug == bindparam("org"), _models.name == bindparam("name"))
+)
+
+POLICY_SOURCE = select(_policies.source, _policies.content_sha256).where(
+    _policies.id == bindparam("id")
+)
+
+REVISION_BY_COMMIT = select(_revisions.id, _revisions.commit_id, _revisions.created_at).where(
+    _revisions.model_id == bindparam("model_id"), _revisions.commit_id == bindparam("commit")
+)
+
+FILES_OF_REVISION = (
+    select(_files.id, _files.path, _files.size, _files.sha256, _files.git_oid, _files.storage_key)
+    .where(_files.revision_id == bindparam("revision_id"))
+    .order_by(_files.path)
+)
+
+FILE_WITH_COMMIT = (
+    select(
+        _files.id,
+        _files.path,
+        _files.size,
+        _files.sha256,
+        _files.git_oid,
+        _files.storage_key,
+        _revisions.commit_id,
+    )
+    .select_from(RevisionFile.__table__.join(Revision.__table__))
+    .where(_files.id == bindparam("file_id"))
+)
+
+ACTIVE_GRANTS = (
+    select(
+        _grants.id,
+        _grants.user_id,
+        _grants.tier,
+        _grants.expires_at,
+        _grants.request_id,
+        _requests.form,
+        _requests.agreement_id,
+        _requests.agreement_version,
+    )
+    .select_from(
+        Grant.__table__.outerjoin(AccessRequest.__table__, _requests.id == _grants.request_id)
+    )
+    .where(
+        _grants.user_id == bindparam("user_id"),
+        _grants.model_id == bindparam("model_id"),
+        _grants.status == str(GrantStatus.ACTIVE),
+    )
+    .order_by(_grants.id)
+)
+
+
+# The newest approved verification of :user_id valid for decisions of :org_id (AccessService's
+# current_kyc reads the same one as an entity).
+CURRENT_KYC_ID = (
+    select(_newest.id)
+    .where(
+        _newest.user_id == bindparam("user_id"),
+        _newest.status == "approved",
+        or_(_newest.issuer_org_id.is_(None), _newest.issuer_org_id == bindparam("org_id")),
+    )
+    .order_by(_newest.verified_at.desc(), _newest.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+
+USER_FACTS = (
+    select(
+        _users.id,
+        _users.email,
+        _affiliation.c.slug,
+        _affiliation.c.hq_country,
+        _kyc.id,
+        _kyc.level,
+        _kyc.expires_at,
+        _kyc.sanctions_hit,
+        _kyc.nationality,
+        _kyc.residence_country,
+        _kyc.residence_subdivision,
+        _kyc.document_country,
+    )
+    .select_from(
+        User.__table__.outerjoin(
+            _affiliation, _affiliation.c.id == _users.affiliation_org_id
+        ).outerjoin(KycVerification.__table__, _kyc.id == CURRENT_KYC_ID)
+    )
+    .where(_users.id == bindparam("user_id"))
+)
+
+_tickets = Base.metadata.tables["download_tickets"]
+INSERT_TICKET = insert(_tickets).returning(_tickets.c.id)
+
 
 # -- loaders -------------------------------------------------------------------------------------
 def load_token(conn: Connection, digest: bytes) -> TokenRow | None:
@@ -67,3 +286,100 @@ def load_token(conn: Connection, digest: bytes) -> TokenRow | None:
     first = rows[0]
     members = tuple((r[7], r[8]) for r in rows if r[7] is not None)
     return TokenRow(first[0], first[1], first[2], first[3], first[4], first[5], first[6], members)
+
+
+def load_model(conn: Connection, org_slug: str, name: str) -> ModelRow | None:
+    """The model `org_slug/name` with its policy version and head revision, or None."""
+    row = conn.execute(MODEL_BY_NAME, {"org": org_slug, "name": name}).first()
+    if row is None:
+        return None
+    head = RevisionRow(row[8], row[9], row[10]) if row[8] is not None else None
+    return ModelRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], head)
+
+
+def load_policy_source(conn: Connection, version_id: int) -> tuple[str, str] | None:
+    """A policy version's source and content hash."""
+    row = conn.execute(POLICY_SOURCE, {"id": version_id}).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def load_revision(conn: Connection, model_id: int, commit_id: str) -> RevisionRow | None:
+    """A revision of `model_id` by its commit id, or None."""
+    row = conn.execute(REVISION_BY_COMMIT, {"model_id": model_id, "commit": commit_id}).first()
+    return RevisionRow(row[0], row[1], row[2]) if row is not None else None
+
+
+def load_files(conn: Connection, revision_id: int) -> tuple[FileRow, ...]:
+    """Every file of a revision, sorted by path."""
+    return tuple(
+        FileRow(*row) for row in conn.execute(FILES_OF_REVISION, {"revision_id": revision_id})
+    )
+
+
+def load_file_with_commit(conn: Connection, file_id: int) -> tuple[FileRow, str] | None:
+    """A file by id and the commit id of its revision, or None."""
+    row = conn.execute(FILE_WITH_COMMIT, {"file_id": file_id}).first()
+    return (FileRow(*row[:6]), row[6]) if row is not None else None
+
+
+def load_active_grants(conn: Connection, user_id: int, model_id: int) -> list[GrantRow]:
+    """`user_id`'s grants of `model_id` whose status is active, oldest first (expiry unchecked)."""
+    return [
+        GrantRow(*row)
+        for row in conn.execute(ACTIVE_GRANTS, {"user_id": user_id, "model_id": model_id})
+    ]
+
+
+def load_user_facts(conn: Connection, user_id: int, org_id: int) -> UserFacts | None:
+    """A user's email and affiliation, and the KYC valid for decisions of `org_id`."""
+    row = conn.execute(USER_FACTS, {"user_id": user_id, "org_id": org_id}).first()
+    if row is None:
+        return None
+    kyc = KycRow(*row[5:12]) if row[4] is not None else None
+    return UserFacts(row[0], row[1], row[2], row[3], kyc)
+
+
+class FileIndex:
+    """Per-process cache of committed revisions' files (revisions never change once committed).
+
+    Keyed by revision id *and* commit id: a row id alone could be reused after a rollback.
+    Bounded by the total number of files held, least recently used revision evicted first.
+    """
+
+    def __init__(self, max_files: int = 200_000) -> None:
+        self.max_files = max_files
+        self._held = 0
+        self._revisions: OrderedDict[tuple[int, str], RevisionFiles] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, conn: Connection, revision: RevisionRow) -> RevisionFiles:
+        """The files of `revision`, read once per process."""
+        key = (revision.id, revision.commit_id)
+        with self._lock:
+            found = self._revisions.get(key)
+            if found is not None:
+                self._revisions.move_to_end(key)
+                return found
+        found = RevisionFiles(load_files(conn, revision.id))
+        with self._lock:
+            if key not in self._revisions:
+                self._revisions[key] = found
+                self._held += len(found.files)
+            while self._held > self.max_files and len(self._revisions) > 1:
+                _, evicted = self._revisions.popitem(last=False)
+                self._held -= len(evicted.files)
+        return found
+
+
+class RevisionFiles:
+    """A revision's files in path order, and by path."""
+
+    __slots__ = ("_by_path", "files")
+
+    def __init__(self, files: tuple[FileRow, ...]) -> None:
+        self.files = files
+        self._by_path = {f.path: f for f in files}
+
+    def get(self, path: str) -> FileRow | None:
+        """The file at `path`, or None."""
+        return self._by_path.get(path)

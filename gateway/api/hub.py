@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from gateway.api.context import airlock, base_url, db, principal, request_country
 from gateway.api.errors import render
+from gateway.db.engine import begin_read_only
 from gateway.db.models import ApiToken, Organization, User, utcnow
 from gateway.errors import AuthenticationRequired, EntryNotFound, InvalidInput
 from gateway.services.downloads import WeightsAccess, apply_url_for, ratelimit_headers
@@ -92,6 +93,7 @@ def paths_info(org: str, name: str, rev: str) -> Response:
 # -- identity ------------------------------------------------------------------------------------
 @bp.get("/api/whoami-v2")
 def whoami() -> Response:
+    begin_read_only(db())
     caller = principal()
     if not caller.authenticated:
         raise AuthenticationRequired("Invalid credentials in Authorization header")
@@ -154,7 +156,7 @@ def resolve(org: str, name: str, rest: str) -> Response:
     directly, which would bypass the GET here (and with it the download limits).
     """
     rev, path = _rev_and_path(org, name, "resolve", rest)
-    access, revision = _open(org, name, rev)
+    access, revision = _open(org, name, rev, writes=request.method == "GET")
     try:
         file = airlock().downloads.find_file(db(), access, revision, path)
     except EntryNotFound as exc:
@@ -238,9 +240,16 @@ def lfs_pointer_size(size: int) -> int:
     return len(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'0' * 64}\nsize {size}\n")
 
 
-def _open(org: str, name: str, rev: str) -> tuple[WeightsAccess, RevisionRow]:
+def _open(
+    org: str, name: str, rev: str, *, writes: bool = False
+) -> tuple[WeightsAccess, RevisionRow]:
+    """Authorize the caller's weights access; requests that do not write read without SQLite's
+    write lock (an audited refusal ends that transaction and writes in a new one)."""
+    session = db()
+    if not writes:
+        begin_read_only(session)  # before authentication's first read
     return airlock().downloads.open_revision(
-        db(),
+        session,
         principal=principal(),
         repo_id=f"{org}/{name}",
         rev=rev,

@@ -287,6 +287,9 @@ class DownloadService:
         apply_url: str,
         reasons: list[dict[str, str]],
     ) -> None:
+        # A read-only request's transaction began deferred on SQLite, and a deferred read
+        # cannot safely become a writer under concurrent writers: audit in a fresh one.
+        session.rollback()
         self.audit.record(
             session,
             AuditAction.DOWNLOAD_DENY,
@@ -462,6 +465,7 @@ class DownloadService:
             else f"The tier's {refused.name} limit ({refused.quota}) is used up; "
             f"more becomes available in {_human_wait(result.retry_after)}."
         )
+        session.rollback()  # nothing was written yet; the refusal is audited on its own
         self.audit.record(
             session,
             AuditAction.DOWNLOAD_DENY,

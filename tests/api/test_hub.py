@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -10,6 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
+from werkzeug.test import TestResponse
 
 from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, DownloadTicket, Grant, utcnow
@@ -415,3 +420,64 @@ def test_a_short_wait_stays_429_with_retry_after(app: Flask) -> None:
         response = render(RateLimited("slow down", retry_after=30, headers={}))
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "30"
+
+
+# -- SQLite transactions -------------------------------------------------------------------------
+class Writer:
+    """Another process's writer: holds SQLite's write lock until it commits."""
+
+    def __init__(self, hub: Hub) -> None:
+        path = hub.world.airlock.settings.database_url.split(":///", 1)[1]
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit_a_change(self) -> None:
+        self.conn.execute("UPDATE organizations SET name = name || '.'")
+        self.conn.execute("COMMIT")
+        self.conn.close()
+
+
+def in_thread(call: Callable[[], TestResponse]) -> Callable[[], TestResponse]:
+    """Start `call` now; the returned function waits for its response."""
+    found: list[TestResponse] = []
+    thread = threading.Thread(target=lambda: found.append(call()))
+    thread.start()
+
+    def wait() -> TestResponse:
+        thread.join(timeout=60)
+        assert found, "the request did not finish"
+        return found[0]
+
+    return wait
+
+
+def test_reads_do_not_wait_for_a_writer(hub: Hub) -> None:
+    writer = Writer(hub)
+    try:
+        started = time.monotonic()
+        assert hub.head(f"/{REPO}/resolve/main/config.json", hub.researcher).status_code == 200
+        assert hub.get(f"/api/models/{REPO}/tree/main", hub.researcher).status_code == 200
+        assert hub.get(f"/api/models/{REPO}", hub.researcher).status_code == 200
+        assert hub.get("/api/whoami-v2", hub.researcher).status_code == 200
+        assert time.monotonic() - started < 5
+    finally:
+        writer.commit_a_change()
+
+
+def test_get_resolve_queues_for_the_write_lock_before_reading(hub: Hub) -> None:
+    writer = Writer(hub)
+    response = in_thread(lambda: hub.get(f"/{REPO}/resolve/main/config.json", hub.researcher))
+    time.sleep(0.5)
+    writer.commit_a_change()  # a GET that had read before this commit could not write after it
+    assert response().status_code == 302
+
+
+def test_a_refused_read_is_audited_even_when_a_writer_committed_meanwhile(hub: Hub) -> None:
+    writer = Writer(hub)
+    response = in_thread(lambda: hub.head(f"/{REPO}/resolve/main/config.json", hub.outsider))
+    time.sleep(0.5)
+    writer.commit_a_change()
+    assert_hub_error(response(), 403, "GatedRepo")
+    with hub.world.airlock.db.session() as s:
+        denied = s.scalars(select(AuditEvent).where(AuditEvent.action == "download:deny")).one()
+    assert denied.subject_user_id == hub.outsider.user.id

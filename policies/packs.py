@@ -69,13 +69,26 @@ class PackList:
     def match(self, code: str, on: date) -> tuple[Match, PackEntry | None]:
         """The strongest match of `code` among entries in effect on `on`, and its entry."""
         best: tuple[Match, PackEntry | None] = (Match.NONE, None)
-        for entry in self.entries:
+        for entry in self._by_country.get(_country(code), ()):
             found = entry.match(code) if entry.in_effect(on) else Match.NONE
             if found is Match.FULL:
                 return found, entry
             if found is Match.PARTIAL and best[1] is None:
                 best = (found, entry)
         return best
+
+    @cached_property
+    def _by_country(self) -> dict[str, tuple[PackEntry, ...]]:
+        """Entries by the country part of their code, in list order: only an entry of the
+        same country can match a code (equal, one a subdivision of the other)."""
+        found: dict[str, list[PackEntry]] = {}
+        for entry in self.entries:
+            found.setdefault(_country(entry.code), []).append(entry)
+        return {country: tuple(entries) for country, entries in found.items()}
+
+
+def _country(code: str) -> str:
+    return code.split("-", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,7 @@ class PackRegistry:
 
     def __init__(self, packs: Iterable[JurisdictionPack] = ()) -> None:
         self._packs: dict[str, JurisdictionPack] = {}
+        self._resolved: dict[str, ListRef | str] = {}
         for pack in packs:
             if pack.id in self._packs:
                 raise ValueError(f"jurisdiction pack '{pack.id}' is loaded twice")
@@ -157,6 +171,12 @@ class PackRegistry:
 
     def resolve(self, ref: str) -> ListRef | str:
         """Resolve a reference to a pack list or a literal code; LookupError if unknown."""
+        found = self._resolved.get(ref)
+        if found is None:
+            found = self._resolved[ref] = self._resolve(ref)  # the loaded packs never change
+        return found
+
+    def _resolve(self, ref: str) -> ListRef | str:
         parsed = parse_reference(ref)
         if isinstance(parsed, str):
             return parsed

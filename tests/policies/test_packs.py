@@ -9,7 +9,9 @@ from policies import (
     JurisdictionPack,
     ListRef,
     Match,
+    PackEntry,
     PackError,
+    PackList,
     PackRegistry,
     PackStatus,
     load_packs,
@@ -126,6 +128,28 @@ def test_iso_country_list() -> None:
 )
 def test_matches(ref: str, code: str, on: str, expected: Match) -> None:
     assert PACKS.matches(ref, code, date.fromisoformat(on)) is expected
+
+
+def scan(plist: PackList, code: str, on: date) -> tuple[Match, PackEntry | None]:
+    """The matching rule stated plainly: every entry in list order, first full match wins."""
+    best: tuple[Match, PackEntry | None] = (Match.NONE, None)
+    for entry in plist.entries:
+        found = entry.match(code) if entry.in_effect(on) else Match.NONE
+        if found is Match.FULL:
+            return found, entry
+        if found is Match.PARTIAL and best[1] is None:
+            best = (found, entry)
+    return best
+
+
+def test_matching_by_country_index_agrees_with_a_scan_of_every_entry() -> None:
+    listed = {e.code for p in PACKS for pl in p.lists.values() for e in pl.entries}
+    probes = listed | set(COUNTRY_CODES) | {"UA-99", "RU-CRIMEA", "US-CA", "XK"}
+    days = [date(2000, 1, 1), date(2022, 2, 21), date(2022, 2, 22), date(2026, 1, 1)]
+    for plist in (pl for p in PACKS for pl in p.lists.values()):
+        for code in probes:
+            for day in days:
+                assert plist.match(code, day) == scan(plist, code, day), (plist.name, code, day)
 
 
 def test_resolve() -> None:

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Callable
 
 from flask import Flask, Response, g, request
+from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.exceptions import HTTPException
 
 from gateway.api import BLUEPRINTS
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, *, airlock: Airlock | None = No
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.session_interface = NoCookieSessions()
     app.extensions["airlock"] = services
     app.extensions["airlock_auth"] = TokenAuthenticator(_authenticator(services))
     for blueprint in BLUEPRINTS:
@@ -43,6 +45,17 @@ def create_app(settings: Settings | None = None, *, airlock: Airlock | None = No
     app.register_error_handler(Exception, render_unexpected)
     logging.getLogger("gateway").setLevel(services.settings.log_level)
     return app
+
+
+class NoCookieSessions(SessionInterface):
+    """Airlock keeps no cookie session (callers present tokens): none is opened or signed per
+    request, and writing to `flask.session` fails loudly (Flask's null session)."""
+
+    def open_session(self, app: Flask, request: object) -> SessionMixin | None:
+        return None
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        return None
 
 
 def _authenticator(services: Airlock) -> Callable[[str], Principal | None]:

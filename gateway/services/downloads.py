@@ -31,13 +31,13 @@ from gateway.services.rows import (
     FileIndex,
     FileRow,
     GrantRow,
+    ModelAccess,
     ModelRow,
     RevisionRow,
-    load_active_grants,
+    UserFacts,
+    load_access,
     load_file_with_commit,
-    load_model,
     load_revision,
-    load_user_facts,
 )
 from gateway.services.signing import BlobClaim, BlobSigner
 from gateway.storage import Storage
@@ -122,28 +122,29 @@ class DownloadService:
         nothing about which revisions exist.
         """
         org_slug, _, name = repo_id.partition("/")
-        model = load_model(session.connection(), org_slug, name)
-        if model is None:
+        found = load_access(session.connection(), org_slug, name, principal.user_id)
+        if found is None:
             raise RepoNotFound(f"model '{repo_id[:200]}' not found")
         access = self.weights_access(
             session,
             principal=principal,
-            model=model,
+            found=found,
             request_country=request_country,
             base_url=base_url,
         )
-        return access, self._revision(session, model, rev)
+        return access, self._revision(session, found.model, rev)
 
     def weights_access(
         self,
         session: Session,
         *,
         principal: Principal,
-        model: ModelRow,
+        found: ModelAccess,
         request_country: str | None,
         base_url: str,
     ) -> WeightsAccess:
         """The caller's live weights grants, or AccessDenied (audited) with every reason."""
+        model = found.model
         policy = self.policies.current_for(session, model)
         if not visible_to(principal, model.org_id, policy):
             raise RepoNotFound(f"model '{model.repo_id}' not found")
@@ -156,7 +157,7 @@ class DownloadService:
                 authenticated=False,
             )
         user_id = principal.require_user()
-        usable = self._usable_grants(session, user_id, model, policy)
+        usable = _usable_grants(found.grants, policy)
         if Scope.MODELS_READ not in principal.scopes:
             self._deny(
                 session,
@@ -176,27 +177,12 @@ class DownloadService:
             reasons = self._no_grant_reasons(session, user_id, model)
             self._deny(session, principal, model, apply_url, reasons)
         assert policy is not None
+        if found.facts is None:  # the user was deleted after the token was read
+            raise AccessDenied(f"Access to model {model.repo_id} is restricted.")
         checked = self._recheck(
-            session, principal, model, policy, usable, request_country, apply_url
+            session, principal, model, policy, usable, found.facts, request_country, apply_url
         )
         return WeightsAccess(model, policy, checked)
-
-    def _usable_grants(
-        self, session: Session, user_id: int, model: ModelRow, policy: ReleasePolicy | None
-    ) -> list[tuple[GrantRow, Tier]]:
-        if policy is None:
-            return []
-        now = utcnow()
-        usable = []
-        for grant in load_active_grants(session.connection(), user_id, model.id):
-            tier = policy.tier(grant.tier)
-            if (
-                tier is not None
-                and GrantKind.WEIGHTS in tier.grants
-                and (grant.expires_at is None or grant.expires_at > now)
-            ):
-                usable.append((grant, tier))
-        return usable
 
     def _recheck(
         self,
@@ -205,13 +191,11 @@ class DownloadService:
         model: ModelRow,
         policy: ReleasePolicy,
         usable: Sequence[tuple[GrantRow, Tier]],
+        facts: UserFacts,
         request_country: str | None,
         apply_url: str,
     ) -> tuple[tuple[GrantRow, Tier], ...]:
         """Evaluate the live policy for each grant's tier; deny-effects refuse the download."""
-        facts = load_user_facts(session.connection(), principal.require_user(), model.org_id)
-        if facts is None:  # the user was deleted after the token was read: authorize nothing
-            raise AccessDenied(f"Access to model {model.repo_id} is restricted.")
         subject = subject_of(facts, request_country=request_country)
         kept, reasons = [], []
         now = utcnow()
@@ -489,6 +473,25 @@ class DownloadService:
         session.commit()
         retry = DAY if never else max(1, int(result.retry_after + 0.999))
         raise RateLimited(message, retry_after=retry, headers=ratelimit_headers(result))
+
+
+def _usable_grants(
+    grants: Sequence[GrantRow], policy: ReleasePolicy | None
+) -> list[tuple[GrantRow, Tier]]:
+    """Active grants not yet past their expiry whose tier in the live policy gives weights."""
+    if policy is None:
+        return []
+    now = utcnow()
+    usable = []
+    for grant in grants:
+        tier = policy.tier(grant.tier)
+        if (
+            tier is not None
+            and GrantKind.WEIGHTS in tier.grants
+            and (grant.expires_at is None or grant.expires_at > now)
+        ):
+            usable.append((grant, tier))
+    return usable
 
 
 def _dimensions(grant: GrantRow, tier: Tier, file: FileRow, method: str) -> list[Dimension]:

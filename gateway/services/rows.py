@@ -14,7 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    ScalarSelect,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+)
 
 from gateway.db.models import (
     AccessRequest,
@@ -163,28 +172,6 @@ TOKEN_BY_DIGEST = (
     .where(_tokens.digest == bindparam("digest"))
 )
 
-MODEL_BY_NAME = (
-    select(
-        _models.id,
-        _models.org_id,
-        _orgs.slug,
-        _models.name,
-        _models.created_at,
-        _models.frozen_at,
-        _models.policy_version_id,
-        _policies.content_sha256,
-        _head.c.id,
-        _head.c.commit_id,
-        _head.c.created_at,
-    )
-    .select_from(
-        Model.__table__.join(Organization.__table__, _orgs.id == _models.org_id)
-        .outerjoin(PolicyVersion.__table__, _policies.id == _models.policy_version_id)
-        .outerjoin(_head, _head.c.id == _models.head_revision_id)
-    )
-    .where(_orgs.slug == bindparam("org"), _models.name == bindparam("name"))
-)
-
 POLICY_SOURCE = select(_policies.source, _policies.content_sha256).where(
     _policies.id == bindparam("id")
 )
@@ -213,64 +200,89 @@ FILE_WITH_COMMIT = (
     .where(_files.id == bindparam("file_id"))
 )
 
-ACTIVE_GRANTS = (
-    select(
-        _grants.id,
-        _grants.user_id,
-        _grants.tier,
-        _grants.expires_at,
-        _grants.request_id,
-        _requests.form,
-        _requests.agreement_id,
-        _requests.agreement_version,
+
+def current_kyc_id(org_id: ColumnElement[int]) -> ScalarSelect[int]:
+    """The id of the newest approved verification of :user_id valid for decisions of `org_id`
+    (AccessService.current_kyc reads the same one as an entity)."""
+    return (
+        select(_newest.id)
+        .where(
+            _newest.user_id == bindparam("user_id"),
+            _newest.status == "approved",
+            or_(_newest.issuer_org_id.is_(None), _newest.issuer_org_id == org_id),
+        )
+        .order_by(_newest.verified_at.desc(), _newest.id.desc())
+        .limit(1)
+        .scalar_subquery()
     )
+
+
+CURRENT_KYC_ID = current_kyc_id(bindparam("org_id"))
+
+_MODEL_COLUMNS = (
+    _models.id,
+    _models.org_id,
+    _orgs.slug,
+    _models.name,
+    _models.created_at,
+    _models.frozen_at,
+    _models.policy_version_id,
+    _policies.content_sha256,
+    _head.c.id,
+    _head.c.commit_id,
+    _head.c.created_at,
+)
+_GRANT_COLUMNS = (
+    _grants.id,
+    _grants.user_id,
+    _grants.tier,
+    _grants.expires_at,
+    _grants.request_id,
+    _requests.form,
+    _requests.agreement_id,
+    _requests.agreement_version,
+)
+_FACT_COLUMNS = (
+    _users.id,
+    _users.email,
+    _affiliation.c.slug,
+    _affiliation.c.hq_country,
+    _kyc.id,
+    _kyc.level,
+    _kyc.expires_at,
+    _kyc.sanctions_hit,
+    _kyc.nationality,
+    _kyc.residence_country,
+    _kyc.residence_subdivision,
+    _kyc.document_country,
+)
+_G = len(_MODEL_COLUMNS)
+_F = _G + len(_GRANT_COLUMNS)
+
+# One row per active grant of :user_id (one row with no grant if none): the model with its
+# organization, policy version and head revision; the grant with its request's form and
+# agreement; the user's email, affiliation and current KYC for the model's organization.
+MODEL_ACCESS = (
+    select(*_MODEL_COLUMNS, *_GRANT_COLUMNS, *_FACT_COLUMNS)
     .select_from(
-        Grant.__table__.outerjoin(AccessRequest.__table__, _requests.id == _grants.request_id)
+        Model.__table__.join(Organization.__table__, _orgs.id == _models.org_id)
+        .outerjoin(PolicyVersion.__table__, _policies.id == _models.policy_version_id)
+        .outerjoin(_head, _head.c.id == _models.head_revision_id)
+        .outerjoin(
+            Grant.__table__,
+            and_(
+                _grants.model_id == _models.id,
+                _grants.user_id == bindparam("user_id"),
+                _grants.status == str(GrantStatus.ACTIVE),
+            ),
+        )
+        .outerjoin(AccessRequest.__table__, _requests.id == _grants.request_id)
+        .outerjoin(User.__table__, _users.id == bindparam("user_id"))
+        .outerjoin(_affiliation, _affiliation.c.id == _users.affiliation_org_id)
+        .outerjoin(KycVerification.__table__, _kyc.id == current_kyc_id(_models.org_id))
     )
-    .where(
-        _grants.user_id == bindparam("user_id"),
-        _grants.model_id == bindparam("model_id"),
-        _grants.status == str(GrantStatus.ACTIVE),
-    )
+    .where(_orgs.slug == bindparam("org"), _models.name == bindparam("name"))
     .order_by(_grants.id)
-)
-
-
-# The newest approved verification of :user_id valid for decisions of :org_id (AccessService's
-# current_kyc reads the same one as an entity).
-CURRENT_KYC_ID = (
-    select(_newest.id)
-    .where(
-        _newest.user_id == bindparam("user_id"),
-        _newest.status == "approved",
-        or_(_newest.issuer_org_id.is_(None), _newest.issuer_org_id == bindparam("org_id")),
-    )
-    .order_by(_newest.verified_at.desc(), _newest.id.desc())
-    .limit(1)
-    .scalar_subquery()
-)
-
-USER_FACTS = (
-    select(
-        _users.id,
-        _users.email,
-        _affiliation.c.slug,
-        _affiliation.c.hq_country,
-        _kyc.id,
-        _kyc.level,
-        _kyc.expires_at,
-        _kyc.sanctions_hit,
-        _kyc.nationality,
-        _kyc.residence_country,
-        _kyc.residence_subdivision,
-        _kyc.document_country,
-    )
-    .select_from(
-        User.__table__.outerjoin(
-            _affiliation, _affiliation.c.id == _users.affiliation_org_id
-        ).outerjoin(KycVerification.__table__, _kyc.id == CURRENT_KYC_ID)
-    )
-    .where(_users.id == bindparam("user_id"))
 )
 
 _tickets = Base.metadata.tables["download_tickets"]
@@ -288,13 +300,31 @@ def load_token(conn: Connection, digest: bytes) -> TokenRow | None:
     return TokenRow(first[0], first[1], first[2], first[3], first[4], first[5], first[6], members)
 
 
-def load_model(conn: Connection, org_slug: str, name: str) -> ModelRow | None:
-    """The model `org_slug/name` with its policy version and head revision, or None."""
-    row = conn.execute(MODEL_BY_NAME, {"org": org_slug, "name": name}).first()
-    if row is None:
+@dataclass(frozen=True, slots=True)
+class ModelAccess:
+    """A model, the caller's active grants of it (expiry unchecked) and the caller's facts."""
+
+    model: ModelRow
+    grants: tuple[GrantRow, ...]
+    facts: UserFacts | None
+
+
+def load_access(
+    conn: Connection, org_slug: str, name: str, user_id: int | None
+) -> ModelAccess | None:
+    """The model `org_slug/name` with what deciding `user_id`'s access needs, or None."""
+    rows = conn.execute(MODEL_ACCESS, {"org": org_slug, "name": name, "user_id": user_id}).all()
+    if not rows:
         return None
-    head = RevisionRow(row[8], row[9], row[10]) if row[8] is not None else None
-    return ModelRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], head)
+    first = rows[0]
+    head = RevisionRow(first[8], first[9], first[10]) if first[8] is not None else None
+    model = ModelRow(*first[:8], head)
+    grants = tuple(GrantRow(*row[_G:_F]) for row in rows if row[_G] is not None)
+    facts = None
+    if first[_F] is not None:
+        kyc = KycRow(*first[_F + 5 : _F + 12]) if first[_F + 4] is not None else None
+        facts = UserFacts(first[_F], first[_F + 1], first[_F + 2], first[_F + 3], kyc)
+    return ModelAccess(model, grants, facts)
 
 
 def load_policy_source(conn: Connection, version_id: int) -> tuple[str, str] | None:
@@ -320,23 +350,6 @@ def load_file_with_commit(conn: Connection, file_id: int) -> tuple[FileRow, str]
     """A file by id and the commit id of its revision, or None."""
     row = conn.execute(FILE_WITH_COMMIT, {"file_id": file_id}).first()
     return (FileRow(*row[:6]), row[6]) if row is not None else None
-
-
-def load_active_grants(conn: Connection, user_id: int, model_id: int) -> list[GrantRow]:
-    """`user_id`'s grants of `model_id` whose status is active, oldest first (expiry unchecked)."""
-    return [
-        GrantRow(*row)
-        for row in conn.execute(ACTIVE_GRANTS, {"user_id": user_id, "model_id": model_id})
-    ]
-
-
-def load_user_facts(conn: Connection, user_id: int, org_id: int) -> UserFacts | None:
-    """A user's email and affiliation, and the KYC valid for decisions of `org_id`."""
-    row = conn.execute(USER_FACTS, {"user_id": user_id, "org_id": org_id}).first()
-    if row is None:
-        return None
-    kyc = KycRow(*row[5:12]) if row[4] is not None else None
-    return UserFacts(row[0], row[1], row[2], row[3], kyc)
 
 
 class FileIndex:

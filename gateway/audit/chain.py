@@ -54,6 +54,11 @@ def canonical_json(value: Any) -> bytes:
 
 
 def _canonical(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:  # most values: no checks
+        return value
+    if kind is dict:
+        return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, float):
         raise TypeError("floats are not allowed in audit events; use integers or strings")
     if isinstance(value, datetime):

@@ -58,7 +58,7 @@ class ServerConfig:
 
     def describe(self) -> str:
         """The gunicorn flags, as a reader would type them."""
-        return f"gunicorn -k gthread -w {self.workers} --threads {self.threads}"
+        return f"gunicorn -k gthread -w {self.workers} --threads {self.threads} --reuse-port"
 
 
 @contextmanager
@@ -85,6 +85,10 @@ def gunicorn(
         str(workdir / f"gunicorn-{port}.log"),
         "--timeout",
         "120",
+        # One listening socket per worker, so the kernel spreads the load's connections over
+        # the workers. With the one shared socket, whichever worker woke first often accepted
+        # all 8 keep-alive connections and the run measured one worker on one CPU.
+        "--reuse-port",
     ]
     if pythonpath:
         command += ["--pythonpath", pythonpath]

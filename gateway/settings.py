@@ -21,6 +21,7 @@ class Settings:
     secret_key: str = field(repr=False)
     public_url: str | None = None
     redis_url: str | None = None
+    ratelimit_timeout: float = 0.1
     broker_url: str | None = None
     s3_endpoint_url: str | None = None
     trusted_proxies: tuple[str, ...] = ()
@@ -50,6 +51,7 @@ def load_settings(
         secret_key=env.get("AIRLOCK_SECRET_KEY") or _local_secret(root, "secret_key"),
         public_url=env.get("AIRLOCK_PUBLIC_URL") or None,
         redis_url=env.get("AIRLOCK_REDIS_URL") or None,
+        ratelimit_timeout=int(env.get("AIRLOCK_RATELIMIT_TIMEOUT_MS", 100)) / 1000,
         broker_url=env.get("AIRLOCK_BROKER_URL") or None,
         s3_endpoint_url=env.get("AIRLOCK_S3_ENDPOINT_URL") or None,
         trusted_proxies=_csv(env.get("AIRLOCK_TRUSTED_PROXIES")),

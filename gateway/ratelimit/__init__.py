@@ -1,6 +1,32 @@
-"""Rate limits behind one interface: an in-process GCRA limiter now, Redis later."""
+"""Rate limits behind one interface: in-process GCRA by default, Redis when configured."""
 
-from gateway.ratelimit.base import Dimension, Limiter, LimitResult
+from gateway.ratelimit.base import (
+    Dimension,
+    DimensionState,
+    Lease,
+    Limiter,
+    LimiterUnavailable,
+    LimitResult,
+)
 from gateway.ratelimit.memory import MemoryLimiter
+from gateway.ratelimit.redis import RedisLimiter
 
-__all__ = ["Dimension", "LimitResult", "Limiter", "MemoryLimiter"]
+
+def limiter_from_url(redis_url: str | None, *, timeout: float) -> Limiter:
+    """The shared Redis limiter when a URL is configured, the in-process one otherwise."""
+    if redis_url:
+        return RedisLimiter(redis_url, timeout=timeout)
+    return MemoryLimiter()
+
+
+__all__ = [
+    "Dimension",
+    "DimensionState",
+    "Lease",
+    "LimitResult",
+    "Limiter",
+    "LimiterUnavailable",
+    "MemoryLimiter",
+    "RedisLimiter",
+    "limiter_from_url",
+]

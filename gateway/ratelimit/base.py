@@ -1,9 +1,38 @@
-"""The limiter contract: every dimension of one request admitted atomically, or none."""
+"""The limiter contract: every dimension of one request admitted atomically, or none.
+
+A plain `Dimension` is a GCRA (the virtual-scheduling form of a token bucket): one stored
+number per key, its theoretical arrival time (TAT). A dimension of `quota` units per `window`
+seconds refills one unit every `window / quota` seconds and bursts up to the whole quota.
+
+A `Lease` is the concurrency kind of dimension: at most `quota` leases live on `key` at once,
+this one named `id` and held for `window` seconds (its TTL) unless released earlier, so a
+crashed holder frees its slot within the TTL and no key is ever stuck.
+
+The arithmetic lives here once, in plain functions; `MemoryLimiter` calls them and the Redis
+Lua scripts (`gateway/ratelimit/redis.py`) are a line-by-line translation, checked by the same
+contract tests.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from gateway.errors import ServiceUnavailable
+
+INF = math.inf
+# Rounding slack in units: the float TAT drifts by far less than a millionth of a unit per
+# operation, so this never admits an extra unit; without it a full quota could miss its last.
+SLACK = 1e-6
+
+
+class LimiterUnavailable(ServiceUnavailable):
+    """The shared limiter could not answer (down, slow, refused): the request fails closed."""
+
+    code = "rate_limiter_unavailable"
+    title = "Rate limiter unavailable"
 
 
 @dataclass(frozen=True)
@@ -13,14 +42,48 @@ class Dimension:
     key: str
     name: str
     quota: int
-    window: int
+    window: float
     cost: int = 1
     unit: str = "requests"
+
+    def __post_init__(self) -> None:
+        if self.quota < 1 or self.window <= 0 or self.cost < 0:
+            raise ValueError(f"invalid dimension {self.name}: quota>=1, window>0, cost>=0")
+
+    @property
+    def interval(self) -> float:
+        """Seconds one unit takes to refill."""
+        return self.window / self.quota
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease(Dimension):
+    """A concurrency slot `id`: at most `quota` live on `key`, each held `window` seconds at most.
+
+    `quota` may be 0 (nothing is ever admitted); `cost` is always 1. Taking a lease id that is
+    already live renews it (a new expiry) without taking a second slot.
+    """
+
+    id: str
+    unit: str = "concurrent-requests"
+
+    def __post_init__(self) -> None:
+        if self.quota < 0 or self.window <= 0 or self.cost != 1 or not self.id:
+            raise ValueError(f"invalid lease {self.name}: quota>=0, window>0, cost 1, an id")
+
+    @property
+    def ttl(self) -> float:
+        """Seconds until the lease expires unless released or renewed."""
+        return self.window
 
 
 @dataclass(frozen=True)
 class DimensionState:
-    """What one dimension has left after the decision."""
+    """What one dimension has left after the decision, for the `RateLimit` header.
+
+    `reset_after` is the seconds until a GCRA dimension is whole again, or until the earliest
+    live lease of a `Lease` key expires (0 when none is held).
+    """
 
     dimension: Dimension
     remaining: int
@@ -29,7 +92,12 @@ class DimensionState:
 
 @dataclass(frozen=True)
 class LimitResult:
-    """The admission decision; on refusal nothing was consumed."""
+    """The admission decision; on refusal nothing was consumed.
+
+    `states` has one entry per dimension, in the order given. On refusal, `refused` is the
+    dimension that must wait longest and `retry_after` that wait: `inf` when the request can
+    never be admitted (a cost above the whole quota, a lease quota of 0).
+    """
 
     allowed: bool
     states: tuple[DimensionState, ...]
@@ -40,6 +108,109 @@ class LimitResult:
 class Limiter(Protocol):
     """Admits a request against all its dimensions at once."""
 
-    def acquire(self, dimensions: list[Dimension]) -> LimitResult:
-        """Charge every dimension if all have room; otherwise charge nothing."""
+    def acquire(self, dimensions: Sequence[Dimension]) -> LimitResult:
+        """Charge every dimension and take every lease if all have room; otherwise none."""
         ...
+
+    def release(self, lease: Lease) -> None:
+        """Give a lease back (a lease already expired or released is not an error)."""
+        ...
+
+    def adjust(self, dimension: Dimension, delta: int) -> DimensionState:
+        """Charge `delta` more units (negative: refund), never refilling beyond full."""
+        ...
+
+    def close(self) -> None:
+        """Release connections, if any."""
+        ...
+
+
+@dataclass(frozen=True)
+class Gcra:
+    """One dimension's check at `now`: the TAT it starts from and the TAT it would commit."""
+
+    tat: float
+    new_tat: float
+    retry_after: float
+
+    @property
+    def allowed(self) -> bool:
+        """Whether this dimension admits the charge."""
+        return self.retry_after == 0.0
+
+
+def gcra_check(dim: Dimension, stored_tat: float | None, now: float) -> Gcra:
+    """Plan charging `dim.cost` at `now` given the stored TAT (None: never charged or expired)."""
+    tat = now if stored_tat is None else max(stored_tat, now)
+    new_tat = tat + dim.cost * dim.interval
+    if dim.cost > dim.quota:
+        return Gcra(tat, new_tat, INF)
+    used = (new_tat - now) / dim.interval
+    if used <= dim.quota + SLACK:
+        return Gcra(tat, new_tat, 0.0)
+    return Gcra(tat, new_tat, max(new_tat - dim.window - now, 1e-6))
+
+
+def gcra_state(dim: Dimension, tat: float, now: float) -> DimensionState:
+    """Remaining whole units and seconds until full, given the TAT at `now`."""
+    ahead = max(tat - now, 0.0)
+    remaining = math.floor(dim.quota - ahead / dim.interval + SLACK)
+    return DimensionState(dim, min(max(remaining, 0), dim.quota), ahead)
+
+
+def gcra_adjust(dim: Dimension, stored_tat: float | None, now: float, delta: int) -> float:
+    """The TAT after charging `delta` units (negative refunds), never earlier than `now`."""
+    tat = now if stored_tat is None else max(stored_tat, now)
+    return max(now, tat + delta * dim.interval)
+
+
+def lease_state(lease: Lease, count: int, earliest: float | None, now: float) -> DimensionState:
+    """Free slots, and seconds until the earliest of the `count` live leases expires."""
+    reset = 0.0 if earliest is None else max(earliest - now, 0.0)
+    return DimensionState(lease, max(lease.quota - count, 0), reset)
+
+
+def lease_retry(lease: Lease, expiries: list[float], held: bool, now: float) -> float:
+    """0 when the lease may be taken (or renewed), else seconds until a slot frees at latest."""
+    if lease.quota == 0:
+        return INF
+    if held or len(expiries) < lease.quota:
+        return 0.0
+    frees = sorted(expiries)[len(expiries) - lease.quota]  # enough leases have expired by then
+    return max(frees - now, 1e-6)
+
+
+def split(dimensions: Sequence[Dimension]) -> tuple[list[Dimension], list[Lease]]:
+    """GCRA dimensions and leases, each key at most once per kind (or ValueError)."""
+    gcra = [d for d in dimensions if not isinstance(d, Lease)]
+    leases = [d for d in dimensions if isinstance(d, Lease)]
+    for kind in (gcra, leases):
+        if len({d.key for d in kind}) != len(kind):
+            # a key checked twice in one request would be planned from a stale state
+            raise ValueError("each key may appear once per request and kind of dimension")
+    return gcra, leases
+
+
+def decide(
+    dimensions: Sequence[Dimension],
+    planned: list[Dimension],
+    states: list[DimensionState],
+    waits: list[float],
+) -> LimitResult:
+    """The result with states in the caller's order; a refusal names the longest wait.
+
+    `planned`, `states` and `waits` are parallel lists in the order the limiter checked them.
+    """
+    by_dimension = dict(zip(planned, states, strict=True))
+    ordered = tuple(by_dimension[d] for d in dimensions)
+    if not any(waits):
+        return LimitResult(True, ordered)
+    worst = max(range(len(waits)), key=waits.__getitem__)
+    return LimitResult(False, ordered, retry_after=waits[worst], refused=planned[worst])
+
+
+def gcra_only(dimension: Dimension) -> Dimension:
+    """`dimension`, or ValueError for a lease (leases are released, not adjusted)."""
+    if isinstance(dimension, Lease):
+        raise ValueError(f"{dimension.name} is a lease: release it instead of adjusting it")
+    return dimension

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gateway.audit import AuditRecorder
 from gateway.db.engine import Database
-from gateway.ratelimit import Limiter, MemoryLimiter
+from gateway.ratelimit import Limiter, limiter_from_url
 from gateway.services.access import AccessService
 from gateway.services.downloads import DownloadService
 from gateway.services.identity import IdentityService
@@ -41,6 +41,7 @@ class Airlock:
     def close(self) -> None:
         """Release pooled connections."""
         self.db.dispose()
+        self.limiter.close()
 
 
 def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Airlock:
@@ -49,7 +50,7 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
     storage = storage_from_url(settings.storage_url)
     packs = load_packs()
     audit = AuditRecorder()
-    limiter = MemoryLimiter()
+    limiter = limiter_from_url(settings.redis_url, timeout=settings.ratelimit_timeout)
     signer = BlobSigner(settings.secret_key)
     in_process = InProcessRunner() if runner is None else None
     task_runner: TaskRunner = runner or in_process  # type: ignore[assignment]

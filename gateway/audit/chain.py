@@ -26,7 +26,9 @@ class AuditAction(StrEnum):
     DOWNLOAD_DENY = "download:deny"
     DOWNLOAD_ISSUE = "download:issue"
     GRANT_CREATE = "grant:create"
+    GRANT_DEPROVISION = "grant:deprovision"
     GRANT_EXPIRE = "grant:expire"
+    GRANT_PROVISION = "grant:provision"
     GRANT_REVOKE = "grant:revoke"
     KYC_VERIFY = "kyc:verify"
     MEMBERSHIP_ADD = "membership:add"
@@ -40,6 +42,7 @@ class AuditAction(StrEnum):
     REQUEST_REJECT = "request:reject"
     REQUEST_REVIEW = "request:review"
     REVISION_COMMIT = "revision:commit"
+    REVISION_OVERRIDE = "revision:override"
     REVISION_VET = "revision:vet"
     TOKEN_CREATE = "token:create"  # noqa: S105 (an action name, not a secret)
     TOKEN_REVOKE = "token:revoke"  # noqa: S105

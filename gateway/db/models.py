@@ -205,6 +205,10 @@ class Revision(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     vetting_status: Mapped[str] = mapped_column(String(16), default=VettingStatus.PENDING)
     vetting_report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # A publisher may serve a revision that did not pass vetting; who, when and why is kept.
+    vetting_override_at: Mapped[datetime | None]
+    vetting_override_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    vetting_override_reason: Mapped[str | None] = mapped_column(Text)
 
     files: Mapped[list[RevisionFile]] = relationship(
         order_by="RevisionFile.path", cascade="all, delete-orphan"
@@ -324,10 +328,30 @@ class Grant(Base):
     ended_at: Mapped[datetime | None]
     ended_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     end_reason: Mapped[str | None] = mapped_column(Text)
+    # When the grant's last provisioning finished (staged copies for fingerprinting tiers);
+    # None while one is under way. Set at creation for tiers that need no copies.
+    provisioned_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship(foreign_keys=[user_id])
     model: Mapped[Model] = relationship()
     policy_version: Mapped[PolicyVersion] = relationship()
+
+
+class StagedFile(Base):
+    """A per-grant copy of one file, served instead of the original by fingerprinting tiers."""
+
+    __tablename__ = "staged_files"
+    __table_args__ = (UniqueConstraint("grant_id", "file_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id", ondelete="CASCADE"))
+    file_id: Mapped[int] = mapped_column(
+        ForeignKey("revision_files.id", ondelete="CASCADE"), index=True
+    )
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class DownloadTicket(Base):

@@ -29,6 +29,8 @@ from gateway.kyc import KycFacts
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
 from gateway.services.rows import CURRENT_KYC_ID, KycRow, UserFacts
+from gateway.tasks import TaskRunner, enqueue_after_commit
+from gateway.tasks.catalog import PROVISION_TASK
 from policies import (
     Decision,
     Effect,
@@ -116,11 +118,17 @@ class AccessService:
     """Turns requests into decisions and grants, and keeps grants honest."""
 
     def __init__(
-        self, *, audit: AuditRecorder, policies: PolicyService, packs: PackRegistry
+        self,
+        *,
+        audit: AuditRecorder,
+        policies: PolicyService,
+        packs: PackRegistry,
+        runner: TaskRunner,
     ) -> None:
         self.audit = audit
         self.policies = policies
         self.packs = packs
+        self.runner = runner
 
     # -- visibility ----------------------------------------------------------------------------
     def visible(self, principal: Principal, model: Model) -> bool:
@@ -405,9 +413,13 @@ class AccessService:
             status=str(GrantStatus.ACTIVE),
             granted_at=now,
             expires_at=now + tier.grant_ttl if tier.grant_ttl else None,
+            # A fingerprinting tier's grant is ready once a worker has staged its copies.
+            provisioned_at=None if tier.fingerprint else now,
         )
         session.add(grant)
         session.flush()
+        if tier.fingerprint:
+            enqueue_after_commit(session, self.runner, PROVISION_TASK, {"grant_id": grant.id})
         self.audit.record(
             session,
             AuditAction.GRANT_CREATE,

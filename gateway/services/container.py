@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from gateway.audit import AuditRecorder
 from gateway.db.engine import Database
@@ -11,12 +12,15 @@ from gateway.services.access import AccessService
 from gateway.services.downloads import DownloadService
 from gateway.services.identity import IdentityService
 from gateway.services.policy import PolicyService
-from gateway.services.publishing import VET_TASK, PublishingService
+from gateway.services.provisioning import ProvisioningService
+from gateway.services.publishing import PublishingService
 from gateway.services.signing import BlobSigner
-from gateway.services.vetting import vet_revision
+from gateway.services.sweeps import SweepService
 from gateway.settings import Settings
 from gateway.storage import Storage, storage_from_url
 from gateway.tasks import InProcessRunner, TaskRunner
+from gateway.tasks.broker import CeleryRunner, celery_client
+from gateway.tasks.jobs import JOBS
 from policies import PackRegistry, load_packs
 
 
@@ -37,6 +41,8 @@ class Airlock:
     policies: PolicyService
     access: AccessService
     downloads: DownloadService
+    provisioning: ProvisioningService
+    sweeps: SweepService
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -45,18 +51,21 @@ class Airlock:
 
 
 def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Airlock:
-    """Construct backends named by the settings and the services over them."""
+    """Construct backends named by the settings and the services over them.
+
+    Tasks go to Celery when a broker is configured, else run in this process after commit.
+    """
     db = Database(settings.database_url)
     storage = storage_from_url(settings.storage_url)
     packs = load_packs()
     audit = AuditRecorder()
     limiter = limiter_from_url(settings.redis_url, timeout=settings.ratelimit_timeout)
     signer = BlobSigner(settings.secret_key)
-    in_process = InProcessRunner() if runner is None else None
-    task_runner: TaskRunner = runner or in_process  # type: ignore[assignment]
+    in_process = InProcessRunner() if runner is None and not settings.broker_url else None
+    task_runner: TaskRunner = runner or in_process or CeleryRunner(celery_client(settings))
     publishing = PublishingService(audit=audit, storage=storage, runner=task_runner)
     policies = PolicyService(audit=audit, packs=packs, publishing=publishing)
-    access = AccessService(audit=audit, policies=policies, packs=packs)
+    access = AccessService(audit=audit, policies=policies, packs=packs, runner=task_runner)
     downloads = DownloadService(
         audit=audit,
         access=access,
@@ -80,20 +89,10 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
         policies,
         access,
         downloads,
+        ProvisioningService(audit=audit, storage=storage, policies=policies, runner=task_runner),
+        SweepService(audit=audit, storage=storage, runner=task_runner),
     )
     if in_process is not None:
-        _register_tasks(in_process, airlock)
+        for name, job in JOBS.items():
+            in_process.register(name, partial(job, airlock))
     return airlock
-
-
-def _register_tasks(runner: InProcessRunner, airlock: Airlock) -> None:
-    def vet(revision_id: int) -> None:
-        with airlock.db.session() as session:
-            vet_revision(
-                session,
-                revision_id=revision_id,
-                storage=airlock.storage,
-                publishing=airlock.publishing,
-            )
-
-    runner.register(VET_TASK, vet)

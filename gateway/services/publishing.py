@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
@@ -20,12 +20,37 @@ from gateway.errors import Conflict, InvalidInput, NotFound, RevisionNotFound
 from gateway.services.principal import Principal
 from gateway.storage import Storage
 from gateway.tasks import TaskRunner, enqueue_after_commit
+from gateway.tasks.catalog import VET_TASK
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 COMMIT_HEX = re.compile(r"^[0-9a-f]{40}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 MAX_PATH = 1024
-VET_TASK = "airlock.vetting.vet_revision"
+
+
+@dataclass(frozen=True, slots=True)
+class VettingState:
+    """A revision's vetting outcome and whether a publisher overrode it."""
+
+    status: str
+    overridden: bool
+
+    @property
+    def servable(self) -> bool:
+        """Weights tiers serve only revisions vetted clean, or overridden by a publisher."""
+        return self.status == VettingStatus.PASSED or self.overridden
+
+
+_revisions = Revision.__table__.c
+VETTING_STATE = select(_revisions.vetting_status, _revisions.vetting_override_at).where(
+    _revisions.id == bindparam("revision_id")
+)
+
+
+def load_vetting(conn: Connection, revision_id: int) -> VettingState | None:
+    """The vetting state of one revision (one primary-key read; it changes, so never cached)."""
+    row = conn.execute(VETTING_STATE, {"revision_id": revision_id}).first()
+    return None if row is None else VettingState(row[0], row[1] is not None)
 
 
 @dataclass(frozen=True)
@@ -272,3 +297,45 @@ class PublishingService:
                 "problems": report.get("problems", []),
             },
         )
+
+    def override_vetting(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        model: Model,
+        rev: str,
+        allow: bool,
+        reason: str,
+    ) -> Revision:
+        """Let weights tiers serve a revision that is not vetted clean, or take that back."""
+        actor = self.require_publisher(principal, model)
+        if not reason.strip():
+            raise InvalidInput("a vetting override needs a reason")
+        revision = self.resolve_revision(session, model, rev)
+        if (revision.vetting_override_at is not None) == allow:
+            return revision
+        if allow and revision.vetting_status == VettingStatus.PASSED:
+            raise Conflict(
+                f"revision {revision.commit_id} passed vetting; there is nothing to override"
+            )
+        revision.vetting_override_at = utcnow() if allow else None
+        revision.vetting_override_by_id = actor if allow else None
+        revision.vetting_override_reason = reason[:2000] if allow else None
+        self.audit.record(
+            session,
+            AuditAction.REVISION_OVERRIDE,
+            actor_id=actor,
+            org_id=model.org_id,
+            model_id=model.id,
+            effect="allow" if allow else "deny",
+            payload={
+                "commit": revision.commit_id,
+                "allow": allow,
+                "reason": reason[:2000],
+                "vetting_status": revision.vetting_status,
+                "problems": revision.vetting_report.get("problems", []),
+            },
+        )
+        session.commit()
+        return revision

@@ -1,0 +1,35 @@
+"""Every background task by stable name, with its queue and time limits (runners and workers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VET_TASK = "airlock.vetting.vet_revision"
+PROVISION_TASK = "airlock.provisioning.provision_download"
+SWEEP_TASK = "airlock.sweeps.sweep_grants"
+
+QUEUES = ("vetting", "provisioning", "kyc", "audit", "default")
+DEFAULT_QUEUE = "default"
+SWEEP_INTERVAL_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where a task is routed and how long one run may take (soft limit, then SIGKILL)."""
+
+    name: str
+    queue: str
+    soft_time_limit: int
+    time_limit: int
+
+
+SPECS = {
+    spec.name: spec
+    for spec in (
+        # Vetting hashes and parses every byte of a revision: hundreds of GB at ~1 GB/s.
+        TaskSpec(VET_TASK, "vetting", soft_time_limit=3300, time_limit=3600),
+        TaskSpec(PROVISION_TASK, "provisioning", soft_time_limit=3300, time_limit=3600),
+        TaskSpec(SWEEP_TASK, DEFAULT_QUEUE, soft_time_limit=240, time_limit=300),
+    )
+}
+LONGEST_TIME_LIMIT = max(spec.time_limit for spec in SPECS.values())

@@ -1,0 +1,90 @@
+"""The task functions: one module both runners call (in-process, or a Celery worker).
+
+Each takes the process's Airlock and ids, re-reads the state, and is safe to run twice. Long
+work (hashing, copying) runs between short transactions, never inside one: on SQLite an open
+write transaction would hold the database lock for the whole run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from gateway.db.engine import begin_read_only
+from gateway.db.models import Revision, utcnow
+from gateway.services.vetting import vet_file
+from gateway.tasks.catalog import PROVISION_TASK, SWEEP_TASK, VET_TASK
+
+if TYPE_CHECKING:
+    from gateway.services.container import Airlock
+
+
+def vet_revision(airlock: Airlock, *, revision_id: int) -> None:
+    """Vet every file of a revision and record the outcome (audited once per outcome)."""
+    with airlock.db.session() as session:
+        begin_read_only(session)
+        revision = session.get(Revision, revision_id)
+        files = list(revision.files) if revision is not None else []
+        session.commit()  # rows stay loaded: the sessionmaker does not expire on commit
+    if revision is None:
+        return
+    problems = [
+        {"path": file.path, "problem": problem}
+        for file in files
+        for problem in vet_file(airlock.storage, file)
+    ]
+    with airlock.db.session() as session:
+        locked = session.scalar(
+            select(Revision).where(Revision.id == revision_id).with_for_update()
+        )
+        if locked is not None:
+            airlock.publishing.mark_vetted(
+                session,
+                revision=locked,
+                passed=not problems,
+                report={"files": len(files), "problems": problems},
+            )
+        session.commit()
+
+
+def provision_download(airlock: Airlock, *, grant_id: int, revision_id: int | None = None) -> None:
+    """Stage the grant's copies of the files it covers, then mark it provisioned."""
+    service = airlock.provisioning
+    with airlock.db.session() as session:
+        begin_read_only(session)
+        plan = service.plan(session, grant_id=grant_id, revision_id=revision_id)
+        session.commit()
+    if plan is None:
+        return
+    for item in plan.pending:
+        stored = service.stage(item)
+        with airlock.db.session() as session:
+            service.record(session, grant_id=grant_id, item=item, stored=stored)
+    with airlock.db.session() as session:
+        service.finish(session, plan=plan)
+
+
+def sweep_grants(airlock: Airlock) -> None:
+    """Expire grants, delete copies of ended grants and frozen models, resend lost tasks."""
+    sweeps, now = airlock.sweeps, utcnow()
+    with airlock.db.session() as session:
+        sweeps.expire_grants(session, now=now)
+    with airlock.db.session() as session:
+        begin_read_only(session)
+        targets = sweeps.copies_to_remove(session)
+    for target in targets:
+        sweeps.delete_copies(target)
+        with airlock.db.session() as session:
+            sweeps.forget(session, target)
+    with airlock.db.session() as session:
+        begin_read_only(session)
+        sweeps.resend_lost_work(session, now=now)
+
+
+JOBS: dict[str, Callable[..., Any]] = {
+    VET_TASK: vet_revision,
+    PROVISION_TASK: provision_download,
+    SWEEP_TASK: sweep_grants,
+}

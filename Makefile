@@ -7,7 +7,7 @@ DATA_DIR ?= ./var/demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test lint typecheck contracts pytest services bench clean
+.PHONY: demo test lint typecheck contracts pytest services bench clean worker beat
 
 demo: $(VENV)/.runtime
 	$(BIN)/airlock demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
@@ -47,6 +47,14 @@ contracts:
 
 pytest:
 	$(BIN)/python -m pytest -q
+
+# A Celery worker and beat with the AIRLOCK_* settings (AIRLOCK_BROKER_URL set). The tests
+# start their own worker processes; nothing here runs behind them.
+worker: $(VENV)/.runtime
+	$(BIN)/airlock worker
+
+beat: $(VENV)/.runtime
+	$(BIN)/airlock beat
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/resolve.py

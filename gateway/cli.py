@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from gateway.client import ApiClient, ApiError, LocalFile, client_from_env, repo_path, upload
-from gateway.settings import load_settings
+from gateway.settings import Settings, load_settings
 
 endpoint_option = click.option("--endpoint", envvar="AIRLOCK_ENDPOINT", help="Airlock base URL.")
 token_option = click.option("--token", envvar="AIRLOCK_TOKEN", help="API token (alk_...).")
@@ -58,6 +58,60 @@ def _serve(app: Any, host: str, port: int) -> None:
     from werkzeug.serving import run_simple
 
     run_simple(host, port, app, threaded=True, use_reloader=False)
+
+
+@main.command()
+@click.option(
+    "--queues",
+    default="vetting,provisioning,kyc,audit,default",
+    show_default=True,
+    help="Comma-separated queues to consume.",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1, 256), help="Worker processes (default: CPUs)."
+)
+def worker(queues: str, concurrency: int | None) -> None:
+    """Run a Celery worker with the AIRLOCK_* settings (needs AIRLOCK_BROKER_URL)."""
+    from gateway.tasks.catalog import QUEUES
+    from workers.celery_app import run_worker
+
+    settings = _broker_settings()
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if not wanted or unknown:
+        raise click.BadParameter(f"queues are {', '.join(QUEUES)}", param_hint="--queues")
+    run_worker(settings, queues=wanted, concurrency=concurrency)
+
+
+@main.command()
+def beat() -> None:
+    """Run Celery beat, which sends the periodic sweep (run one per deployment)."""
+    from workers.celery_app import run_beat
+
+    run_beat(_broker_settings())
+
+
+@main.command()
+def sweep() -> None:
+    """Run the grant sweep once, in this process (cron, for deployments without a broker)."""
+    from gateway.services.container import build_airlock
+    from gateway.tasks.jobs import sweep_grants
+
+    airlock = build_airlock(load_settings())
+    try:
+        sweep_grants(airlock)
+    finally:
+        airlock.close()
+    click.echo("sweep done")
+
+
+def _broker_settings() -> Settings:
+    settings = load_settings()
+    if not settings.broker_url:
+        raise click.ClickException(
+            "AIRLOCK_BROKER_URL is not set: without a broker, tasks run inside the gateway"
+        )
+    return settings
 
 
 @main.group()

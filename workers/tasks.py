@@ -1,0 +1,58 @@
+"""The Celery tasks: thin wrappers, by stable name, over gateway.tasks.jobs (the same code the
+in-process runner calls)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.exc import OperationalError
+
+from gateway.errors import ServiceUnavailable
+from gateway.services.container import Airlock
+from gateway.services.provisioning import StagingRace
+from gateway.tasks import jobs
+from gateway.tasks.catalog import PROVISION_TASK, SPECS, SWEEP_TASK, VET_TASK
+
+# Only errors that a later attempt can outlive: the database or storage being briefly away.
+TRANSIENT = (OperationalError, ServiceUnavailable, StagingRace)
+
+
+def task_options(name: str) -> dict[str, Any]:
+    """Celery options of one task: its name, queue, limits and retry policy."""
+    spec = SPECS[name]
+    return {
+        "name": name,
+        "queue": spec.queue,
+        "soft_time_limit": spec.soft_time_limit,
+        "time_limit": spec.time_limit,
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+        "autoretry_for": TRANSIENT,
+        "retry_backoff": True,
+        "retry_backoff_max": 600,
+        "retry_jitter": True,
+        "max_retries": 5,
+        "ignore_result": True,
+    }
+
+
+def register_tasks(app: Celery, airlock: Callable[[], Airlock]) -> None:
+    """Register every task on `app`; `airlock` returns the worker process's services."""
+
+    def vet_revision(revision_id: int) -> None:
+        jobs.vet_revision(airlock(), revision_id=revision_id)
+
+    def provision_download(grant_id: int, revision_id: int | None = None) -> None:
+        jobs.provision_download(airlock(), grant_id=grant_id, revision_id=revision_id)
+
+    def sweep_grants() -> None:
+        jobs.sweep_grants(airlock())
+
+    for name, run in (
+        (VET_TASK, vet_revision),
+        (PROVISION_TASK, provision_download),
+        (SWEEP_TASK, sweep_grants),
+    ):
+        app.task(**task_options(name))(run)

@@ -169,8 +169,7 @@ def report(profile: Profile) -> str:
     head = (
         f"{profile.method} resolve in-process: {profile.ms_per_request:.2f} ms CPU/request "
         f"(unprofiled, best of 5 batches), {profile.statements:.0f} SQL statements/request "
-        f"(BEGIN and COMMIT not counted), "
-        f"{profile.calls_per_request(profile.requests):.0f} Python calls/request"
+        f"(incl. BEGIN), {profile.calls_per_request(profile.requests):.0f} Python calls/request"
     )
     return "\n".join(
         [

@@ -86,7 +86,4 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
-        # Straight on the driver connection: the statement needs no result or parameters.
-        connection.connection.driver_connection.execute(  # type: ignore[union-attr]
-            "BEGIN" if read_only else "BEGIN IMMEDIATE"
-        )
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -7,6 +7,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from gateway.api.context import airlock, db
 from gateway.api.errors import hub_error
+from gateway.db.engine import begin_read_only
 from gateway.db.models import utcnow
 from gateway.errors import ArtifactMissing, NotFound
 from gateway.services.signing import BlobClaim
@@ -17,8 +18,10 @@ bp = Blueprint("blobs", __name__)
 @bp.route("/blobs/<int:file_id>/<filename>", methods=["GET", "HEAD"])
 def blob(file_id: int, filename: str) -> Response:
     """Serve one file's bytes to whoever holds a valid signed URL; no grant lookup."""
+    session = db()
+    begin_read_only(session)  # one read, never a write
     found = airlock().downloads.open_blob(
-        db(),
+        session,
         claim=BlobClaim.from_query(file_id, request.args),
         signature=request.args.get("s", ""),
         method=request.method,

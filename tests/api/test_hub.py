@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from werkzeug.test import TestResponse
 
 from gateway.auth.tokens import Scope
@@ -452,9 +452,11 @@ def in_thread(call: Callable[[], TestResponse]) -> Callable[[], TestResponse]:
 
 
 def test_reads_do_not_wait_for_a_writer(hub: Hub) -> None:
+    blob = hub.signed_url("config.json")
     writer = Writer(hub)
     try:
         started = time.monotonic()
+        assert hub.fetch(blob).status_code == 200
         assert hub.head(f"/{REPO}/resolve/main/config.json", hub.researcher).status_code == 200
         assert hub.get(f"/api/models/{REPO}/tree/main", hub.researcher).status_code == 200
         assert hub.get(f"/api/models/{REPO}", hub.researcher).status_code == 200
@@ -481,3 +483,18 @@ def test_a_refused_read_is_audited_even_when_a_writer_committed_meanwhile(hub: H
     with hub.world.airlock.db.session() as s:
         denied = s.scalars(select(AuditEvent).where(AuditEvent.action == "download:deny")).one()
     assert denied.subject_user_id == hub.outsider.user.id
+
+
+def test_a_database_that_stays_locked_is_a_503_and_nothing_is_issued(hub: Hub) -> None:
+    engine = hub.world.airlock.db.engine
+    engine.dispose()  # new connections wait 0.2 s for a lock instead of 30
+    event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout=200"))
+    writer = Writer(hub)
+    try:
+        response = hub.get(f"/{REPO}/resolve/main/config.json", hub.researcher)
+    finally:
+        writer.commit_a_change()
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert "Location" not in response.headers
+    with hub.world.airlock.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(DownloadTicket)) == 0

@@ -20,11 +20,13 @@ TRANSIENT = (OperationalError, ServiceUnavailable, StagingRace)
 
 
 def task_options(name: str) -> dict[str, Any]:
-    """Celery options of one task: its name, queue, limits and retry policy."""
+    """Celery options of one task: its name, limits and retry policy (task_routes give queues)."""
     spec = SPECS[name]
     return {
         "name": name,
-        "queue": spec.queue,
+        # Not shared: a shared task would also join every other app made in this process, still
+        # bound to the services of the app that registered it.
+        "shared": False,
         "soft_time_limit": spec.soft_time_limit,
         "time_limit": spec.time_limit,
         "acks_late": True,

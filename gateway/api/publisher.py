@@ -105,6 +105,27 @@ def show_revision(org: str, name: str, rev: str) -> s.RevisionOut:
 
 @endpoint(
     bp,
+    MODEL + "/revisions/<rev>/vetting-override",
+    "POST",
+    summary="Serve a revision that is not vetted clean, or stop serving it (audited)",
+    body=s.VettingOverrideIn,
+    response=s.RevisionOut,
+    scopes=("models:write",),
+)
+def override_vetting(org: str, name: str, rev: str, body: s.VettingOverrideIn) -> s.RevisionOut:
+    revision = airlock().publishing.override_vetting(
+        db(),
+        principal=principal(),
+        model=visible_model(org, name),
+        rev=rev,
+        allow=body.allow,
+        reason=body.reason,
+    )
+    return revision_out(revision)
+
+
+@endpoint(
+    bp,
     "/policies",
     "POST",
     summary="Validate and apply a release policy (new version)",

@@ -84,7 +84,17 @@ class RevisionOut(BaseModel):
     created_at: datetime
     vetting_status: str
     vetting_report: dict[str, Any]
+    vetting_overridden_at: datetime | None = None
+    vetting_override_reason: str | None = None
     files: list[FileOut]
+
+
+class VettingOverrideIn(BaseModel):
+    """Serve a revision not vetted clean (allow), or stop serving it; the reason is audited."""
+
+    model_config = Strict
+    allow: bool
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 class BlobOut(BaseModel):

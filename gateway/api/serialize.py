@@ -38,6 +38,8 @@ def revision_out(revision: Revision) -> s.RevisionOut:
         created_at=revision.created_at,
         vetting_status=revision.vetting_status,
         vetting_report=revision.vetting_report,
+        vetting_overridden_at=revision.vetting_override_at,
+        vetting_override_reason=revision.vetting_override_reason,
         files=[s.FileOut(path=f.path, size=f.size, sha256=f.sha256) for f in revision.files],
     )
 

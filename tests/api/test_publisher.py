@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -12,7 +13,7 @@ from gateway.app import create_app
 from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent
 from gateway.services.container import build_airlock
-from gateway.services.publishing import blob_key
+from gateway.services.publishing import blob_key, load_vetting
 from gateway.settings import Settings
 from tests.api.apikit import (
     REPO,
@@ -362,3 +363,54 @@ def test_revoking_needs_a_token_and_an_existing_grant(api: Api) -> None:
 
 def test_rival_org_model_is_untouched_by_acme(api: Api) -> None:
     problem(api.commit(RIVAL_REPO, FILES, api.publisher), 403)
+
+
+# -- vetting overrides -----------------------------------------------------------------------------
+def override(api: Api, allow: bool, actor: Any = None, rev: str = "main", **body: Any) -> Any:
+    return api.post(
+        f"/api/v1/models/{NEW}/revisions/{rev}/vetting-override",
+        actor or api.publisher,
+        json={"allow": allow, "reason": "reviewed by hand: the flagged pickle is ours", **body},
+    )
+
+
+def servable(api: Api) -> bool:
+    with api.world.airlock.db.session() as s:
+        model = api.world.airlock.publishing.get_model(s, NEW)
+        assert model.head_revision_id is not None
+        state = load_vetting(s.connection(), model.head_revision_id)
+        assert state is not None
+        return state.servable
+
+
+def test_a_publisher_overrides_failed_vetting_and_takes_it_back_audited(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    api.push(NEW, {"model.pkl": malicious_pickle()})
+    assert not servable(api)
+    shown = ok(override(api, True))
+    assert shown["vetting_status"] == "failed" and shown["vetting_overridden_at"]
+    assert shown["vetting_override_reason"].startswith("reviewed by hand")
+    assert servable(api)
+    ok(override(api, True))  # already overridden: no second event
+    assert ok(override(api, False))["vetting_overridden_at"] is None
+    assert not servable(api)
+    assert audit_actions(api, NEW)[-2:] == ["revision:override", "revision:override"]
+
+
+@pytest.mark.parametrize("who", ["reviewer", "compliance", "researcher", "rival_publisher"])
+def test_only_the_models_publishers_override_vetting(api: Api, who: str) -> None:
+    ok(api.create(NEW), 201)
+    api.push(NEW, {"model.pkl": malicious_pickle()})
+    response = override(api, True, getattr(api, who))
+    assert response.status_code in (403, 404)
+    assert not servable(api)
+    assert "revision:override" not in audit_actions(api, NEW)
+
+
+def test_overrides_need_a_reason_and_a_revision_that_did_not_pass(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    problem(override(api, True, reason=""), 422, "invalid_input")
+    clean = api.push(NEW, FILES)
+    assert servable(api)
+    problem(override(api, True, rev=clean["commit"]), 409, "conflict")
+    problem(override(api, True, rev="f" * 40), 404, "revision_not_found")

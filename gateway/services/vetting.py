@@ -5,16 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
-from sqlalchemy.orm import Session
-
-from gateway.db.models import Revision, RevisionFile
+from gateway.db.models import RevisionFile
 from gateway.errors import ArtifactMissing
 from gateway.services import pickle_scan
 from gateway.services.pickle_scan import looks_like_pickle
-from gateway.services.publishing import PublishingService
 from gateway.storage import Storage
 
 MAX_HEADER = 100 * 1024 * 1024
@@ -37,19 +34,14 @@ DTYPE_SIZES = {
 }
 
 
-def vet_revision(
-    session: Session, *, revision_id: int, storage: Storage, publishing: PublishingService
-) -> None:
-    """Check every file of a revision and record the report; safe to run twice."""
-    revision = session.get(Revision, revision_id)
-    if revision is None:
-        return
-    problems: list[dict[str, str]] = []
-    for file in revision.files:
-        problems.extend({"path": file.path, "problem": p} for p in vet_file(storage, file))
-    report: dict[str, Any] = {"files": len(revision.files), "problems": problems}
-    publishing.mark_vetted(session, revision=revision, passed=not problems, report=report)
-    session.commit()
+def vetting_report(storage: Storage, files: Sequence[RevisionFile]) -> dict[str, Any]:
+    """Check every file of a revision: the report `PublishingService.mark_vetted` records."""
+    problems = [
+        {"path": file.path, "problem": problem}
+        for file in files
+        for problem in vet_file(storage, file)
+    ]
+    return {"files": len(files), "problems": problems}
 
 
 def vet_file(storage: Storage, file: RevisionFile) -> list[str]:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from gateway.db.engine import begin_read_only
 from gateway.db.models import Revision, utcnow
-from gateway.services.vetting import vet_file
+from gateway.services.vetting import vetting_report
 from gateway.tasks.catalog import PROVISION_TASK, SWEEP_TASK, VET_TASK
 
 if TYPE_CHECKING:
@@ -30,11 +30,7 @@ def vet_revision(airlock: Airlock, *, revision_id: int) -> None:
         session.commit()  # rows stay loaded: the sessionmaker does not expire on commit
     if revision is None:
         return
-    problems = [
-        {"path": file.path, "problem": problem}
-        for file in files
-        for problem in vet_file(airlock.storage, file)
-    ]
+    report = vetting_report(airlock.storage, files)  # reads every byte: no transaction open
     with airlock.db.session() as session:
         locked = session.scalar(
             select(Revision).where(Revision.id == revision_id).with_for_update()
@@ -43,8 +39,8 @@ def vet_revision(airlock: Airlock, *, revision_id: int) -> None:
             airlock.publishing.mark_vetted(
                 session,
                 revision=locked,
-                passed=not problems,
-                report={"files": len(files), "problems": problems},
+                passed=not report["problems"],
+                report=report,
             )
         session.commit()
 

@@ -66,6 +66,9 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
     publishing = PublishingService(audit=audit, storage=storage, runner=task_runner)
     policies = PolicyService(audit=audit, packs=packs, publishing=publishing)
     access = AccessService(audit=audit, policies=policies, packs=packs, runner=task_runner)
+    provisioning = ProvisioningService(
+        audit=audit, storage=storage, policies=policies, runner=task_runner
+    )
     downloads = DownloadService(
         audit=audit,
         access=access,
@@ -89,7 +92,7 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
         policies,
         access,
         downloads,
-        ProvisioningService(audit=audit, storage=storage, policies=policies, runner=task_runner),
+        provisioning,
         SweepService(audit=audit, storage=storage, runner=task_runner),
     )
     if in_process is not None:

@@ -69,12 +69,13 @@ class Staging:
 
     provisioned: bool
     key: str | None
+    sha256: str | None
 
 
 _grants = Grant.__table__.c
 _staged = StagedFile.__table__.c
 STAGING = (
-    select(_grants.provisioned_at, _staged.storage_key)
+    select(_grants.provisioned_at, _staged.storage_key, _staged.sha256)
     .select_from(
         Grant.__table__.outerjoin(
             StagedFile.__table__,
@@ -86,9 +87,9 @@ STAGING = (
 
 
 def load_staging(conn: Connection, grant_id: int, file_id: int) -> Staging | None:
-    """The grant's provisioning state and staged key of `file_id` (one indexed read)."""
+    """The grant's provisioning state and its copy of `file_id` (one indexed read)."""
     row = conn.execute(STAGING, {"grant_id": grant_id, "file_id": file_id}).first()
-    return None if row is None else Staging(row[0] is not None, row[1])
+    return None if row is None else Staging(row[0] is not None, row[1], row[2])
 
 
 def fingerprinted_copy(source: BinaryIO) -> BinaryIO:

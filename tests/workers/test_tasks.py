@@ -144,6 +144,7 @@ def test_downloads_read_the_staged_key_or_provisioning_state(scene: Scene) -> No
         staging = load_staging(s.connection(), grant.id, file_id)
         assert staging is not None and staging.provisioned
         assert staging.key == staged_key(scene.model.org_id, grant.id, file_id)
+        assert staging.sha256 == digest(FILES["config.json"])
         assert load_staging(s.connection(), 10_000, file_id) is None
 
 

@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from gateway.ratelimit.base import (
+    INF,
     Dimension,
     DimensionState,
     Lease,
@@ -26,8 +27,6 @@ from gateway.ratelimit.base import (
     LimitResult,
     decide,
     gcra_only,
-    gcra_state,
-    lease_state,
     split,
 )
 
@@ -38,23 +37,37 @@ DEFAULT_TIMEOUT = 0.1
 # Times in the scripts are seconds since this instant (2023-11-14): a float TAT near 1e8 s
 # keeps 16 times finer resolution than one near the Unix epoch's 1.7e9 s.
 EPOCH = 1_700_000_000
+MICRO = 1_000_000
 
+# Redis >= 5 replicates a script's effects, not the script, so reading TIME is safe. Stored
+# TATs keep every bit (%.17g); replies are integers (microseconds), which need no formatting.
 _PRELUDE = f"""
-if redis.replicate_commands then redis.replicate_commands() end
-local function fmt(x) return string.format('%.17g', x) end
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) - {EPOCH}) + tonumber(t[2]) / 1000000
+local function micros(seconds)
+  if seconds == math.huge then return -1 end
+  return math.ceil(seconds * 1000000)
+end
+local function gcra_state(quota, interval, tat)
+  local ahead = math.max(tat - now, 0)
+  local remaining = math.floor(quota - ahead / interval + 1e-6)
+  return math.min(math.max(remaining, 0), quota), micros(ahead)
+end
+local function store(key, tat)
+  local ms = math.max(math.ceil((tat - now) * 1000), 1)
+  redis.call('SET', key, string.format('%.17g', tat), 'PX', ms)
+end
 """
 
 # KEYS: n GCRA keys, then m lease keys. ARGV: n, m, then (quota, window, cost) per dimension,
-# then (id, limit, ttl) per lease. Every check runs before any write: all or nothing.
-# Returns now, then (tat, wait) per dimension and (count, earliest, wait) per lease; a TAT or
-# count is the committed one when every wait is 0, the untouched one otherwise.
+# then (id, quota, ttl) per lease. Every check runs before any write: all or nothing.
+# Returns (wait, remaining, reset) per dimension then per lease, as integers: waits and resets
+# in microseconds, wait -1 for never; the state is the committed one when every wait is 0.
 ACQUIRE = (
     _PRELUDE
     + """
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out, new_tats, waiting = {fmt(now)}, {}, false
+local tats, new_tats, waits, counts, waiting = {}, {}, {}, {}, false
 for i = 1, n do
   local quota, window = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
   local cost, interval = tonumber(ARGV[3 * i + 2]), window / quota
@@ -67,67 +80,65 @@ for i = 1, n do
     wait = math.max(new_tat - window - now, 1e-6)
   end
   waiting = waiting or wait > 0
-  new_tats[i] = new_tat
-  out[#out + 1], out[#out + 2] = tat, wait
+  tats[i], new_tats[i], waits[i] = tat, new_tat, wait
 end
 local base = 3 + 3 * n
 for j = 1, m do
-  local key = KEYS[n + j]
-  local id, limit = ARGV[base + 3 * j - 3], tonumber(ARGV[base + 3 * j - 2])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now))
+  local key, id = KEYS[n + j], ARGV[base + 3 * j - 3]
+  local quota = tonumber(ARGV[base + 3 * j - 2])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.17g', now))
   local count, wait = redis.call('ZCARD', key), 0
-  if limit == 0 then
+  if quota == 0 then
     wait = math.huge
-  elseif count >= limit and not redis.call('ZSCORE', key, id) then
-    local frees = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+  elseif count >= quota and not redis.call('ZSCORE', key, id) then
+    local frees = redis.call('ZRANGE', key, count - quota, count - quota, 'WITHSCORES')
     wait = math.max(tonumber(frees[2]) - now, 1e-6)
   end
   waiting = waiting or wait > 0
-  out[#out + 1], out[#out + 2], out[#out + 3] = count, false, wait
+  counts[j], waits[n + j] = count, wait
 end
 if not waiting then
   for i = 1, n do
-    if new_tats[i] > out[2 * i] then
-      local ms = math.ceil((new_tats[i] - now) * 1000)
-      redis.call('SET', KEYS[i], fmt(new_tats[i]), 'PX', math.max(ms, 1))
-    end
-    out[2 * i] = new_tats[i]
+    if new_tats[i] > tats[i] then store(KEYS[i], new_tats[i]) end
+    tats[i] = new_tats[i]
   end
   for j = 1, m do
-    local key = KEYS[n + j]
-    local id, ttl = ARGV[base + 3 * j - 3], tonumber(ARGV[base + 3 * j - 1])
-    redis.call('ZADD', key, fmt(now + ttl), id)
+    local key, id = KEYS[n + j], ARGV[base + 3 * j - 3]
+    local expiry = now + tonumber(ARGV[base + 3 * j - 1])
+    counts[j] = counts[j] + redis.call('ZADD', key, string.format('%.17g', expiry), id)
     local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
     redis.call('PEXPIRE', key, math.max(math.ceil((tonumber(last[2]) - now) * 1000), 1))
-    out[2 * n + 3 * j - 1] = redis.call('ZCARD', key)
   end
 end
-for j = 1, m do
-  local first = redis.call('ZRANGE', KEYS[n + j], 0, 0, 'WITHSCORES')
-  out[2 * n + 3 * j] = first[2] or ''
+local out = {}
+for i = 1, n do
+  local quota = tonumber(ARGV[3 * i])
+  local remaining, reset = gcra_state(quota, tonumber(ARGV[3 * i + 1]) / quota, tats[i])
+  out[#out + 1], out[#out + 2], out[#out + 3] = micros(waits[i]), remaining, reset
 end
-for k = 2, #out do
-  if type(out[k]) == 'number' then out[k] = fmt(out[k]) end
+for j = 1, m do
+  local quota = tonumber(ARGV[base + 3 * j - 2])
+  local first = redis.call('ZRANGE', KEYS[n + j], 0, 0, 'WITHSCORES')
+  local reset = first[2] and math.max(tonumber(first[2]) - now, 0) or 0
+  local remaining = math.max(quota - counts[j], 0)
+  out[#out + 1], out[#out + 2], out[#out + 3] = micros(waits[n + j]), remaining, micros(reset)
 end
 return out
 """
 )
 
-# KEYS: one GCRA key. ARGV: quota, window, delta. Returns now and the new TAT.
+# KEYS: one GCRA key. ARGV: quota, window, delta. Returns (remaining, reset) as for ACQUIRE.
 ADJUST = (
     _PRELUDE
     + """
-local interval = tonumber(ARGV[2]) / tonumber(ARGV[1])
+local quota = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2]) / quota
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local new_tat = math.max(now, tat + tonumber(ARGV[3]) * interval)
-if new_tat > now then
-  local ms = math.ceil((new_tat - now) * 1000)
-  redis.call('SET', KEYS[1], fmt(new_tat), 'PX', math.max(ms, 1))
-else
-  redis.call('DEL', KEYS[1])
-end
-return {fmt(now), fmt(new_tat)}
+if new_tat > now then store(KEYS[1], new_tat) else redis.call('DEL', KEYS[1]) end
+local remaining, reset = gcra_state(quota, interval, new_tat)
+return {remaining, reset}
 """
 )
 
@@ -171,9 +182,9 @@ class RedisLimiter:
         keys = [self._gcra_key(d) for d in gcra] + [self._lease_key(ls) for ls in leases]
         args = [str(len(gcra)), str(len(leases))]
         for d in gcra:
-            args += [str(d.quota), repr(float(d.window)), str(d.cost)]
+            args += [str(d.quota), str(d.window), str(d.cost)]
         for ls in leases:
-            args += [ls.id, str(ls.quota), repr(float(ls.ttl))]
+            args += [ls.id, str(ls.quota), str(ls.ttl)]
         reply = self._call(self._acquire, keys, args)
         return _decode(dimensions, gcra, leases, reply)
 
@@ -187,9 +198,9 @@ class RedisLimiter:
     def adjust(self, dimension: Dimension, delta: int) -> DimensionState:
         """Charge `delta` more units to `dimension` (negative refunds, never beyond full)."""
         dimension = gcra_only(dimension)
-        args = [str(dimension.quota), repr(float(dimension.window)), str(delta)]
-        now, tat = self._call(self._adjust, [self._gcra_key(dimension)], args)
-        return gcra_state(dimension, float(tat), float(now))
+        args = [str(dimension.quota), str(dimension.window), str(delta)]
+        remaining, reset = self._call(self._adjust, [self._gcra_key(dimension)], args)
+        return DimensionState(dimension, remaining, reset / MICRO)
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -209,21 +220,16 @@ class RedisLimiter:
 
 
 def _decode(
-    dimensions: Sequence[Dimension], gcra: list[Dimension], leases: list[Lease], reply: list[Any]
+    dimensions: Sequence[Dimension], gcra: list[Dimension], leases: list[Lease], reply: list[int]
 ) -> LimitResult:
-    """The script's flat reply as a LimitResult, through the same state functions as memory."""
-    now = float(reply[0])
+    """The script's flat integer reply as a LimitResult."""
+    planned = [*gcra, *leases]
     states, waits = [], []
-    for i, dim in enumerate(gcra):
-        tat, wait = reply[1 + 2 * i : 3 + 2 * i]
-        states.append(gcra_state(dim, float(tat), now))
-        waits.append(float(wait))
-    offset = 1 + 2 * len(gcra)
-    for j, lease in enumerate(leases):
-        count, earliest, wait = reply[offset + 3 * j : offset + 3 * j + 3]
-        states.append(lease_state(lease, int(count), float(earliest) if earliest else None, now))
-        waits.append(float(wait))
-    return decide(dimensions, [*gcra, *leases], states, waits)
+    for i, dim in enumerate(planned):
+        wait, remaining, reset = reply[3 * i : 3 * i + 3]
+        states.append(DimensionState(dim, remaining, reset / MICRO))
+        waits.append(INF if wait < 0 else wait / MICRO)
+    return decide(dimensions, planned, states, waits)
 
 
 def _unavailable(exc: redis.RedisError) -> LimiterUnavailable:

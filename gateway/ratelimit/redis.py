@@ -42,19 +42,20 @@ MICRO = 1_000_000
 # Redis >= 5 replicates a script's effects, not the script, so reading TIME is safe. Stored
 # TATs keep every bit (%.17g); replies are integers (microseconds), which need no formatting.
 _PRELUDE = f"""
+local floor, ceil, max, min, huge = math.floor, math.ceil, math.max, math.min, math.huge
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) - {EPOCH}) + tonumber(t[2]) / 1000000
 local function micros(seconds)
-  if seconds == math.huge then return -1 end
-  return math.ceil(seconds * 1000000)
+  if seconds == huge then return -1 end
+  return ceil(seconds * 1000000)
 end
 local function gcra_state(quota, interval, tat)
-  local ahead = math.max(tat - now, 0)
-  local remaining = math.floor(quota - ahead / interval + 1e-6)
-  return math.min(math.max(remaining, 0), quota), micros(ahead)
+  local ahead = max(tat - now, 0)
+  local remaining = floor(quota - ahead / interval + 1e-6)
+  return min(max(remaining, 0), quota), micros(ahead)
 end
 local function store(key, tat)
-  local ms = math.max(math.ceil((tat - now) * 1000), 1)
+  local ms = max(ceil((tat - now) * 1000), 1)
   redis.call('SET', key, string.format('%.17g', tat), 'PX', ms)
 end
 """
@@ -68,16 +69,17 @@ ACQUIRE = (
     + """
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tats, new_tats, waits, counts, waiting = {}, {}, {}, {}, false
+local stored = n > 0 and redis.call('MGET', unpack(KEYS, 1, n)) or {}
 for i = 1, n do
   local quota, window = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
   local cost, interval = tonumber(ARGV[3 * i + 2]), window / quota
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  local tat = tonumber(stored[i]) or now
   if tat < now then tat = now end
   local new_tat, wait = tat + cost * interval, 0
   if cost > quota then
-    wait = math.huge
+    wait = huge
   elseif (new_tat - now) / interval > quota + 1e-6 then
-    wait = math.max(new_tat - window - now, 1e-6)
+    wait = max(new_tat - window - now, 1e-6)
   end
   waiting = waiting or wait > 0
   tats[i], new_tats[i], waits[i] = tat, new_tat, wait
@@ -89,10 +91,10 @@ for j = 1, m do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.17g', now))
   local count, wait = redis.call('ZCARD', key), 0
   if quota == 0 then
-    wait = math.huge
+    wait = huge
   elseif count >= quota and not redis.call('ZSCORE', key, id) then
     local frees = redis.call('ZRANGE', key, count - quota, count - quota, 'WITHSCORES')
-    wait = math.max(tonumber(frees[2]) - now, 1e-6)
+    wait = max(tonumber(frees[2]) - now, 1e-6)
   end
   waiting = waiting or wait > 0
   counts[j], waits[n + j] = count, wait
@@ -107,7 +109,7 @@ if not waiting then
     local expiry = now + tonumber(ARGV[base + 3 * j - 1])
     counts[j] = counts[j] + redis.call('ZADD', key, string.format('%.17g', expiry), id)
     local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    redis.call('PEXPIRE', key, math.max(math.ceil((tonumber(last[2]) - now) * 1000), 1))
+    redis.call('PEXPIRE', key, max(ceil((tonumber(last[2]) - now) * 1000), 1))
   end
 end
 local out = {}
@@ -119,8 +121,8 @@ end
 for j = 1, m do
   local quota = tonumber(ARGV[base + 3 * j - 2])
   local first = redis.call('ZRANGE', KEYS[n + j], 0, 0, 'WITHSCORES')
-  local reset = first[2] and math.max(tonumber(first[2]) - now, 0) or 0
-  local remaining = math.max(quota - counts[j], 0)
+  local reset = first[2] and max(tonumber(first[2]) - now, 0) or 0
+  local remaining = max(quota - counts[j], 0)
   out[#out + 1], out[#out + 2], out[#out + 3] = micros(waits[n + j]), remaining, micros(reset)
 end
 return out
@@ -135,7 +137,7 @@ local quota = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2]) / quota
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new_tat = math.max(now, tat + tonumber(ARGV[3]) * interval)
+local new_tat = max(now, tat + tonumber(ARGV[3]) * interval)
 if new_tat > now then store(KEYS[1], new_tat) else redis.call('DEL', KEYS[1]) end
 local remaining, reset = gcra_state(quota, interval, new_tat)
 return {remaining, reset}

@@ -7,6 +7,7 @@ allow, and a decision allows only when at least one reason allows and none objec
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import cached_property
 
 from policies.forms import validate_form
 from policies.iso3166 import is_jurisdiction_code
@@ -133,7 +134,7 @@ class _Request:
     now: datetime
     packs: PackRegistry
 
-    @property
+    @cached_property
     def day(self) -> date:
         return self.now.astimezone(UTC).date()
 

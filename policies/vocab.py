@@ -47,7 +47,10 @@ class KycLevel(StrEnum):
     @property
     def rank(self) -> int:
         """Position of this level in the order none < email < identity < institution."""
-        return list(KycLevel).index(self)
+        return _KYC_RANK[self]
+
+
+_KYC_RANK = {level: rank for rank, level in enumerate(KycLevel)}
 
 
 def kyc_at_least(have: KycLevel, need: KycLevel) -> bool:

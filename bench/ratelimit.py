@@ -203,24 +203,51 @@ def cleanup(url: str, prefix: str) -> int:
     return len(keys)
 
 
-def machine_busy(seconds: float = 1.0) -> float:
-    """How many CPUs the whole machine kept busy over `seconds` (from /proc/stat)."""
+def cpu_sample() -> list[int]:
+    """The machine's CPU time counters (from /proc/stat)."""
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:]]
 
-    def sample() -> list[int]:
-        with open("/proc/stat") as stat:
-            return [int(v) for v in stat.readline().split()[1:]]
 
-    first = sample()
-    time.sleep(seconds)
-    delta = [b - a for a, b in zip(first, sample(), strict=True)]
+def busy_between(first: list[int], second: list[int]) -> float:
+    """How many CPUs the whole machine kept busy between two samples."""
+    delta = [b - a for a, b in zip(first, second, strict=True)]
     total = sum(delta) or 1
     return (os.cpu_count() or 1) * (total - delta[3] - delta[4]) / total
 
 
-def report_throughput(timings: list[Timing]) -> None:
+def machine_busy(seconds: float = 1.0) -> float:
+    """How many CPUs the whole machine kept busy over `seconds`."""
+    first = cpu_sample()
+    time.sleep(seconds)
+    return busy_between(first, cpu_sample())
+
+
+def redis_cpu(url: str) -> float:
+    """CPU seconds the Redis server has used since it started."""
+    info = redis.Redis.from_url(url, socket_timeout=1).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measured(args: argparse.Namespace, prefix: str) -> tuple[list[Timing], str]:
+    """The throughput timings, and how busy the machine was meanwhile and with what."""
+    machine, server, own, wall = cpu_sample(), redis_cpu(args.url), time.process_time(), time.time()
+    timings = throughput(args.url, prefix, args.seconds, args.rounds)
+    wall = time.time() - wall
+    busy = busy_between(machine, cpu_sample())
+    ours = (time.process_time() - own) / wall
+    server = (redis_cpu(args.url) - server) / wall
+    return timings, (
+        f"CPUs busy meanwhile: {busy:.2f} on the machine, of which this process {ours:.2f} "
+        f"and Redis {server:.2f}"
+    )
+
+
+def report_throughput(timings: list[Timing], load: str) -> None:
     print("\n1. One process, one call in flight, back to back")
     for timing in timings:
         print("   " + timing.row())
+    print(f"   {load}")
     ping, acquire = timings[0], timings[1]
     ratio = acquire.rate / ping.rate
     verdict = "met" if ratio >= RATIO_TARGET else "MISSED"
@@ -270,7 +297,7 @@ def main() -> int:
     )
     prefix = f"airlock:bench:{secrets.token_hex(4)}:"
     try:
-        report_throughput(throughput(args.url, prefix, args.seconds, args.rounds))
+        report_throughput(*measured(args, prefix))
         report_races(args, prefix)
     finally:
         print(f"\ncleaned up {cleanup(args.url, prefix)} keys under {prefix}")

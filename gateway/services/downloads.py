@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.auth.tokens import Scope
-from gateway.db.models import Grant, GrantStatus, utcnow
+from gateway.db.models import Grant, GrantStatus, VettingStatus, utcnow
 from gateway.errors import (
     AccessDenied,
     EntryNotFound,
@@ -20,12 +20,13 @@ from gateway.errors import (
     RateLimited,
     RepoNotFound,
     RevisionNotFound,
+    ServiceUnavailable,
 )
 from gateway.ratelimit import Dimension, Limiter, LimitResult
 from gateway.services.access import AccessService, reasons_json, subject_of, visible_to
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
-from gateway.services.publishing import COMMIT_HEX, PublishingService
+from gateway.services.publishing import COMMIT_HEX, PublishingService, load_vetting
 from gateway.services.rows import (
     INSERT_TICKET,
     FileIndex,
@@ -132,7 +133,35 @@ class DownloadService:
             request_country=request_country,
             base_url=base_url,
         )
-        return access, self._revision(session, found.model, rev)
+        revision = self._revision(session, found.model, rev)
+        self._require_vetted(session, principal, found.model, revision, base_url)
+        return access, revision
+
+    def _require_vetted(
+        self,
+        session: Session,
+        principal: Principal,
+        model: ModelRow,
+        revision: RevisionRow,
+        base_url: str,
+    ) -> None:
+        """Weights tiers serve only revisions vetted clean, or overridden by a publisher."""
+        state = load_vetting(session.connection(), revision.id)
+        if state is not None and state.servable:
+            return
+        if state is None or state.status == VettingStatus.PENDING:
+            raise ServiceUnavailable(
+                f"Revision {revision.commit_id} of {model.repo_id} is still being vetted; "
+                "try again shortly."
+            )
+        reason = {
+            "code": "revision_not_vetted",
+            "effect": "deny",
+            "rule": "vetting",
+            "message": f"Revision {revision.commit_id} failed vetting and the publisher has "
+            "not approved serving it.",
+        }
+        self._deny(session, principal, model, apply_url_for(base_url, model), [reason])
 
     def weights_access(
         self,

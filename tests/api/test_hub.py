@@ -18,8 +18,18 @@ from werkzeug.test import TestResponse
 
 from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, DownloadTicket, Grant, utcnow
-from tests.api.hubkit import FILES, REPO, VISIBLE, XET_HEADERS, Hub, bearer, make_hub, sha256
-from tests.factories import World
+from tests.api.hubkit import (
+    FILES,
+    REPO,
+    VISIBLE,
+    XET_HEADERS,
+    Hub,
+    bearer,
+    fresh_model,
+    make_hub,
+    sha256,
+)
+from tests.factories import World, policy_text
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 APPLY_URL = f"http://airlock.test/api/v1/models/{REPO}/access"
@@ -498,3 +508,66 @@ def test_a_database_that_stays_locked_is_a_503_and_nothing_is_issued(hub: Hub) -
     assert "Location" not in response.headers
     with hub.world.airlock.db.session() as s:
         assert s.scalar(select(func.count()).select_from(DownloadTicket)) == 0
+
+
+# -- vetting gate ---------------------------------------------------------------------------------
+FLAGGED = "acme/flagged"
+
+
+def flagged_model(hub: Hub) -> str:
+    """A model whose head revision failed vetting (a pickle importing os.system)."""
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, ("true",))
+
+    files = {**FILES, "extra.pkl": pickle.dumps(Evil(), protocol=4)}
+    model = hub.world.model(hub.publisher, FLAGGED, files=files, policy=policy_text(FLAGGED))
+    hub.world.grant(hub.researcher, fresh_model(hub.world, FLAGGED))
+    assert model is not None
+    return f"/{FLAGGED}/resolve/main/config.json"
+
+
+def test_a_revision_that_failed_vetting_is_refused_and_audited(hub: Hub) -> None:
+    url = flagged_model(hub)
+    for method in (hub.head, hub.get):
+        response = method(url, hub.researcher)
+        assert_hub_error(response, 403, "GatedRepo")
+        assert "failed vetting" in response.headers["X-Error-Message"]
+    with hub.world.airlock.db.session() as s:
+        denial = s.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == "download:deny")
+            .order_by(AuditEvent.seq.desc())
+            .limit(1)
+        ).one()
+        assert denial.payload["reasons"][0]["code"] == "revision_not_vetted"
+        assert s.scalar(select(func.count()).select_from(DownloadTicket)) == 0
+
+
+def test_a_publisher_override_lets_a_flagged_revision_be_served(hub: Hub) -> None:
+    url = flagged_model(hub)
+    response = hub.client.post(
+        f"/api/v1/models/{FLAGGED}/revisions/main/vetting-override",
+        json={"allow": True, "reason": "the pickle is our own test fixture"},
+        headers=bearer(hub.publisher),
+    )
+    assert response.status_code == 200, response.get_json()
+    assert hub.get(url, hub.researcher).status_code == 302
+
+
+def test_a_revision_still_being_vetted_is_503_not_served(hub: Hub) -> None:
+    from sqlalchemy import update
+
+    from gateway.db.models import Revision
+
+    url = f"/{REPO}/resolve/main/config.json"
+    with hub.world.airlock.db.session() as s:
+        s.execute(update(Revision).values(vetting_status="pending"))
+        s.commit()
+    response = hub.get(url, hub.researcher)
+    assert response.status_code == 503
+    assert "still being vetted" in response.headers["X-Error-Message"]
+    assert response.headers["Retry-After"]

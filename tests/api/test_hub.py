@@ -35,6 +35,17 @@ HEX40 = re.compile(r"^[0-9a-f]{40}$")
 APPLY_URL = f"http://airlock.test/api/v1/models/{REPO}/access"
 
 
+def last_denial(hub: Hub) -> AuditEvent:
+    """The newest `download:deny` audit event."""
+    with hub.world.airlock.db.session() as s:
+        return s.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == "download:deny")
+            .order_by(AuditEvent.seq.desc())
+            .limit(1)
+        ).one()
+
+
 @pytest.fixture
 def hub(client: FlaskClient, world: World) -> Hub:
     return make_hub(client, world)
@@ -377,14 +388,7 @@ def test_newly_sanctioned_nationality_is_refused_at_download_time(hub: Hub) -> N
     hub.world.kyc(hub.reviewer, hub.researcher, country="IR")
     response = hub.head(f"/{REPO}/resolve/main/config.json", hub.researcher)
     assert response.status_code == 403 and response.headers["X-Error-Code"] == "GatedRepo"
-    with hub.world.airlock.db.session() as s:
-        denial = s.scalars(
-            select(AuditEvent)
-            .where(AuditEvent.action == "download:deny")
-            .order_by(AuditEvent.seq.desc())
-            .limit(1)
-        ).one()
-        assert any(r["effect"] == "deny" for r in denial.payload["reasons"])
+    assert any(r["effect"] == "deny" for r in last_denial(hub).payload["reasons"])
 
 
 def test_downloads_per_day_exhaustion_is_a_readable_refusal_and_head_is_free(hub: Hub) -> None:
@@ -536,14 +540,8 @@ def test_a_revision_that_failed_vetting_is_refused_and_audited(hub: Hub) -> None
         response = method(url, hub.researcher)
         assert_hub_error(response, 403, "GatedRepo")
         assert "failed vetting" in response.headers["X-Error-Message"]
+    assert last_denial(hub).payload["reasons"][0]["code"] == "revision_not_vetted"
     with hub.world.airlock.db.session() as s:
-        denial = s.scalars(
-            select(AuditEvent)
-            .where(AuditEvent.action == "download:deny")
-            .order_by(AuditEvent.seq.desc())
-            .limit(1)
-        ).one()
-        assert denial.payload["reasons"][0]["code"] == "revision_not_vetted"
         assert s.scalar(select(func.count()).select_from(DownloadTicket)) == 0
 
 

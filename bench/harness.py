@@ -209,14 +209,20 @@ def _wait_http(url: str, log: Path, proc: subprocess.Popen[bytes], timeout: floa
 
 def machine_busy(seconds: float = 2.0) -> float:
     """How many CPUs the whole machine kept busy over `seconds` (from /proc/stat)."""
-
-    def sample() -> list[int]:
-        with open("/proc/stat") as stat:
-            return [int(v) for v in stat.readline().split()[1:]]
-
-    first = sample()
+    first = cpu_sample()
     time.sleep(seconds)
-    delta = [b - a for a, b in zip(first, sample(), strict=True)]
+    return busy_between(first, cpu_sample())
+
+
+def cpu_sample() -> list[int]:
+    """The machine's CPU time counters (the first line of /proc/stat)."""
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:]]
+
+
+def busy_between(first: list[int], second: list[int]) -> float:
+    """How many CPUs the whole machine kept busy between two `cpu_sample()`s."""
+    delta = [b - a for a, b in zip(first, second, strict=True)]
     total = sum(delta) or 1
     idle = delta[3] + delta[4]  # idle and iowait
     return (os.cpu_count() or 1) * (total - idle) / total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
@@ -15,6 +16,7 @@ from gateway.services.pickle_scan import looks_like_pickle
 from gateway.storage import Storage
 
 MAX_HEADER = 100 * 1024 * 1024
+CHUNK = 1024 * 1024  # one reused read buffer: large enough for hashlib, small enough for L2
 DTYPE_SIZES = {
     "BOOL": 1,
     "U8": 1,
@@ -48,25 +50,30 @@ def vet_file(storage: Storage, file: RevisionFile) -> list[str]:
     """Problems found in one stored file (empty when it passes)."""
     try:
         with storage.open_read(file.storage_key) as stream:
-            problems = _digest_problems(stream, file)
             if file.path.endswith(".safetensors"):
-                stream.seek(0)
-                problems += safetensors_problems(stream, file.size)
-            else:
-                stream.seek(0)
-                if looks_like_pickle(file.path, stream.read(4)):
-                    stream.seek(0)
-                    problems += pickle_scan.scan(stream)
-            return problems
+                return _safetensors_file_problems(stream, file)
+            head = _read_up_to(stream, 4)
+            problems = _digest_problems(stream, file, head)
+        if looks_like_pickle(file.path, head):
+            with storage.open_read(file.storage_key) as stream:
+                problems += pickle_scan.scan(stream)
+        return problems
     except ArtifactMissing:
         return ["the stored bytes are missing"]
 
 
-def _digest_problems(stream: BinaryIO, file: RevisionFile) -> list[str]:
-    digest, size = hashlib.sha256(), 0
-    for chunk in iter(lambda: stream.read(1 << 20), b""):
-        digest.update(chunk)
-        size += len(chunk)
+def _safetensors_file_problems(stream: BinaryIO, file: RevisionFile) -> list[str]:
+    """Digest, size and header problems from one read of the file (the header is kept)."""
+    head = _read_up_to(stream, 8)
+    if len(head) == 8 and _header_length(head) <= _header_bound(file.size):
+        head += _read_up_to(stream, _header_length(head))
+    return _digest_problems(stream, file, head) + safetensors_problems(head, file.size)
+
+
+def _digest_problems(stream: BinaryIO, file: RevisionFile, head: bytes) -> list[str]:
+    """Compare sha256 and size of `head` plus the rest of the stream with the manifest."""
+    digest = hashlib.sha256(head)
+    size = len(head) + _hash_rest(stream, digest)
     problems = []
     if digest.hexdigest() != file.sha256:
         problems.append("sha256 of the stored bytes does not match the manifest")
@@ -75,16 +82,52 @@ def _digest_problems(stream: BinaryIO, file: RevisionFile) -> list[str]:
     return problems
 
 
-def safetensors_problems(stream: BinaryIO, total_size: int) -> list[str]:
-    """Validate a safetensors header: length, JSON, dtypes, shapes and contiguous offsets."""
-    prefix = stream.read(8)
-    if len(prefix) != 8:
+def _hash_rest(stream: BinaryIO, digest: hashlib._Hash) -> int:
+    """Feed the rest of the stream to `digest` through one reused buffer; the bytes read."""
+    readinto = getattr(stream, "readinto", None)
+    if readinto is None:  # a stream that only reads: fresh chunks, same digest
+        return sum(_update(digest, chunk) for chunk in iter(lambda: stream.read(CHUNK), b""))
+    buffer = bytearray(CHUNK)
+    view, size = memoryview(buffer), 0
+    while count := readinto(buffer):
+        digest.update(view[:count])  # hashlib releases the GIL on large buffers
+        size += count
+    return size
+
+
+def _update(digest: hashlib._Hash, chunk: bytes) -> int:
+    digest.update(chunk)
+    return len(chunk)
+
+
+def _read_up_to(stream: BinaryIO, count: int) -> bytes:
+    """`count` bytes, or fewer only at the end of the stream (reads may come back short)."""
+    parts, left = [], count
+    while left and (part := stream.read(left)):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _header_length(head: bytes) -> int:
+    return int(struct.unpack_from("<Q", head)[0])
+
+
+def _header_bound(total_size: int) -> int:
+    return min(MAX_HEADER, total_size - 8)
+
+
+def safetensors_problems(head: bytes, total_size: int) -> list[str]:
+    """Validate a safetensors header from the file's first bytes (length prefix and header)."""
+    if len(head) < 8:
         return ["file is shorter than a safetensors header"]
-    (header_len,) = struct.unpack("<Q", prefix)
-    if header_len > min(MAX_HEADER, total_size - 8):
+    header_len = _header_length(head)
+    if header_len > _header_bound(total_size):
         return [f"header length {header_len} is out of bounds"]
+    if len(head) < 8 + header_len:
+        return [f"file ends inside its {header_len}-byte header"]
     try:
-        header = json.loads(stream.read(header_len))
+        header = json.loads(head[8 : 8 + header_len].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return ["header is not valid JSON"]
     if not isinstance(header, dict):
@@ -97,15 +140,11 @@ def _tensor_problems(header: dict[str, Any], data_size: int) -> Iterator[str]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            count = 1
-            for dim in shape:
-                count *= int(dim)
-            expected = count * DTYPE_SIZES[dtype]
-        except (KeyError, TypeError, ValueError):
+        entry = _tensor_entry(info)
+        if entry is None:
             yield f"tensor {name!r} has a malformed entry"
             continue
+        (begin, end), expected = entry
         if end - begin != expected:
             yield f"tensor {name!r} spans {end - begin} bytes, its shape needs {expected}"
         spans.append((begin, end))
@@ -117,3 +156,22 @@ def _tensor_problems(header: dict[str, Any], data_size: int) -> Iterator[str]:
         position = end
     if position != data_size:
         yield f"tensor data covers {position} bytes of {data_size}"
+
+
+def _tensor_entry(info: object) -> tuple[tuple[int, int], int] | None:
+    """A tensor's (begin, end) and the bytes its dtype and shape need; None when malformed."""
+    if not isinstance(info, dict) or info.get("dtype") not in DTYPE_SIZES:
+        return None
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_natural(dim) for dim in shape):
+        return None
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_natural, offsets)):
+        return None
+    if offsets[0] > offsets[1]:
+        return None
+    return (offsets[0], offsets[1]), math.prod(shape) * DTYPE_SIZES[info["dtype"]]
+
+
+def _natural(value: object) -> bool:
+    """A non-negative JSON integer (not a bool, a float or a string)."""
+    return type(value) is int and value >= 0

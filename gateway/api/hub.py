@@ -22,7 +22,7 @@ from gateway.api.errors import render
 from gateway.db.engine import begin_read_only
 from gateway.db.models import ApiToken, Organization, User, utcnow
 from gateway.errors import AuthenticationRequired, EntryNotFound, InvalidInput
-from gateway.services.downloads import WeightsAccess, apply_url_for, ratelimit_headers
+from gateway.services.downloads import Served, WeightsAccess, apply_url_for, ratelimit_headers
 from gateway.services.rows import FileRow, RevisionRow
 from policies import ApprovalMode, GrantKind
 
@@ -153,7 +153,9 @@ def resolve(org: str, name: str, rest: str) -> Response:
     """HEAD answers with the file's metadata; GET is charged and redirected to a signed URL.
 
     HEAD is never redirected: every client line takes a redirect's target from HEAD and GETs it
-    directly, which would bypass the GET here (and with it the download limits).
+    directly, which would bypass the GET here (and with it the download limits). Both describe
+    the object a download serves (a fingerprinting tier's staged copy) and both answer 503
+    while that copy is being provisioned.
     """
     rev, path = _rev_and_path(org, name, "resolve", rest)
     access, revision = _open(org, name, rev, writes=request.method == "GET")
@@ -164,10 +166,11 @@ def resolve(org: str, name: str, rest: str) -> Response:
         missing.headers["X-Repo-Commit"] = revision.commit_id
         return missing
     if request.method == "HEAD":
+        served = airlock().downloads.served(db(), access=access, revision=revision, file=file)
         response = Response(status=200, mimetype="application/octet-stream")
-        response.headers.update(_file_headers(file, revision.commit_id))
+        response.headers.update(_file_headers(served, revision.commit_id))
         response.headers["Accept-Ranges"] = "bytes"
-        response.content_length = file.size
+        response.content_length = served.size
         return _with_notice(response, access)
     ticket = airlock().downloads.issue_ticket(
         db(),
@@ -180,7 +183,7 @@ def resolve(org: str, name: str, rest: str) -> Response:
     )
     response = Response(status=302, mimetype="text/plain")
     response.headers["Location"] = ticket.url
-    response.headers.update(_file_headers(file, ticket.commit))
+    response.headers.update(_file_headers(ticket.served, ticket.commit))
     response.headers.update(ratelimit_headers(ticket.limit))
     return _with_notice(response, access)
 
@@ -288,12 +291,12 @@ def _sibling(file: FileRow, blobs: bool) -> dict[str, Any]:
     }
 
 
-def _file_headers(file: FileRow, commit: str) -> dict[str, str]:
-    etag = f'"{file.sha256}"'
+def _file_headers(served: Served, commit: str) -> dict[str, str]:
+    etag = f'"{served.sha256}"'
     return {
         "X-Repo-Commit": commit,
         "X-Linked-Etag": etag,
-        "X-Linked-Size": str(file.size),
+        "X-Linked-Size": str(served.size),
         "ETag": etag,
     }
 

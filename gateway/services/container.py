@@ -74,6 +74,7 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
         access=access,
         policies=policies,
         publishing=publishing,
+        provisioning=provisioning,
         limiter=limiter,
         signer=signer,
         storage=storage,

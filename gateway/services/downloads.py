@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -15,17 +16,28 @@ from gateway.auth.tokens import Scope
 from gateway.db.models import Grant, GrantStatus, VettingStatus, utcnow
 from gateway.errors import (
     AccessDenied,
+    AirlockError,
+    ArtifactMissing,
     EntryNotFound,
     Forbidden,
+    NotFound,
     RateLimited,
     RepoNotFound,
     RevisionNotFound,
     ServiceUnavailable,
 )
-from gateway.ratelimit import Dimension, Limiter, LimitResult
+from gateway.ratelimit import (
+    Dimension,
+    DimensionState,
+    Lease,
+    Limiter,
+    LimiterUnavailable,
+    LimitResult,
+)
 from gateway.services.access import AccessService, reasons_json, subject_of, visible_to
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
+from gateway.services.provisioning import ProvisioningPending, ProvisioningService, load_staging
 from gateway.services.publishing import COMMIT_HEX, PublishingService, load_vetting
 from gateway.services.rows import (
     INSERT_TICKET,
@@ -39,13 +51,23 @@ from gateway.services.rows import (
     load_access,
     load_file_with_commit,
     load_revision,
+    load_staged_blob,
 )
 from gateway.services.signing import BlobClaim, BlobSigner
 from gateway.storage import Storage
 from policies import GrantKind, ReleasePolicy, Subject, Tier
 
+log = logging.getLogger(__name__)
+
 DAY = 86400
 APPLY_PATH = "/api/v1/models/{repo}/access"
+# A refused lease frees up when any download of the grant ends, usually long before the
+# earliest lease expires: Hub clients sleep out Retry-After, so ask them to check back soon.
+LEASE_RETRY_AFTER = 30
+COPY_GONE = (
+    "This grant's copy of the file no longer exists: the grant ended (revoked or expired) or "
+    "its model was frozen, and the copy was deleted. Fetch the file again via /resolve."
+)
 
 
 @dataclass(frozen=True)
@@ -65,13 +87,30 @@ class WeightsAccess:
         return next((g, t) for g, t in self.grants if t.allows_file(path))
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The object a download of a file serves: the original, or the grant's staged copy."""
+
+    key: str
+    sha256: str
+    size: int
+    staged: bool
+
+    @classmethod
+    def original(cls, file: FileRow) -> Served:
+        """The file's own stored object."""
+        return cls(file.storage_key, file.sha256, file.size, staged=False)
+
+
 @dataclass(frozen=True)
 class Blob:
-    """A verified blob request: the file row, its commit, and where its bytes are on disk."""
+    """A verified blob request: the file, its commit, the object served and its path on disk."""
 
     file: FileRow
     commit: str
-    path: Path | None
+    served: Served
+    path: Path
+    claim: BlobClaim
 
 
 @dataclass(frozen=True)
@@ -80,6 +119,7 @@ class Ticket:
 
     url: str
     file: FileRow
+    served: Served
     commit: str
     limit: LimitResult | None
 
@@ -94,6 +134,7 @@ class DownloadService:
         access: AccessService,
         policies: PolicyService,
         publishing: PublishingService,
+        provisioning: ProvisioningService,
         limiter: Limiter,
         signer: BlobSigner,
         storage: Storage,
@@ -102,6 +143,7 @@ class DownloadService:
         self.access = access
         self.policies = policies
         self.publishing = publishing
+        self.provisioning = provisioning
         self.limiter = limiter
         self.signer = signer
         self.storage = storage
@@ -340,6 +382,34 @@ class DownloadService:
             )
         return file
 
+    def served(
+        self, session: Session, *, access: WeightsAccess, revision: RevisionRow, file: FileRow
+    ) -> Served:
+        """What a download of `file` serves under the grant covering it (HEAD and GET alike).
+
+        A fingerprinting tier serves the grant's staged copy, and only once the grant's
+        provisioning is complete: until then ProvisioningPending (503). Other tiers serve the
+        original without reading anything more.
+        """
+        grant, tier = access.grant_for(file.path)
+        if not tier.fingerprint:
+            return Served.original(file)
+        staging = load_staging(session.connection(), grant.id, file.id)
+        if staging is not None and staging.provisioned:
+            if staging.key and staging.sha256 and staging.size is not None:
+                return Served(staging.key, staging.sha256, staging.size, staged=True)
+            # Provisioned without this copy: a newer revision, a thawed model, a tier that began
+            # fingerprinting. Ask again; only the request that notices first enqueues the task.
+            session.rollback()  # a read-only transaction cannot become a writer (SQLite)
+            self.provisioning.request_provisioning(
+                session, grant_id=grant.id, revision_id=revision.id
+            )
+        raise ProvisioningPending(
+            f"Your own copy of {access.model.repo_id} (grant {grant.id}, tier {tier.name}) is "
+            "being prepared: provisioning is under way. Try again in a minute; Hub clients "
+            "retry on their own."
+        )
+
     def issue_ticket(
         self,
         session: Session,
@@ -354,39 +424,74 @@ class DownloadService:
         """Count the download against the grant's limits, record and audit it, sign the URL.
 
         The ticket and its audit event are written in the request's transaction, which also
-        read the token, grants and policy the decision used.
+        read the token, grants and policy the decision used. A GET of a tier limiting
+        concurrent downloads holds a lease named by the ticket id until the download ends.
         """
         grant, tier = access.grant_for(file.path)
-        limit = self._charge(session, principal, access.model, grant, tier, file, method)
+        served = self.served(session, access=access, revision=revision, file=file)
         now = utcnow()
         ttl = min(tier.signed_url_ttl, timedelta(hours=12))
         expires_at = now + ttl
-        claim = BlobClaim(
-            file.id,
-            file.sha256,
-            revision.commit_id,
-            grant.user_id,
-            grant.id,
-            method,
-            int(expires_at.timestamp()),
-        )
-        url = self.storage.presign(file.storage_key, method=method, expires_at=expires_at)
-        url = url or self.signer.url(base_url, claim, file.path)
-        ticket_id = (
-            session.connection()
-            .execute(
-                INSERT_TICKET,
-                {
-                    "grant_id": grant.id,
-                    "file_id": file.id,
-                    "method": method,
-                    "issued_at": now,
-                    "expires_at": expires_at,
-                    "size": file.size,
-                },
+        ticket_id = self._insert_ticket(session, grant, file, served, method, now, expires_at)
+        lease = _lease(grant, tier, ticket_id, ttl) if method == "GET" else None
+        dims = _dimensions(grant, tier, served.size, method, lease)
+        limit = self._charge(session, principal, access.model, grant, dims)
+        try:
+            claim = BlobClaim(
+                file.id,
+                served.sha256,
+                revision.commit_id,
+                grant.user_id,
+                grant.id,
+                method,
+                int(expires_at.timestamp()),
+                ticket_id,
+                served.staged,
+                lease is not None,
             )
-            .scalar_one()
-        )
+            url = self.storage.presign(served.key, method=method, expires_at=expires_at)
+            url = url or self.signer.url(base_url, claim, file.path)
+            self._audit_ticket(session, access, revision, file, served, grant, claim, expires_at)
+            session.commit()
+        except BaseException:
+            if lease is not None:  # nothing was issued: give the slot back at once
+                self._release(lease)
+            raise
+        return Ticket(url, file, served, revision.commit_id, limit)
+
+    def _insert_ticket(
+        self,
+        session: Session,
+        grant: GrantRow,
+        file: FileRow,
+        served: Served,
+        method: str,
+        now: datetime,
+        expires_at: datetime,
+    ) -> int:
+        """Write the ticket row first: its id names the download's lease."""
+        values = {
+            "grant_id": grant.id,
+            "file_id": file.id,
+            "method": method,
+            "issued_at": now,
+            "expires_at": expires_at,
+            "size": served.size,
+        }
+        ticket_id: int = session.connection().execute(INSERT_TICKET, values).scalar_one()
+        return ticket_id
+
+    def _audit_ticket(
+        self,
+        session: Session,
+        access: WeightsAccess,
+        revision: RevisionRow,
+        file: FileRow,
+        served: Served,
+        grant: GrantRow,
+        claim: BlobClaim,
+        expires_at: datetime,
+    ) -> None:
         self.audit.record(
             session,
             AuditAction.DOWNLOAD_ISSUE,
@@ -396,19 +501,18 @@ class DownloadService:
             model_id=access.model.id,
             effect="allow",
             payload={
-                "ticket_id": ticket_id,
+                "ticket_id": claim.ticket_id,
                 "grant_id": grant.id,
                 "tier": grant.tier,
                 "commit": revision.commit_id,
                 "path": file.path,
-                "sha256": file.sha256,
-                "size": file.size,
-                "method": method,
+                "sha256": served.sha256,
+                "size": served.size,
+                "staged": served.staged,
+                "method": claim.method,
                 "expires_at": expires_at,
             },
         )
-        session.commit()
-        return Ticket(url, file, revision.commit_id, limit)
 
     def open_blob(
         self,
@@ -420,9 +524,11 @@ class DownloadService:
         filename: str,
         now: datetime,
     ) -> Blob:
-        """Check a signed blob URL (signature, expiry, method) and find its file: one DB read.
+        """Check a signed blob URL (signature, expiry, method) and find its object: one DB read.
 
-        No grant is consulted: a signed URL carries its own authority until it expires.
+        No grant is consulted: a signed URL carries its own authority until it expires, except
+        that a staged copy deleted by the sweep (its grant ended) is gone for good. A GET
+        refused after the signature held ends the download, and with it the ticket's lease.
         """
         if claim is None or not signature:
             raise Forbidden(
@@ -430,17 +536,60 @@ class DownloadService:
             )
         if not self.signer.verify(claim, signature):
             raise Forbidden("This blob URL's signature is invalid; fetch the file via /resolve.")
+        try:
+            return self._blob(session, claim, method, filename, now)
+        except AirlockError:
+            if method == "GET":
+                self.end_download(claim)
+            raise
+
+    def end_download(self, claim: BlobClaim) -> None:
+        """A /blobs download of a leased ticket ended (completed or failed): free its slot."""
+        if claim.leased:
+            self._release(_ended_lease(claim.grant_id, claim.ticket_id))
+
+    def _blob(
+        self, session: Session, claim: BlobClaim, method: str, filename: str, now: datetime
+    ) -> Blob:
         if claim.expires <= now.timestamp():
             raise Forbidden("This blob URL has expired; fetch the file again via /resolve.")
         if not claim.permits(method):
             raise Forbidden(f"This blob URL was signed for {claim.method}, not {method}.")
-        row = load_file_with_commit(session.connection(), claim.file_id)
-        if row is None or row[0].sha256 != claim.sha256 or row[1] != claim.commit:
+        conn = session.connection()
+        if claim.staged:
+            staged = load_staged_blob(conn, claim.grant_id, claim.file_id)
+            if staged is None:
+                raise Forbidden(COPY_GONE)
+            file, commit = staged.file, staged.commit
+            served = Served(staged.key, staged.sha256, staged.size, staged=True)
+        else:
+            row = load_file_with_commit(conn, claim.file_id)
+            if row is None:
+                raise Forbidden("This blob URL no longer matches a stored file.")
+            file, commit = row
+            served = Served.original(file)
+        if served.sha256 != claim.sha256 or commit != claim.commit:
             raise Forbidden("This blob URL no longer matches a stored file.")
-        file, commit = row
         if filename != file.path.rsplit("/", 1)[-1]:
             raise Forbidden("This blob URL's file name does not match its signature.")
-        return Blob(file, commit, self.storage.local_path(file.storage_key))
+        return Blob(file, commit, served, self._local_path(served, file), claim)
+
+    def _local_path(self, served: Served, file: FileRow) -> Path:
+        path = self.storage.local_path(served.key)
+        if path is None:
+            raise NotFound("this deployment serves files from its object store, not /blobs")
+        if not path.is_file():
+            if served.staged:  # the sweep deletes the object before its row
+                raise Forbidden(COPY_GONE)
+            raise ArtifactMissing(f"the bytes of {file.path} are missing from storage")
+        return path
+
+    def _release(self, lease: Lease) -> None:
+        """Give a lease back; if the limiter cannot answer, the lease expires on its own."""
+        try:
+            self.limiter.release(lease)
+        except LimiterUnavailable:
+            log.warning("could not release lease %s; it expires on its own", lease.key)
 
     def _charge(
         self,
@@ -448,14 +597,28 @@ class DownloadService:
         principal: Principal,
         model: ModelRow,
         grant: GrantRow,
-        tier: Tier,
-        file: FileRow,
-        method: str,
+        dims: list[Dimension],
     ) -> LimitResult | None:
-        dims = _dimensions(grant, tier, file, method)
+        """Admit every dimension at once, or refuse (audited); an unreachable limiter refuses."""
         if not dims:
             return None
-        result = self.limiter.acquire(dims)
+        try:
+            result = self.limiter.acquire(dims)
+        except LimiterUnavailable:
+            self._audit_refusal(
+                session,
+                principal,
+                model,
+                grant,
+                {
+                    "code": "rate_limiter_unavailable",
+                    "effect": "deny",
+                    "rule": f"tiers[{grant.tier}].limits",
+                    "message": "The rate limiter could not be reached, so the download was "
+                    "refused rather than let through uncounted; try again shortly.",
+                },
+            )
+            raise
         if not result.allowed:
             refused = result.refused
             assert refused is not None
@@ -472,13 +635,34 @@ class DownloadService:
         result: LimitResult,
     ) -> None:
         never = result.retry_after == float("inf")
-        message = (
-            f"The file is larger than the tier's whole {refused.name} limit."
-            if never
-            else f"The tier's {refused.name} limit ({refused.quota}) is used up; "
-            f"more becomes available in {_human_wait(result.retry_after)}."
+        message = _refusal_message(refused, result.retry_after)
+        self._audit_refusal(
+            session,
+            principal,
+            model,
+            grant,
+            {
+                "code": "concurrent_downloads_exceeded"
+                if isinstance(refused, Lease)
+                else "rate_limited",
+                "effect": "deny",
+                "rule": f"tiers[{grant.tier}].limits.{refused.name}",
+                "message": message,
+            },
         )
-        session.rollback()  # nothing was written yet; the refusal is audited on its own
+        retry = DAY if never else retry_after_seconds(result)
+        raise RateLimited(message, retry_after=retry, headers=ratelimit_headers(result))
+
+    def _audit_refusal(
+        self,
+        session: Session,
+        principal: Principal,
+        model: ModelRow,
+        grant: GrantRow,
+        reason: dict[str, str],
+    ) -> None:
+        """Audit a limit refusal on its own: the request's ticket is rolled back first."""
+        session.rollback()
         self.audit.record(
             session,
             AuditAction.DOWNLOAD_DENY,
@@ -487,21 +671,9 @@ class DownloadService:
             subject_user_id=principal.user_id,
             model_id=model.id,
             effect="deny",
-            payload={
-                "grant_id": grant.id,
-                "reasons": [
-                    {
-                        "code": "rate_limited",
-                        "effect": "deny",
-                        "rule": f"tiers[{grant.tier}].limits",
-                        "message": message,
-                    }
-                ],
-            },
+            payload={"grant_id": grant.id, "reasons": [reason]},
         )
         session.commit()
-        retry = DAY if never else max(1, int(result.retry_after + 0.999))
-        raise RateLimited(message, retry_after=retry, headers=ratelimit_headers(result))
 
 
 def _usable_grants(
@@ -523,11 +695,15 @@ def _usable_grants(
     return usable
 
 
-def _dimensions(grant: GrantRow, tier: Tier, file: FileRow, method: str) -> list[Dimension]:
-    """Downloads and bytes per day are charged on GET only (HEAD carries no bytes)."""
+def _dimensions(
+    grant: GrantRow, tier: Tier, size: int, method: str, lease: Lease | None
+) -> list[Dimension]:
+    """Downloads and bytes per day (reserved from the served file's size) and the concurrency
+    lease, all charged on GET only (HEAD carries no bytes). The lease comes last: Hub clients
+    read the first `RateLimit` item."""
     if method != "GET":
         return []
-    dims = []
+    dims: list[Dimension] = []
     if tier.limits.downloads_per_day:
         dims.append(
             Dimension(
@@ -544,11 +720,52 @@ def _dimensions(grant: GrantRow, tier: Tier, file: FileRow, method: str) -> list
                 "bytes_per_day",
                 tier.limits.bytes_per_day,
                 DAY,
-                cost=max(1, file.size),
+                cost=max(1, size),
                 unit="content-bytes",
             )
         )
+    if lease is not None:
+        dims.append(lease)
     return dims
+
+
+def _lease(grant: GrantRow, tier: Tier, ticket_id: int, ttl: timedelta) -> Lease | None:
+    """The ticket's concurrency slot, held while its signed URL lives (or until released)."""
+    quota = tier.limits.concurrent_downloads
+    if quota is None:
+        return None
+    return Lease(
+        _lease_key(grant.id),
+        "concurrent_downloads",
+        quota,
+        ttl.total_seconds(),
+        id=str(ticket_id),
+    )
+
+
+def _ended_lease(grant_id: int, ticket_id: int) -> Lease:
+    """The lease of a ticket, as releasing it needs it (key and id)."""
+    return Lease(_lease_key(grant_id), "concurrent_downloads", 0, 1.0, id=str(ticket_id))
+
+
+def _lease_key(grant_id: int) -> str:
+    return f"grant:{grant_id}:concurrent_downloads"
+
+
+def _refusal_message(refused: Dimension, wait: float) -> str:
+    """The sentence a researcher reads when `refused` has no room."""
+    if isinstance(refused, Lease):
+        plural = "download is" if refused.quota == 1 else "downloads are"
+        return (
+            f"{refused.quota} {plural} already in progress for this grant (the tier's "
+            f"concurrent_downloads limit); wait for one to finish."
+        )
+    if wait == float("inf"):
+        return f"The file is larger than the tier's whole {refused.name} limit."
+    return (
+        f"The tier's {refused.name} limit ({refused.quota}) is used up; "
+        f"more becomes available in {_human_wait(wait)}."
+    )
 
 
 def apply_url_for(base_url: str, model: ModelRow) -> str:
@@ -557,22 +774,43 @@ def apply_url_for(base_url: str, model: ModelRow) -> str:
 
 
 def ratelimit_headers(result: LimitResult | None) -> dict[str, str]:
-    """IETF draft `RateLimit-Policy` and `RateLimit` structured-field headers."""
+    """IETF draft `RateLimit-Policy` and `RateLimit` structured-field headers.
+
+    A concurrency lease has no window (`w`): its policy item is `q` with
+    `qu="concurrent-requests"`, and its `t` says when to check again (a slot frees whenever a
+    download ends, so no reset time is known).
+    """
     if result is None or not result.states:
         return {}
-    policy = ", ".join(
-        f'"{s.dimension.name}";q={s.dimension.quota};w={s.dimension.window}'
-        + (f';qu="{s.dimension.unit}"' if s.dimension.unit != "requests" else "")
-        for s in result.states
-    )
+    policy = ", ".join(_policy_item(s.dimension) for s in result.states)
     current = ", ".join(
-        f'"{s.dimension.name}";r={s.remaining};t={max(0, int(s.reset_after))}'
-        for s in result.states
+        f'"{s.dimension.name}";r={s.remaining};t={_reset_seconds(s)}' for s in result.states
     )
     headers = {"RateLimit-Policy": policy, "RateLimit": current}
     if not result.allowed:
-        headers["Retry-After"] = str(max(1, int(min(result.retry_after, DAY) + 0.999)))
+        headers["Retry-After"] = str(retry_after_seconds(result))
     return headers
+
+
+def retry_after_seconds(result: LimitResult) -> int:
+    """Whole seconds to wait before retrying a refusal (at most a day)."""
+    wait = min(result.retry_after, DAY)
+    if isinstance(result.refused, Lease):
+        wait = min(wait, LEASE_RETRY_AFTER)
+    return max(1, int(wait + 0.999))
+
+
+def _policy_item(dim: Dimension) -> str:
+    if isinstance(dim, Lease):
+        return f'"{dim.name}";q={dim.quota};qu="{dim.unit}"'
+    unit = f';qu="{dim.unit}"' if dim.unit != "requests" else ""
+    return f'"{dim.name}";q={dim.quota};w={int(dim.window)}{unit}'
+
+
+def _reset_seconds(state: DimensionState) -> int:
+    if isinstance(state.dimension, Lease):
+        return 0 if state.remaining else min(int(state.reset_after), LEASE_RETRY_AFTER)
+    return max(0, int(state.reset_after))
 
 
 def with_request_facts(subject: Subject, grant: GrantRow) -> Subject:

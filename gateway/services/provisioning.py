@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.db.models import Grant, GrantStatus, Revision, RevisionFile, StagedFile, utcnow
-from gateway.errors import ArtifactMissing
+from gateway.errors import ArtifactMissing, ServiceUnavailable
 from gateway.services.policy import PolicyService
 from gateway.storage import Storage, StoredObject
 from gateway.tasks import TaskRunner, enqueue_after_commit
@@ -35,6 +35,13 @@ def staged_key(org_id: int, grant_id: int, file_id: int) -> str:
 def temp_key(key: str) -> str:
     """The temporary object a copy is written to before it is published under `key`."""
     return key + TEMP_SUFFIX
+
+
+class ProvisioningPending(ServiceUnavailable):
+    """A fingerprinting grant's copies are still being prepared; the download waits (503)."""
+
+    code = "provisioning_pending"
+    title = "Provisioning under way"
 
 
 class StagingRace(Exception):
@@ -70,12 +77,13 @@ class Staging:
     provisioned: bool
     key: str | None
     sha256: str | None
+    size: int | None
 
 
 _grants = Grant.__table__.c
 _staged = StagedFile.__table__.c
 STAGING = (
-    select(_grants.provisioned_at, _staged.storage_key, _staged.sha256)
+    select(_grants.provisioned_at, _staged.storage_key, _staged.sha256, _staged.size)
     .select_from(
         Grant.__table__.outerjoin(
             StagedFile.__table__,
@@ -89,7 +97,7 @@ STAGING = (
 def load_staging(conn: Connection, grant_id: int, file_id: int) -> Staging | None:
     """The grant's provisioning state and its copy of `file_id` (one indexed read)."""
     row = conn.execute(STAGING, {"grant_id": grant_id, "file_id": file_id}).first()
-    return None if row is None else Staging(row[0] is not None, row[1], row[2])
+    return None if row is None else Staging(row[0] is not None, row[1], row[2], row[3])
 
 
 def fingerprinted_copy(source: BinaryIO) -> BinaryIO:

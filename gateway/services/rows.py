@@ -38,6 +38,7 @@ from gateway.db.models import (
     PolicyVersion,
     Revision,
     RevisionFile,
+    StagedFile,
     User,
 )
 
@@ -52,6 +53,7 @@ _files = RevisionFile.__table__.c
 _grants = Grant.__table__.c
 _requests = AccessRequest.__table__.c
 _kyc = KycVerification.__table__.c
+_staged = StagedFile.__table__.c
 _affiliation = Organization.__table__.alias("affiliation")
 _head = Revision.__table__.alias("head")
 _newest = KycVerification.__table__.alias("newest").c
@@ -198,6 +200,28 @@ FILE_WITH_COMMIT = (
     )
     .select_from(RevisionFile.__table__.join(Revision.__table__))
     .where(_files.id == bindparam("file_id"))
+)
+
+# A grant's staged copy of a file, with the file and its commit: what a staged /blobs URL serves.
+STAGED_WITH_COMMIT = (
+    select(
+        _files.id,
+        _files.path,
+        _files.size,
+        _files.sha256,
+        _files.git_oid,
+        _files.storage_key,
+        _revisions.commit_id,
+        _staged.storage_key,
+        _staged.sha256,
+        _staged.size,
+    )
+    .select_from(
+        StagedFile.__table__.join(RevisionFile.__table__, _files.id == _staged.file_id).join(
+            Revision.__table__, _revisions.id == _files.revision_id
+        )
+    )
+    .where(_staged.grant_id == bindparam("grant_id"), _staged.file_id == bindparam("file_id"))
 )
 
 
@@ -350,6 +374,25 @@ def load_file_with_commit(conn: Connection, file_id: int) -> tuple[FileRow, str]
     """A file by id and the commit id of its revision, or None."""
     row = conn.execute(FILE_WITH_COMMIT, {"file_id": file_id}).first()
     return (FileRow(*row[:6]), row[6]) if row is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlob:
+    """A grant's staged copy of a file (its own key, sha256 and size), the file and its commit."""
+
+    file: FileRow
+    commit: str
+    key: str
+    sha256: str
+    size: int
+
+
+def load_staged_blob(conn: Connection, grant_id: int, file_id: int) -> StagedBlob | None:
+    """The grant's recorded copy of `file_id`, or None (never staged, or swept)."""
+    row = conn.execute(STAGED_WITH_COMMIT, {"grant_id": grant_id, "file_id": file_id}).first()
+    if row is None:
+        return None
+    return StagedBlob(FileRow(*row[:6]), row[6], row[7], row[8], row[9])
 
 
 class FileIndex:

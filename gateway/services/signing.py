@@ -12,11 +12,19 @@ from urllib.parse import quote, urlencode
 
 METHODS_ALLOWED = {"GET": frozenset({"GET", "HEAD"}), "HEAD": frozenset({"HEAD"})}
 HEX = re.compile(r"[0-9a-f]+")
+ORIGINAL, STAGED = "original", "staged"
+FLAGS = {"0": False, "1": True}
 
 
 @dataclass(frozen=True)
 class BlobClaim:
-    """What a blob URL authorizes: one method on one file of a commit, for a grant, until exp."""
+    """What a blob URL authorizes: one method on one object of a file, for a grant, until exp.
+
+    The object is the file's original or, when `staged`, the grant's own staged copy of it
+    (so a URL for one grant's copy never serves another grant's copy or the original).
+    `ticket_id` names the download ticket; when `leased`, the ticket holds a concurrency lease
+    that ends with the download.
+    """
 
     file_id: int
     sha256: str
@@ -25,12 +33,15 @@ class BlobClaim:
     grant_id: int
     method: str
     expires: int
+    ticket_id: int = 0
+    staged: bool = False
+    leased: bool = False
 
     def message(self) -> bytes:
         """The exact bytes the signature covers."""
         return "|".join(
             [
-                "airlock-blob-v1",
+                "airlock-blob-v2",
                 str(self.file_id),
                 self.sha256,
                 self.commit,
@@ -38,12 +49,29 @@ class BlobClaim:
                 str(self.grant_id),
                 self.method,
                 str(self.expires),
+                str(self.ticket_id),
+                STAGED if self.staged else ORIGINAL,
+                "1" if self.leased else "0",
             ]
         ).encode()
 
     def permits(self, method: str) -> bool:
         """A GET-signed URL serves GET and HEAD; a HEAD-signed one only HEAD."""
         return method in METHODS_ALLOWED.get(self.method, frozenset())
+
+    def query(self) -> dict[str, str]:
+        """The URL query stating this claim (the signature is added by the signer)."""
+        return {
+            "c": self.commit,
+            "h": self.sha256,
+            "u": str(self.user_id),
+            "g": str(self.grant_id),
+            "m": self.method,
+            "e": str(self.expires),
+            "t": str(self.ticket_id),
+            "o": STAGED if self.staged else ORIGINAL,
+            "l": "1" if self.leased else "0",
+        }
 
     @classmethod
     def from_query(cls, file_id: int, query: Mapping[str, str]) -> BlobClaim | None:
@@ -57,6 +85,9 @@ class BlobClaim:
                 int(query["g"]),
                 query["m"],
                 int(query["e"]),
+                int(query["t"]),
+                {ORIGINAL: False, STAGED: True}[query["o"]],
+                FLAGS[query["l"]],
             )
         except (KeyError, ValueError):
             return None
@@ -82,17 +113,7 @@ class BlobSigner:
 
     def url(self, base_url: str, claim: BlobClaim, filename: str) -> str:
         """The absolute blob URL carrying its own authority."""
-        query = urlencode(
-            {
-                "c": claim.commit,
-                "h": claim.sha256,
-                "u": claim.user_id,
-                "g": claim.grant_id,
-                "m": claim.method,
-                "e": claim.expires,
-                "s": self.signature(claim),
-            }
-        )
+        query = urlencode({**claim.query(), "s": self.signature(claim)})
         name = quote(filename.rsplit("/", 1)[-1], safe="")
         return f"{base_url.rstrip('/')}/blobs/{claim.file_id}/{name}?{query}"
 

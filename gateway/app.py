@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
 
 from flask import Flask, Response, g, request
@@ -15,11 +16,15 @@ from gateway.api.auth import TokenAuthenticator
 from gateway.api.context import close_session, db
 from gateway.api.errors import render, render_http, render_unexpected
 from gateway.errors import AirlockError, InvalidCredentials
+from gateway.observability import metrics
+from gateway.observability.logs import REQUEST_ID, configure_logging
+from gateway.observability.readiness import ReadinessProbe
 from gateway.services.container import Airlock, build_airlock
 from gateway.services.principal import Principal
 from gateway.settings import Settings, load_settings
 
 REQUEST_ID_HEADERS = ("X-Request-Id", "X-Amzn-Trace-Id")
+access_log = logging.getLogger("gateway.access")
 
 
 def create_app(settings: Settings | None = None, *, airlock: Airlock | None = None) -> Flask:
@@ -35,15 +40,19 @@ def create_app(settings: Settings | None = None, *, airlock: Airlock | None = No
     app.session_interface = NoCookieSessions()
     app.extensions["airlock"] = services
     app.extensions["airlock_auth"] = TokenAuthenticator(_authenticator(services))
+    app.extensions["airlock_readiness"] = ReadinessProbe(services)
+    metrics.check_mode(services.settings.metrics_dir)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     app.before_request(_assign_request_id)
     app.after_request(_finish_response)
+    app.after_request(_observe)
+    app.teardown_request(_leave_request)
     app.teardown_appcontext(close_session)
     app.register_error_handler(AirlockError, render)
     app.register_error_handler(HTTPException, render_http)
     app.register_error_handler(Exception, render_unexpected)
-    logging.getLogger("gateway").setLevel(services.settings.log_level)
+    configure_logging(log_format=services.settings.log_format, level=services.settings.log_level)
     return app
 
 
@@ -72,8 +81,12 @@ def _authenticator(services: Airlock) -> Callable[[str], Principal | None]:
 
 
 def _assign_request_id() -> None:
+    g.started = time.perf_counter()
+    g.surface = metrics.surface_of(request.blueprint)
+    metrics.HTTP_IN_PROGRESS.labels(g.surface).inc()
     incoming = next((request.headers[h] for h in REQUEST_ID_HEADERS if h in request.headers), "")
     g.request_id = incoming[:128] if incoming.isprintable() and incoming else secrets.token_hex(12)
+    g.request_id_token = REQUEST_ID.set(g.request_id)
 
 
 def _finish_response(response: Response) -> Response:
@@ -81,3 +94,39 @@ def _finish_response(response: Response) -> Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def _observe(response: Response) -> Response:
+    """Count the request and write its access-log line (the path only: queries hold signatures)."""
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    surface = g.get("surface", "other")
+    metrics.observe_request(surface, request.method, response.status_code, seconds)
+    caller = g.get("principal")
+    access_log.info(
+        "%s %s %s %.1fms",
+        request.method,
+        request.path,
+        response.status_code,
+        seconds * 1000,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 2),
+            "surface": surface,
+            "principal_id": caller.user_id if caller is not None else None,
+            "request_id": g.get("request_id"),
+        },
+    )
+    return response
+
+
+def _leave_request(_exc: BaseException | None = None) -> None:
+    if "surface" in g:
+        metrics.HTTP_IN_PROGRESS.labels(g.surface).dec()
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        try:
+            REQUEST_ID.reset(token)
+        except ValueError:  # torn down in another context than it was set in
+            REQUEST_ID.set(None)

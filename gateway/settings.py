@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "./var/airlock"
+LOG_FORMATS = ("json", "text")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Settings:
     blob_url_ttl_seconds: int = 600
     token_ttl_days: int = 90
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_dir: Path | None = None
+    metrics_token: str | None = field(default=None, repr=False)
+    worker_metrics_port: int | None = None
+    readyz_timeout: float = 1.0
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced (for tests and the demo)."""
@@ -60,7 +66,22 @@ def load_settings(
         max_body_bytes=int(env.get("AIRLOCK_MAX_BODY_BYTES", 1024 * 1024)),
         blob_url_ttl_seconds=int(env.get("AIRLOCK_BLOB_URL_TTL", 600)),
         log_level=env.get("AIRLOCK_LOG_LEVEL", "INFO"),
+        log_format=_one_of(
+            env.get("AIRLOCK_LOG_FORMAT") or "text", "AIRLOCK_LOG_FORMAT", LOG_FORMATS
+        ),
+        # prometheus_client reads this variable itself, when it loads: it is the one name both
+        # must agree on, so Airlock reads it too rather than inventing its own.
+        metrics_dir=Path(d) if (d := env.get("PROMETHEUS_MULTIPROC_DIR")) else None,
+        metrics_token=env.get("AIRLOCK_METRICS_TOKEN") or None,
+        worker_metrics_port=int(p) if (p := env.get("AIRLOCK_WORKER_METRICS_PORT")) else None,
+        readyz_timeout=int(env.get("AIRLOCK_READYZ_TIMEOUT_MS", 1000)) / 1000,
     )
+
+
+def _one_of(value: str, name: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
 
 
 def _csv(value: str | None) -> tuple[str, ...]:

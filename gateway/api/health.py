@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
-from sqlalchemy import text
+import hmac
 
-from gateway.api.context import db
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from gateway.api.context import airlock
+from gateway.api.errors import problem
 from gateway.api.spec import openapi_document
+from gateway.observability.metrics import exposition
+from gateway.observability.readiness import ReadinessProbe
 
 bp = Blueprint("health", __name__)
 
@@ -19,9 +23,36 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Readiness: the database answers (an error here becomes 503 via the error table)."""
-    db().execute(text("SELECT 1"))
-    return jsonify({"status": "ready"})
+    """Readiness: database, Redis, storage and broker each answered within the timeout."""
+    probe: ReadinessProbe = current_app.extensions["airlock_readiness"]
+    result = probe.run()
+    response = jsonify(result.to_dict())
+    if not result.ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics of this process, or of every process sharing the metrics directory."""
+    settings = airlock().settings
+    if settings.metrics_token and not _bearer_matches(settings.metrics_token):
+        response = problem(
+            401,
+            "Authentication required",
+            "/metrics needs its bearer token",
+            "authentication_required",
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="airlock-metrics"'
+        return response
+    body, content_type = exposition(settings.metrics_dir)
+    return Response(body, content_type=content_type)
+
+
+def _bearer_matches(token: str) -> bool:
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token.encode())
 
 
 @bp.get("/api/v1/openapi.json")

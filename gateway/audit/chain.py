@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.models import AuditEvent, AuditHead, Base, utcnow
+from gateway.observability.metrics import count_decision
 
 DOMAIN = b"airlock-audit-v1\x00"
 GENESIS_HASH = "0" * 64
@@ -166,6 +167,8 @@ class AuditRecorder:
         row["entry_hash"] = digest = entry_hash(prev, _body(row))
         conn.execute(APPEND_EVENT, row)
         conn.execute(MOVE_HEAD, {"new_seq": row["seq"], "new_hash": digest})
+        if effect is not None:
+            count_decision(str(action), effect, payload)
         return Appended(row["seq"], digest)
 
 

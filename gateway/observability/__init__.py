@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, JSON logs and readiness checks, free of any web framework."""

@@ -1,0 +1,190 @@
+"""Prometheus metrics of gateway and worker processes, and their exposition.
+
+The metric objects live at module level, as prometheus_client expects. Under gunicorn or a
+prefork Celery worker every process counts in its own memory unless `PROMETHEUS_MULTIPROC_DIR`
+is set before the process starts: then each process writes its samples to files in that
+directory and `exposition` merges the files of every process, dead ones included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+from gateway.ratelimit.base import Dimension, DimensionState, Lease, Limiter, LimitResult
+
+SURFACES = {
+    "access": "api",
+    "blobs": "blobs",
+    "compliance": "api",
+    "health": "health",
+    "hub": "hub",
+    "inference": "inference",
+    "publisher": "api",
+    "webhooks": "webhooks",
+    "web": "ui",
+}
+METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"})
+
+HTTP_REQUESTS = Counter(
+    "airlock_http_requests",
+    "HTTP requests answered, by surface, method and status.",
+    ["surface", "method", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "airlock_http_request_duration_seconds",
+    "Time from the request's arrival to its response headers, by surface.",
+    ["surface"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+HTTP_IN_PROGRESS = Gauge(
+    "airlock_http_requests_in_progress",
+    "Requests being handled now, by surface.",
+    ["surface"],
+    multiprocess_mode="livesum",
+)
+DECISIONS = Counter(
+    "airlock_decisions",
+    "Audited decisions, by audit action and effect.",
+    ["action", "effect"],
+)
+DECISION_REASONS = Counter(
+    "airlock_decision_reasons",
+    "Reasons given in audited decisions, by audit action, decision effect and reason code.",
+    ["action", "effect", "reason"],
+)
+LIMITER_SECONDS = Histogram(
+    "airlock_ratelimit_check_duration_seconds",
+    "Time of one rate-limiter admission, by outcome (allowed, refused, unavailable).",
+    ["outcome"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+TASKS = Counter(
+    "airlock_tasks",
+    "Background task runs finished, by task name and outcome (success, failure, retry, ...).",
+    ["task", "outcome"],
+)
+TASK_SECONDS = Histogram(
+    "airlock_task_duration_seconds",
+    "Run time of background tasks, by task name.",
+    ["task"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
+)
+
+
+def surface_of(blueprint: str | None) -> str:
+    """The metrics surface of a request handled by `blueprint` (unrouted requests: "other")."""
+    return SURFACES.get(blueprint or "", "other")
+
+
+def observe_request(surface: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered request and its duration."""
+    verb = method if method in METHODS else "other"
+    HTTP_REQUESTS.labels(surface, verb, str(status)).inc()
+    HTTP_SECONDS.labels(surface).observe(seconds)
+
+
+def count_decision(action: str, effect: str, payload: Mapping[str, Any] | None) -> None:
+    """Count one audited decision and each of its reasons' codes."""
+    DECISIONS.labels(action, effect).inc()
+    for code in _reason_codes(payload or {}):
+        DECISION_REASONS.labels(action, effect, code).inc()
+
+
+def _reason_codes(payload: Mapping[str, Any]) -> list[str]:
+    decision = payload.get("decision")
+    reasons = payload.get("reasons")
+    if reasons is None and isinstance(decision, Mapping):
+        reasons = decision.get("reasons")
+    if not isinstance(reasons, Sequence):
+        return []
+    return [str(r.get("code"))[:64] for r in reasons if isinstance(r, Mapping) and r.get("code")]
+
+
+def count_task(task: str, outcome: str) -> None:
+    """Count one finished task run."""
+    TASKS.labels(task, outcome).inc()
+
+
+class InstrumentedLimiter:
+    """A Limiter that times every admission; everything else passes straight through."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.inner = limiter
+
+    def acquire(self, dimensions: Sequence[Dimension]) -> LimitResult:
+        """Admit through the wrapped limiter, recording how long it took and its outcome."""
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            result = self.inner.acquire(dimensions)
+            outcome = "allowed" if result.allowed else "refused"
+            return result
+        finally:
+            LIMITER_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+
+    def release(self, lease: Lease) -> None:
+        """Give a lease back."""
+        self.inner.release(lease)
+
+    def adjust(self, dimension: Dimension, delta: int) -> DimensionState:
+        """Charge or refund units."""
+        return self.inner.adjust(dimension, delta)
+
+    def close(self) -> None:
+        """Release the wrapped limiter's connections."""
+        self.inner.close()
+
+
+def multiprocess_enabled() -> bool:
+    """Whether prometheus_client writes samples to files (PROMETHEUS_MULTIPROC_DIR at start)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def check_mode(metrics_dir: Path | None) -> None:
+    """Refuse a configuration where the settings and prometheus_client disagree on the mode."""
+    if metrics_dir is not None and not multiprocess_enabled():
+        raise RuntimeError(
+            "PROMETHEUS_MULTIPROC_DIR was not in the environment when prometheus_client loaded"
+        )
+    if metrics_dir is not None and not metrics_dir.is_dir():
+        raise RuntimeError(f"the metrics directory {metrics_dir} does not exist")
+
+
+def exposition(metrics_dir: Path | None) -> tuple[bytes, str]:
+    """The text exposition of this process, or of every process sharing `metrics_dir`."""
+    registry = REGISTRY if metrics_dir is None else multiprocess_registry(metrics_dir)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def multiprocess_registry(metrics_dir: Path) -> CollectorRegistry:
+    """A registry merging the sample files of every process under `metrics_dir`."""
+    registry = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    return registry
+
+
+def reset_metrics_dir(metrics_dir: Path) -> None:
+    """Create `metrics_dir` and drop sample files of an earlier run (start of a server only)."""
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def process_exited(metrics_dir: Path, pid: int) -> None:
+    """Forget the live gauges of a process that exited; its counters stay in the totals."""
+    prometheus_multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]

@@ -17,6 +17,7 @@ from gateway.settings import Settings
 from gateway.tasks.broker import CeleryRunner, configure
 from gateway.tasks.catalog import QUEUES, SPECS, SWEEP_INTERVAL_SECONDS, SWEEP_TASK
 from workers.tasks import register_tasks
+from workers.telemetry import connect_telemetry
 
 
 class WorkerServices:
@@ -71,6 +72,7 @@ def make_celery(settings: Settings) -> Celery:
     register_tasks(app, services.get)
     worker_process_init.connect(services.forget_inherited, weak=False)
     worker_process_shutdown.connect(services.close, weak=False)
+    connect_telemetry(settings)
     return app
 
 

@@ -1,0 +1,77 @@
+"""A real prefork worker counts task outcomes across its pool and serves them on its port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.db.migrate import upgrade
+from gateway.tasks.catalog import SWEEP_TASK
+from tests.pg import throwaway_database
+from tests.workers.conftest import claimed_redis_db
+from tests.workers.test_worker_process import Deployment
+
+pytestmark = pytest.mark.slow
+SUCCESS = f'airlock_tasks_total{{outcome="success",task="{SWEEP_TASK}"}}'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    with claimed_redis_db() as broker_url, throwaway_database() as database_url:
+        upgrade(database_url)
+        deployment = Deployment(tmp_path, database_url, broker_url)
+        try:
+            yield deployment
+        finally:
+            for worker in deployment.workers:
+                worker.stop()
+            deployment.airlock.close()
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def sample(text: str, name: str) -> float:
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)), 0)
+
+
+def test_task_outcomes_of_every_pool_process_reach_the_metrics_port(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    port = free_port()
+    metrics_dir = tmp_path / "worker-metrics"
+    (metrics_dir).mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale")  # an earlier run's: dropped
+    deployment.env |= {
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "AIRLOCK_WORKER_METRICS_PORT": str(port),
+        "AIRLOCK_LOG_FORMAT": "json",
+    }
+    worker = deployment.start("worker", "gateway.cli", "worker", "--concurrency", "2")
+    for _ in range(4):
+        deployment.airlock.runner.send(SWEEP_TASK, {})
+    deployment.wait_for("4 sweeps counted", lambda: sample(scrape(port), SUCCESS) == 4, 60)
+    text = scrape(port)
+    assert sample(text, f'airlock_task_duration_seconds_count{{task="{SWEEP_TASK}"}}') == 4
+    pids = {p.name.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}
+    assert "999999.db" not in pids, "the worker drops sample files of an earlier run"
+    lines = [line for line in worker.output().splitlines() if line.startswith("{")]
+    assert lines, worker.output()[-2000:]
+    assert all({"ts", "level", "logger", "message"} <= json.loads(line).keys() for line in lines)

@@ -84,7 +84,7 @@ class ReadinessProbe:
             if settings.redis_url
             else None
         )
-        self._checks: dict[str, Check | None] = {
+        self.checks: dict[str, Check | None] = {
             "database": lambda: database_check(airlock.db.engine),
             "redis": self._ping_redis if self._redis is not None else None,
             "storage": airlock.storage.check,
@@ -97,14 +97,14 @@ class ReadinessProbe:
         """Run every configured check concurrently; none may take longer than the timeout."""
         deadline = time.monotonic() + self.timeout
         running = {
-            name: _Running(check) for name, check in self._checks.items() if check is not None
+            name: _Running(check) for name, check in self.checks.items() if check is not None
         }
         results = {
-            name: CheckResult("not_configured") for name, c in self._checks.items() if c is None
+            name: CheckResult("not_configured") for name, c in self.checks.items() if c is None
         }
         for name, job in running.items():
             results[name] = job.wait(deadline, self._secrets)
-        return Readiness({name: results[name] for name in self._checks})
+        return Readiness({name: results[name] for name in self.checks})
 
     def close(self) -> None:
         """Drop the Redis client's connections."""

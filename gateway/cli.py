@@ -10,7 +10,15 @@ from typing import Any
 
 import click
 
-from gateway.client import ApiClient, ApiError, LocalFile, client_from_env, repo_path, upload
+from gateway.client import (
+    ApiClient,
+    ApiError,
+    LocalFile,
+    StorageError,
+    client_from_env,
+    repo_path,
+    send_file,
+)
 from gateway.settings import Settings, load_settings
 
 endpoint_option = click.option("--endpoint", envvar="AIRLOCK_ENDPOINT", help="Airlock base URL.")
@@ -166,7 +174,13 @@ def push(
         length=total, label=f"uploading {len(files)} files", file=sys.stderr
     ) as bar:
         for file in files:
-            _call(lambda f=file: upload(client, repo_id, f, bar.update))
+            sent = _call(lambda f=file: _send(client, repo_id, f, bar.update))
+            if sent.parts_skipped:
+                click.echo(
+                    f"\nresumed {file.path}: {sent.parts_skipped} parts were already uploaded, "
+                    f"sent {sent.parts_sent}",
+                    err=True,
+                )
     manifest = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]
     revision = _call(
         lambda: client.request(
@@ -177,6 +191,13 @@ def push(
         f"{repo_id}@{revision['commit']} ({len(files)} files, {total} bytes); "
         f"vetting: {revision['vetting_status']}"
     )
+
+
+def _send(client: ApiClient, repo_id: str, file: LocalFile, report: Any) -> Any:
+    try:
+        return send_file(client, repo_id, file, report)
+    except StorageError as exc:
+        raise click.ClickException(f"{file.path}: {exc}; run push again to resume") from None
 
 
 def _scan(directory: Path) -> list[LocalFile]:

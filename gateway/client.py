@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
 CHUNK = 1024 * 1024
+PART_BATCH = 50  # part URLs asked for at a time: they expire, so not all of them up front
+PART_ATTEMPTS = 3
 
 
 class ApiError(Exception):
@@ -96,15 +100,40 @@ class LocalFile:
     sha256: str
 
 
-class _Progress:
-    """Wraps a file, reporting bytes read."""
+class StorageError(Exception):
+    """The object store refused a part PUT (its XML error, shortened)."""
 
-    def __init__(self, handle: BinaryIO, report: Callable[[int], None]) -> None:
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"object storage answered {status} to a part PUT: {body}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What pushing one file did: whether bytes were stored, and the parts sent or skipped."""
+
+    sha256: str
+    stored: bool
+    parts_sent: int = 0
+    parts_skipped: int = 0
+
+
+class _Progress:
+    """Wraps a file, reporting bytes read (at most `limit` of them)."""
+
+    def __init__(
+        self, handle: BinaryIO, report: Callable[[int], None], limit: int | None = None
+    ) -> None:
         self.handle = handle
         self.report = report
+        self.left = limit
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self.handle.read(CHUNK if size < 0 else min(size, CHUNK))
+        want = CHUNK if size < 0 else min(size, CHUNK)
+        if self.left is not None:
+            want = min(want, self.left)
+            self.left -= want
+        chunk = self.handle.read(want) if want else b""
         self.report(len(chunk))
         return chunk
 
@@ -119,3 +148,133 @@ def upload(client: ApiClient, repo_id: str, file: LocalFile, report: Callable[[i
             length=file.size,
             content_type="application/octet-stream",
         )
+
+
+def send_file(
+    client: ApiClient,
+    repo_id: str,
+    file: LocalFile,
+    report: Callable[[int], None],
+    *,
+    on_part: Callable[[int], None] | None = None,
+    concurrency: int = 4,
+) -> Sent:
+    """Send one file the way the server says: skip it, stream it, or PUT its parts to S3.
+
+    A multipart upload resumes where an earlier, interrupted push left it: parts the store
+    already holds at the right size are skipped.
+    """
+    plan = client.request(
+        "POST", f"{repo_path(repo_id)}/uploads", {"sha256": file.sha256, "size": file.size}
+    )
+    if plan["method"] == "stored":
+        report(file.size)
+        return Sent(file.sha256, stored=False)
+    if plan["method"] == "stream":
+        result = upload(client, repo_id, file, report)
+        return Sent(file.sha256, stored=bool(result["stored"]))
+    return _multipart(client, repo_id, file, plan, report, on_part, concurrency)
+
+
+def _multipart(
+    client: ApiClient,
+    repo_id: str,
+    file: LocalFile,
+    plan: dict[str, Any],
+    report: Callable[[int], None],
+    on_part: Callable[[int], None] | None,
+    concurrency: int,
+) -> Sent:
+    base = f"{repo_path(repo_id)}/uploads/{plan['upload_id']}"
+    done = {part["number"] for part in plan["uploaded"]}
+    report(sum(part["size"] for part in plan["uploaded"]))
+    missing = [n for n in range(1, plan["part_count"] + 1) if n not in done]
+    lock = threading.Lock()
+
+    def locked_report(count: int) -> None:
+        with lock:
+            report(count)
+
+    def send(part: dict[str, Any]) -> int:
+        offset = (part["number"] - 1) * plan["part_size"]
+        put_part(part["url"], file.source, offset, part["size"], locked_report)
+        return int(part["number"])
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        pending: set[Future[int]] = set()
+        try:
+            for part in _part_urls(client, base, missing):
+                pending.add(pool.submit(send, part))
+                if len(pending) >= 2 * concurrency:
+                    pending = _settle(pending, on_part, FIRST_COMPLETED)
+            _settle(pending, on_part, "ALL_COMPLETED")
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    client.request("POST", f"{base}/complete")
+    return Sent(file.sha256, stored=True, parts_sent=len(missing), parts_skipped=len(done))
+
+
+def _part_urls(client: ApiClient, base: str, numbers: list[int]) -> Iterator[dict[str, Any]]:
+    """Presigned part URLs, asked for a batch at a time as the upload goes."""
+    for start in range(0, len(numbers), PART_BATCH):
+        batch = numbers[start : start + PART_BATCH]
+        yield from client.request("POST", f"{base}/parts", {"numbers": batch})["parts"]
+
+
+def _settle(
+    pending: set[Future[int]], on_part: Callable[[int], None] | None, when: str
+) -> set[Future[int]]:
+    finished, still = wait(pending, return_when=when)
+    for future in finished:
+        number = future.result()  # re-raises a part's failure
+        if on_part is not None:
+            on_part(number)
+    return still
+
+
+def put_part(url: str, source: Path, offset: int, size: int, report: Callable[[int], None]) -> None:
+    """PUT `size` bytes of `source` from `offset` to a presigned URL (no Airlock token)."""
+    for attempt in range(1, PART_ATTEMPTS + 1):
+        sent = 0
+
+        def counted(count: int) -> None:
+            nonlocal sent
+            sent += count
+            report(count)
+
+        try:
+            _put_once(url, source, offset, size, counted)
+            return
+        except StorageError as exc:
+            report(-sent)  # a retry sends these bytes again
+            if attempt == PART_ATTEMPTS or exc.status < 500:
+                raise
+        except OSError as exc:  # URLError included: the store is unreachable
+            report(-sent)
+            if attempt == PART_ATTEMPTS:
+                raise StorageError(0, f"cannot reach object storage ({exc})") from None
+
+
+def _put_once(
+    url: str, source: Path, offset: int, size: int, report: Callable[[int], None]
+) -> None:
+    with source.open("rb") as handle:
+        handle.seek(offset)
+        req = urllib.request.Request(  # noqa: S310 (a presigned URL our gateway handed out)
+            url,
+            data=_Progress(handle, report, size),
+            method="PUT",
+            headers={
+                "Content-Length": str(size),
+                "Content-Type": "application/octet-stream",  # urllib would say form data
+                "User-Agent": "airlock-cli",
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=300) as resp:  # noqa: S310
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode("utf-8", "replace")[:300]
+            raise StorageError(exc.code, body) from None

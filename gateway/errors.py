@@ -134,8 +134,21 @@ class ServiceUnavailable(AirlockError):
     title = "Service unavailable"
 
 
+class StorageUnavailable(ServiceUnavailable):
+    """The object store cannot be reached or refuses our credentials."""
+
+    code = "storage_unavailable"
+    title = "Storage unavailable"
+
+
 class ArtifactMissing(AirlockError):
     """Stored bytes that should exist do not."""
 
     code = "artifact_missing"
     title = "Artifact missing"
+
+
+class UploadMissing(ArtifactMissing):
+    """A multipart upload the object store no longer knows (completed, aborted or expired)."""
+
+    code = "upload_missing"

@@ -29,6 +29,7 @@ STATUS: dict[type[e.AirlockError], int] = {
     e.RepoNotFound: 404,
     e.RevisionNotFound: 404,
     e.ServiceUnavailable: 503,
+    e.StorageUnavailable: 503,
 }
 HTTP_CODES = {413: "payload_too_large"}  # Werkzeug's names where a domain code already exists
 HUB_MAX_RETRY_WAIT = 60

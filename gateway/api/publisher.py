@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import BinaryIO, cast
 
 from flask import Blueprint, request
@@ -63,6 +64,72 @@ def upload_blob(org: str, name: str, sha256: str) -> s.BlobOut:
         sha256=sha256,
         stream=cast(BinaryIO, request.stream),
         max_bytes=settings.max_upload_bytes,
+    )
+    return s.BlobOut(**result)
+
+
+@endpoint(
+    bp,
+    MODEL + "/uploads",
+    "POST",
+    summary="Say how to send one file's bytes; on S3, start or resume its multipart upload",
+    body=s.UploadIn,
+    response=s.UploadOut,
+    scopes=("models:write",),
+)
+def start_upload(org: str, name: str, body: s.UploadIn) -> s.UploadOut:
+    plan = airlock().publishing.start_upload(
+        db(),
+        principal=principal(),
+        model=visible_model(org, name),
+        sha256=body.sha256,
+        size=body.size,
+        max_bytes=airlock().settings.max_upload_bytes,
+    )
+    return s.UploadOut(
+        sha256=plan.sha256,
+        size=plan.size,
+        method=plan.method,  # type: ignore[arg-type]
+        upload_id=plan.upload_id,
+        part_size=plan.part_size,
+        part_count=plan.part_count,
+        uploaded=[s.UploadedPartOut(number=p.number, size=p.size) for p in plan.uploaded],
+    )
+
+
+@endpoint(
+    bp,
+    MODEL + f"/uploads/<{ID}:upload_id>/parts",
+    "POST",
+    summary="Presigned PUT URLs for parts of a multipart upload",
+    body=s.PartUrlsIn,
+    response=s.PartUrlsOut,
+    scopes=("models:write",),
+)
+def upload_part_urls(org: str, name: str, upload_id: int, body: s.PartUrlsIn) -> s.PartUrlsOut:
+    urls, expires_at = airlock().publishing.part_urls(
+        db(),
+        principal=principal(),
+        model=visible_model(org, name),
+        upload_id=upload_id,
+        numbers=body.numbers,
+        ttl=timedelta(seconds=airlock().settings.upload_url_ttl_seconds),
+    )
+    parts = [s.PartUrlOut(number=u.number, size=u.size, url=u.url) for u in urls]
+    return s.PartUrlsOut(upload_id=upload_id, expires_at=expires_at, parts=parts)
+
+
+@endpoint(
+    bp,
+    MODEL + f"/uploads/<{ID}:upload_id>/complete",
+    "POST",
+    summary="Assemble a multipart upload once every part is in storage",
+    response=s.BlobOut,
+    scopes=("models:write",),
+)
+def complete_upload(org: str, name: str, upload_id: int) -> s.BlobOut:
+    result = airlock().publishing.complete_upload(
+        db(), principal=principal(), model=visible_model(org, name), upload_id=upload_id
     )
     return s.BlobOut(**result)
 

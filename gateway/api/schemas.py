@@ -105,6 +105,57 @@ class BlobOut(BaseModel):
     size: int | None = None
 
 
+class UploadIn(BaseModel):
+    """Ask how to send one file's bytes (starts or resumes a multipart upload on S3)."""
+
+    model_config = Strict
+    sha256: Sha256
+    size: int = Field(ge=0, le=2**50)
+
+
+class UploadedPartOut(BaseModel):
+    """A part the object store already holds."""
+
+    number: int
+    size: int
+
+
+class UploadOut(BaseModel):
+    """How to send the bytes: `stored` (nothing to send), `stream` (PUT .../blobs/{sha256}),
+    or `multipart` (PUT each missing part to a presigned URL, then complete)."""
+
+    sha256: str
+    size: int
+    method: Literal["stored", "stream", "multipart"]
+    upload_id: int | None = None
+    part_size: int | None = None
+    part_count: int = 0
+    uploaded: list[UploadedPartOut] = []
+
+
+class PartUrlsIn(BaseModel):
+    """The parts to presign, at most 100 at a time."""
+
+    model_config = Strict
+    numbers: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(min_length=1, max_length=100)
+
+
+class PartUrlOut(BaseModel):
+    """A presigned PUT URL for one part, and the exact size of that part."""
+
+    number: int
+    size: int
+    url: str
+
+
+class PartUrlsOut(BaseModel):
+    """Presigned part URLs; send no Airlock token to them."""
+
+    upload_id: int
+    expires_at: datetime
+    parts: list[PartUrlOut]
+
+
 class PolicyIn(BaseModel):
     """A release policy document (YAML text)."""
 

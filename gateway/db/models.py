@@ -368,6 +368,24 @@ class DownloadTicket(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
 
+class MultipartUpload(Base):
+    """A direct-to-storage upload of one blob in progress: the client PUTs its parts itself."""
+
+    __tablename__ = "multipart_uploads"
+    __table_args__ = (UniqueConstraint("org_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    part_size: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    storage_upload_id: Mapped[str] = mapped_column(String(1024))
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class AuditEvent(Base):
     """An append-only, hash-chained record of one decision or change."""
 

@@ -18,7 +18,7 @@ from gateway.services.publishing import PublishingService
 from gateway.services.signing import BlobSigner
 from gateway.services.sweeps import SweepService
 from gateway.settings import Settings
-from gateway.storage import Storage, storage_from_url
+from gateway.storage import Storage, storage_from_settings
 from gateway.tasks import InProcessRunner, TaskRunner
 from gateway.tasks.broker import CeleryRunner, celery_client
 from gateway.tasks.jobs import JOBS
@@ -57,7 +57,7 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
     Tasks go to Celery when a broker is configured, else run in this process after commit.
     """
     db = Database(settings.database_url)
-    storage = storage_from_url(settings.storage_url)
+    storage = storage_from_settings(settings)
     packs = load_packs()
     audit = AuditRecorder()
     limiter = InstrumentedLimiter(
@@ -66,7 +66,9 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
     signer = BlobSigner(settings.secret_key)
     in_process = InProcessRunner() if runner is None and not settings.broker_url else None
     task_runner: TaskRunner = runner or in_process or CeleryRunner(celery_client(settings))
-    publishing = PublishingService(audit=audit, storage=storage, runner=task_runner)
+    publishing = PublishingService(
+        audit=audit, storage=storage, runner=task_runner, part_size=settings.upload_part_bytes
+    )
     policies = PolicyService(audit=audit, packs=packs, publishing=publishing)
     access = AccessService(audit=audit, policies=policies, packs=packs, runner=task_runner)
     provisioning = ProvisioningService(

@@ -4,21 +4,39 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.auth.tokens import Scope
-from gateway.db.models import Model, Organization, Revision, RevisionFile, VettingStatus, utcnow
-from gateway.errors import Conflict, InvalidInput, NotFound, RevisionNotFound
+from gateway.db.models import (
+    Model,
+    MultipartUpload,
+    Organization,
+    Revision,
+    RevisionFile,
+    VettingStatus,
+    utcnow,
+)
+from gateway.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RevisionNotFound,
+    UploadMissing,
+)
 from gateway.services.principal import Principal
-from gateway.storage import Storage
+from gateway.storage import DirectUploads, Storage, UploadedPart
 from gateway.tasks import TaskRunner, enqueue_after_commit
 from gateway.tasks.catalog import VET_TASK
 
@@ -26,6 +44,9 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 COMMIT_HEX = re.compile(r"^[0-9a-f]{40}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 MAX_PATH = 1024
+MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
+MIB = 1024 * 1024
+MIN_PART = 5 * MIB  # S3 refuses smaller parts (except the last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +134,59 @@ def commit_id_for(manifest: Sequence[ManifestEntry], parent: str | None, message
     return hashlib.sha1(b"airlock-commit-v1\x00" + body.encode(), usedforsecurity=False).hexdigest()
 
 
+@dataclass(frozen=True)
+class UploadPlan:
+    """How the client sends one blob: not at all, streamed through us, or in parts to S3."""
+
+    sha256: str
+    size: int
+    method: str  # "stored" | "stream" | "multipart"
+    upload_id: int | None = None
+    part_size: int | None = None
+    part_count: int = 0
+    uploaded: tuple[UploadedPart, ...] = ()
+
+
+@dataclass(frozen=True)
+class PartUrl:
+    """A presigned URL for one part, and the exact size that part must have."""
+
+    number: int
+    size: int
+    url: str
+
+
+def part_size_for(size: int, minimum: int) -> int:
+    """The part size of an upload: `minimum`, grown in whole MiB to stay within MAX_PARTS."""
+    needed = math.ceil(size / MAX_PARTS)
+    return max(minimum, MIN_PART, math.ceil(needed / MIB) * MIB)
+
+
+def part_count(upload: MultipartUpload) -> int:
+    """How many parts the upload has (one, possibly empty, for an empty file)."""
+    return max(1, math.ceil(upload.size / upload.part_size))
+
+
+def expected_part_size(upload: MultipartUpload, number: int) -> int:
+    """The size part `number` must have: the part size, the remainder for the last."""
+    return min(upload.part_size, upload.size - (number - 1) * upload.part_size)
+
+
 class PublishingService:
     """Creates models, stores uploaded blobs, commits revisions and schedules vetting."""
 
-    def __init__(self, *, audit: AuditRecorder, storage: Storage, runner: TaskRunner) -> None:
+    def __init__(
+        self,
+        *,
+        audit: AuditRecorder,
+        storage: Storage,
+        runner: TaskRunner,
+        part_size: int = 64 * MIB,
+    ) -> None:
         self.audit = audit
         self.storage = storage
         self.runner = runner
+        self.part_size = part_size
 
     def get_model(self, session: Session, repo_id: str) -> Model:
         """The model `org/name`, or NotFound."""
@@ -181,8 +248,199 @@ class PublishingService:
         key = blob_key(model.org_id, sha256)
         if self.storage.exists(key):
             return {"sha256": sha256, "stored": False}
+        if self.storage.direct_uploads() is not None:
+            raise Conflict(
+                "this deployment stores blobs in object storage: start a direct upload with "
+                "POST .../uploads and PUT the parts to the URLs it returns"
+            )
         stored = self.storage.put_stream(key, stream, max_bytes=max_bytes, expected_sha256=sha256)
         return {"sha256": sha256, "size": stored.size, "stored": True}
+
+    # -- direct (multipart) uploads ------------------------------------------------------------
+    def start_upload(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        model: Model,
+        sha256: str,
+        size: int,
+        max_bytes: int,
+    ) -> UploadPlan:
+        """Say how to send one blob; for S3, start or resume its multipart upload."""
+        actor = principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
+        if not SHA256_HEX.match(sha256):
+            raise InvalidInput("sha256 must be the file's lowercase hex sha256")
+        if self.storage.exists(blob_key(model.org_id, sha256)):
+            return UploadPlan(sha256, size, "stored")
+        direct = self.storage.direct_uploads()
+        if direct is None:
+            return UploadPlan(sha256, size, "stream")
+        if size > max_bytes:
+            raise PayloadTooLarge(f"upload exceeds {max_bytes} bytes")
+        upload, parts = self._resume(session, direct, model, sha256, size)
+        if upload is None:
+            upload, parts = self._begin(session, direct, model, sha256, size, actor), []
+        wanted = {n: expected_part_size(upload, n) for n in range(1, part_count(upload) + 1)}
+        done = tuple(p for p in parts if wanted.get(p.number) == p.size)
+        return UploadPlan(
+            sha256, size, "multipart", upload.id, upload.part_size, part_count(upload), done
+        )
+
+    def _resume(
+        self, session: Session, direct: DirectUploads, model: Model, sha256: str, size: int
+    ) -> tuple[MultipartUpload | None, list[UploadedPart]]:
+        """The upload of this blob already under way, and its parts; drops a stale one."""
+        upload = session.scalar(
+            select(MultipartUpload).where(
+                MultipartUpload.org_id == model.org_id, MultipartUpload.sha256 == sha256
+            )
+        )
+        if upload is None:
+            return None, []
+        if upload.size == size:
+            try:
+                return upload, direct.parts(upload.storage_key, upload.storage_upload_id)
+            except UploadMissing:
+                pass  # aborted by a lifecycle rule, say: start over
+        direct.abort(upload.storage_key, upload.storage_upload_id)
+        session.delete(upload)
+        session.commit()
+        return None, []
+
+    def _begin(
+        self,
+        session: Session,
+        direct: DirectUploads,
+        model: Model,
+        sha256: str,
+        size: int,
+        actor: int,
+    ) -> MultipartUpload:
+        key = blob_key(model.org_id, sha256)
+        upload = MultipartUpload(
+            org_id=model.org_id,
+            model_id=model.id,
+            sha256=sha256,
+            size=size,
+            part_size=part_size_for(size, self.part_size),
+            storage_key=key,
+            storage_upload_id=direct.create(key),
+            created_by_id=actor,
+            created_at=utcnow(),
+        )
+        session.add(upload)
+        try:
+            session.commit()
+        except IntegrityError:  # a concurrent push of the same blob started first
+            session.rollback()
+            direct.abort(key, upload.storage_upload_id)
+            raise Conflict(f"an upload of {sha256} started meanwhile: push again") from None
+        return upload
+
+    def part_urls(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        model: Model,
+        upload_id: int,
+        numbers: Sequence[int],
+        ttl: timedelta,
+    ) -> tuple[list[PartUrl], datetime]:
+        """Presigned PUT URLs for some parts of an upload, and when they expire."""
+        upload, direct = self._upload(session, principal, model, upload_id)
+        total = part_count(upload)
+        bad = sorted({n for n in numbers if not 1 <= n <= total})
+        if bad:
+            raise InvalidInput(
+                f"this upload has parts 1 to {total}; there is no part {bad[0]}",
+                errors=[{"path": "numbers", "message": f"no part {n}"} for n in bad[:20]],
+            )
+        expires_at = utcnow() + ttl
+        urls = [
+            PartUrl(
+                n,
+                expected_part_size(upload, n),
+                direct.part_url(
+                    upload.storage_key, upload.storage_upload_id, n, expires_at=expires_at
+                ),
+            )
+            for n in sorted(set(numbers))
+        ]
+        return urls, expires_at
+
+    def complete_upload(
+        self, session: Session, *, principal: Principal, model: Model, upload_id: int
+    ) -> dict[str, Any]:
+        """Assemble the uploaded parts once every part is there at its exact size.
+
+        The sha256 is not known here (the bytes never pass through us): the vetting task
+        re-hashes every file of a revision, and a mismatch keeps the revision unservable.
+        """
+        upload, direct = self._upload(session, principal, model, upload_id)
+        key, sha256 = upload.storage_key, upload.sha256
+        try:
+            parts = direct.parts(key, upload.storage_upload_id)
+        except UploadMissing:
+            return self._upload_gone(session, upload)
+        self._check_parts(upload, parts)
+        size = direct.complete(key, upload.storage_upload_id, sorted(parts, key=_number))
+        session.delete(upload)
+        if size != upload.size:  # the parts said otherwise: never keep such an object
+            self.storage.delete(key)
+            session.commit()
+            raise InvalidInput(f"the assembled object has {size} bytes, not {upload.size}")
+        session.commit()
+        return {"sha256": sha256, "size": size, "stored": True}
+
+    def _upload_gone(self, session: Session, upload: MultipartUpload) -> dict[str, Any]:
+        """Completed by a concurrent request, or aborted: which one, the object tells."""
+        session.delete(upload)
+        session.commit()
+        if self.storage.exists(upload.storage_key):
+            return {"sha256": upload.sha256, "stored": False}
+        raise Conflict("the upload expired or was aborted: push the file again")
+
+    def _check_parts(self, upload: MultipartUpload, parts: Sequence[UploadedPart]) -> None:
+        have = {p.number: p.size for p in parts}
+        errors = [
+            {"path": f"parts.{n}", "message": _part_problem(have.get(n), want)}
+            for n in range(1, part_count(upload) + 1)
+            if have.get(n) != (want := expected_part_size(upload, n))
+        ]
+        if errors:
+            raise InvalidInput(
+                f"{len(errors)} of {part_count(upload)} parts are missing or of the wrong size",
+                errors=errors[:50],
+            )
+
+    def _upload(
+        self, session: Session, principal: Principal, model: Model, upload_id: int
+    ) -> tuple[MultipartUpload, DirectUploads]:
+        """An upload of the model's organization, for one of its publishers; else NotFound."""
+        principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
+        upload = session.get(MultipartUpload, upload_id)
+        direct = self.storage.direct_uploads()
+        if upload is None or upload.org_id != model.org_id or direct is None:
+            raise NotFound(f"upload {upload_id} not found")
+        return upload, direct
+
+    def expire_uploads(self, session: Session, *, older_than: datetime) -> int:
+        """Abort multipart uploads started before `older_than` (abandoned pushes)."""
+        stale = session.scalars(
+            select(MultipartUpload)
+            .where(MultipartUpload.created_at < older_than)
+            .order_by(MultipartUpload.id)
+            .limit(200)
+        ).all()
+        direct = self.storage.direct_uploads()
+        for upload in stale:
+            if direct is not None:
+                direct.abort(upload.storage_key, upload.storage_upload_id)
+            session.delete(upload)
+        session.commit()
+        return len(stale)
 
     def commit(
         self,
@@ -339,3 +597,11 @@ class PublishingService:
         )
         session.commit()
         return revision
+
+
+def _number(part: UploadedPart) -> int:
+    return part.number
+
+
+def _part_problem(have: int | None, want: int) -> str:
+    return "not uploaded" if have is None else f"has {have} bytes, expected {want}"

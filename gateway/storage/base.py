@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,39 @@ class StoredObject:
     key: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    """One part of a multipart upload as the object store holds it."""
+
+    number: int
+    size: int
+    etag: str
+
+
+class DirectUploads(Protocol):
+    """Multipart uploads whose parts the client PUTs straight to the object store."""
+
+    def create(self, key: str) -> str:
+        """Start a multipart upload to `key`; its upload id."""
+        ...
+
+    def part_url(self, key: str, upload_id: str, number: int, *, expires_at: datetime) -> str:
+        """A presigned URL to PUT part `number` of the upload."""
+        ...
+
+    def parts(self, key: str, upload_id: str) -> list[UploadedPart]:
+        """The parts uploaded so far; UploadMissing if the upload is gone."""
+        ...
+
+    def complete(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> int:
+        """Assemble the parts into the object at `key`; the object's size."""
+        ...
+
+    def abort(self, key: str, upload_id: str) -> None:
+        """Discard the upload and its parts (idempotent)."""
+        ...
 
 
 class Storage(Protocol):
@@ -44,4 +78,12 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove `key` if present."""
+        ...
+
+    def check(self) -> None:
+        """A cheap readiness probe; StorageUnavailable when the backend cannot serve."""
+        ...
+
+    def direct_uploads(self) -> DirectUploads | None:
+        """Multipart uploads clients send straight to the store, or None (stream through us)."""
         ...

@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway.errors import ArtifactMissing, InvalidInput, PayloadTooLarge
-from gateway.storage.base import StoredObject
+from gateway.errors import ArtifactMissing, InvalidInput, PayloadTooLarge, StorageUnavailable
+from gateway.storage.base import DirectUploads, StoredObject
 
 CHUNK = 1024 * 1024
 
@@ -77,3 +77,12 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         """Remove the blob file if present."""
         self._path(key).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        """The root is a writable directory."""
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):
+            raise StorageUnavailable("the storage directory is not a writable directory")
+
+    def direct_uploads(self) -> DirectUploads | None:
+        """Uploads stream through the gateway into the directory."""
+        return None

@@ -8,6 +8,7 @@ write transaction would hold the database lock for the whole run.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -63,7 +64,8 @@ def provision_download(airlock: Airlock, *, grant_id: int, revision_id: int | No
 
 
 def sweep_grants(airlock: Airlock) -> None:
-    """Expire grants, delete copies of ended grants and frozen models, resend lost tasks."""
+    """Expire grants, delete copies of ended grants and frozen models, resend lost tasks,
+    abort multipart uploads abandoned for longer than the upload expiry."""
     sweeps, now = airlock.sweeps, utcnow()
     with airlock.db.session() as session:
         sweeps.expire_grants(session, now=now)
@@ -77,6 +79,9 @@ def sweep_grants(airlock: Airlock) -> None:
     with airlock.db.session() as session:
         begin_read_only(session)
         sweeps.resend_lost_work(session, now=now)
+    abandoned = now - timedelta(hours=airlock.settings.upload_expiry_hours)
+    with airlock.db.session() as session:
+        airlock.publishing.expire_uploads(session, older_than=abandoned)
 
 
 JOBS: dict[str, Callable[..., Any]] = {

@@ -25,6 +25,13 @@ class Settings:
     ratelimit_timeout: float = 0.1
     broker_url: str | None = None
     s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    upload_part_bytes: int = 64 * 1024**2
+    upload_url_ttl_seconds: int = 3600
+    upload_expiry_hours: int = 72
     trusted_proxies: tuple[str, ...] = ()
     geo_header: str | None = None
     geoip_db: str | None = None
@@ -60,6 +67,13 @@ def load_settings(
         ratelimit_timeout=int(env.get("AIRLOCK_RATELIMIT_TIMEOUT_MS", 100)) / 1000,
         broker_url=env.get("AIRLOCK_BROKER_URL") or None,
         s3_endpoint_url=env.get("AIRLOCK_S3_ENDPOINT_URL") or None,
+        s3_region=env.get("AIRLOCK_S3_REGION") or None,
+        s3_addressing_style=env.get("AIRLOCK_S3_ADDRESSING_STYLE") or "auto",
+        s3_access_key_id=env.get("AIRLOCK_S3_ACCESS_KEY_ID") or None,
+        s3_secret_access_key=env.get("AIRLOCK_S3_SECRET_ACCESS_KEY") or None,
+        upload_part_bytes=int(env.get("AIRLOCK_UPLOAD_PART_BYTES", 64 * 1024**2)),
+        upload_url_ttl_seconds=int(env.get("AIRLOCK_UPLOAD_URL_TTL", 3600)),
+        upload_expiry_hours=int(env.get("AIRLOCK_UPLOAD_EXPIRY_HOURS", 72)),
         trusted_proxies=_csv(env.get("AIRLOCK_TRUSTED_PROXIES")),
         geo_header=env.get("AIRLOCK_GEO_HEADER") or None,
         geoip_db=env.get("AIRLOCK_GEOIP_DB") or None,

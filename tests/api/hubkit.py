@@ -8,10 +8,11 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from gateway.auth.tokens import Scope
-from gateway.db.models import Grant, Model, Role
+from gateway.db.models import AuditEvent, Grant, Model, Role
 from tests.factories import Actor, World, policy_text, safetensors_bytes
 
 REPO = "acme/tiny"
@@ -38,6 +39,26 @@ def sha256(data: bytes) -> str:
 
 def bearer(actor: Actor | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {actor.token}"} if actor else {}
+
+
+def tuned_policy(
+    repo: str = REPO,
+    *,
+    downloads: int = 3,
+    concurrent: int | None = None,
+    fingerprint: bool = False,
+    ttl: str | None = None,
+) -> str:
+    """The factories' policy with the weights-auto tier tuned: a concurrent_downloads limit,
+    per-recipient copies, another signed-URL TTL."""
+    text = policy_text(repo, downloads=downloads)
+    limits, extra = "bytes_per_day: 1GB}", "    grant_ttl: 30d\n"
+    assert text.count(limits) == 1 and text.count(extra) == 1
+    if concurrent is not None:
+        text = text.replace(limits, f"bytes_per_day: 1GB, concurrent_downloads: {concurrent}}}")
+    tuned = extra + ("    fingerprint: true\n" if fingerprint else "")
+    tuned += f"    signed_url_ttl: {ttl}\n" if ttl else ""
+    return text.replace(extra, tuned)
 
 
 @dataclass
@@ -78,6 +99,21 @@ class Hub:
             self.publisher, repo, files=FILES, policy=policy_text(repo, **policy)
         )  # type: ignore[arg-type]
 
+    def apply_policy(self, source: str) -> None:
+        """Apply a new version of a model's policy as the publisher."""
+        with self.world.airlock.db.session() as s:
+            self.world.airlock.policies.apply(s, principal=self.publisher.principal, source=source)
+
+    def last_denial(self) -> AuditEvent:
+        """The newest `download:deny` audit event."""
+        with self.world.airlock.db.session() as s:
+            return s.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.action == "download:deny")
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            ).one()
+
     def researcher_token(self, scopes: list[Scope]) -> Actor:
         """Another token of the researcher, with other scopes."""
         with self.world.airlock.db.session() as s:
@@ -105,15 +141,16 @@ def fresh_model(world: World, repo: str) -> Model:
         return world.airlock.publishing.get_model(s, repo)
 
 
-def make_hub(client: FlaskClient, world: World) -> Hub:
-    """Publish acme/tiny (3 downloads a day), verify the researcher and grant them weights."""
+def make_hub(client: FlaskClient, world: World, policy: str | None = None) -> Hub:
+    """Publish acme/tiny (3 downloads a day, or `policy`), verify the researcher and grant them
+    weights."""
     world.org("acme")
     world.org("oxbridge", hq="GB")
     publisher = world.actor("pat", org="acme", role=Role.PUBLISHER)
     reviewer = world.actor("rita", org="acme", role=Role.REVIEWER)
     researcher = world.actor("rob", affiliation="oxbridge")
     outsider = world.actor("otto")
-    world.model(publisher, REPO, files=FILES, policy=policy_text(REPO, downloads=3))
+    world.model(publisher, REPO, files=FILES, policy=policy or policy_text(REPO, downloads=3))
     model = fresh_model(world, REPO)
     world.kyc(reviewer, researcher)
     grant = world.grant(researcher, model)

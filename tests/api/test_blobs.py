@@ -126,6 +126,9 @@ def test_the_url_is_reusable_until_it_expires(hub: Hub) -> None:
         ("g", "999"),
         ("e", str(int(time.time()) + 10**6)),
         ("m", "HEAD"),
+        ("t", "999"),
+        ("o", "staged"),
+        ("l", "1"),
     ],
 )
 def test_tampered_urls_are_refused(hub: Hub, param: str, value: str) -> None:
@@ -133,7 +136,7 @@ def test_tampered_urls_are_refused(hub: Hub, param: str, value: str) -> None:
     assert_forbidden(response, "signature is invalid")
 
 
-@pytest.mark.parametrize("param", ["s", "h", "c", "u", "g", "m", "e"])
+@pytest.mark.parametrize("param", ["s", "h", "c", "u", "g", "m", "e", "t", "o", "l"])
 def test_urls_missing_a_part_are_refused(hub: Hub, param: str) -> None:
     response = hub.fetch(with_query(hub.signed_url(PATH), **{param: None}))  # type: ignore[arg-type]
     assert_forbidden(response, "incomplete or malformed")
@@ -141,7 +144,17 @@ def test_urls_missing_a_part_are_refused(hub: Hub, param: str) -> None:
 
 @pytest.mark.parametrize(
     ("param", "value"),
-    [("e", "soon"), ("u", "x"), ("m", "PUT"), ("h", "Z" * 64), ("c", "abc"), ("h", "a|b")],
+    [
+        ("e", "soon"),
+        ("u", "x"),
+        ("m", "PUT"),
+        ("h", "Z" * 64),
+        ("c", "abc"),
+        ("h", "a|b"),
+        ("t", "x"),
+        ("o", "copy"),
+        ("l", "yes"),
+    ],
 )
 def test_malformed_parts_are_refused(hub: Hub, param: str, value: str) -> None:
     response = hub.fetch(with_query(hub.signed_url(PATH), **{param: value}))

@@ -35,17 +35,6 @@ HEX40 = re.compile(r"^[0-9a-f]{40}$")
 APPLY_URL = f"http://airlock.test/api/v1/models/{REPO}/access"
 
 
-def last_denial(hub: Hub) -> AuditEvent:
-    """The newest `download:deny` audit event."""
-    with hub.world.airlock.db.session() as s:
-        return s.scalars(
-            select(AuditEvent)
-            .where(AuditEvent.action == "download:deny")
-            .order_by(AuditEvent.seq.desc())
-            .limit(1)
-        ).one()
-
-
 @pytest.fixture
 def hub(client: FlaskClient, world: World) -> Hub:
     return make_hub(client, world)
@@ -388,7 +377,7 @@ def test_newly_sanctioned_nationality_is_refused_at_download_time(hub: Hub) -> N
     hub.world.kyc(hub.reviewer, hub.researcher, country="IR")
     response = hub.head(f"/{REPO}/resolve/main/config.json", hub.researcher)
     assert response.status_code == 403 and response.headers["X-Error-Code"] == "GatedRepo"
-    assert any(r["effect"] == "deny" for r in last_denial(hub).payload["reasons"])
+    assert any(r["effect"] == "deny" for r in hub.last_denial().payload["reasons"])
 
 
 def test_downloads_per_day_exhaustion_is_a_readable_refusal_and_head_is_free(hub: Hub) -> None:
@@ -423,6 +412,27 @@ def test_no_response_of_the_surface_emits_xet(hub: Hub) -> None:
             response = method(url, hub.researcher)
             assert not any(h in response.headers for h in XET_HEADERS), url
             assert "xet-auth" not in response.headers.get("Link", "")
+
+
+def test_a_limiter_that_cannot_answer_fails_closed_and_is_audited(hub: Hub) -> None:
+    """Redis refusing connections (nothing listens on the port): 503, no ticket, an audited
+    `download:deny`; HEAD consults no limiter and still answers."""
+    from gateway.ratelimit import RedisLimiter
+    from tests.e2e.live import free_port
+
+    hub.world.airlock.downloads.limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0")
+    url = f"/{REPO}/resolve/main/config.json"
+    response = hub.get(url, hub.researcher)
+    message = assert_hub_error(response, 503, None)
+    assert "rate limiter is unavailable" in message and "nothing was authorized" in message
+    assert response.headers["Retry-After"] and "Location" not in response.headers
+    denial = hub.last_denial()
+    assert denial.subject_user_id == hub.researcher.user.id and denial.effect == "deny"
+    assert denial.payload["grant_id"] == hub.grant.id
+    assert [r["code"] for r in denial.payload["reasons"]] == ["rate_limiter_unavailable"]
+    with hub.world.airlock.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(DownloadTicket)) == 0
+    assert hub.head(url, hub.researcher).status_code == 200
 
 
 def test_a_short_wait_stays_429_with_retry_after(app: Flask) -> None:
@@ -540,7 +550,7 @@ def test_a_revision_that_failed_vetting_is_refused_and_audited(hub: Hub) -> None
         response = method(url, hub.researcher)
         assert_hub_error(response, 403, "GatedRepo")
         assert "failed vetting" in response.headers["X-Error-Message"]
-    assert last_denial(hub).payload["reasons"][0]["code"] == "revision_not_vetted"
+    assert hub.last_denial().payload["reasons"][0]["code"] == "revision_not_vetted"
     with hub.world.airlock.db.session() as s:
         assert s.scalar(select(func.count()).select_from(DownloadTicket)) == 0
 

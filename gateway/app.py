@@ -82,7 +82,7 @@ def _authenticator(services: Airlock) -> Callable[[str], Principal | None]:
 
 def _assign_request_id() -> None:
     g.started = time.perf_counter()
-    g.surface = metrics.surface_of(request.blueprint)
+    g.surface = metrics.surface_of(request.endpoint)
     metrics.HTTP_IN_PROGRESS.labels(g.surface).inc()
     incoming = next((request.headers[h] for h in REQUEST_ID_HEADERS if h in request.headers), "")
     g.request_id = incoming[:128] if incoming.isprintable() and incoming else secrets.token_hex(12)

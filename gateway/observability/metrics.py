@@ -86,9 +86,14 @@ TASK_SECONDS = Histogram(
 )
 
 
-def surface_of(blueprint: str | None) -> str:
-    """The metrics surface of a request handled by `blueprint` (unrouted requests: "other")."""
-    return SURFACES.get(blueprint or "", "other")
+def surface_of(endpoint: str | None) -> str:
+    """The metrics surface of a request routed to `endpoint` ("blueprint.view"); else "other".
+
+    Scrapes of /metrics are their own surface, so they never inflate the health checks' counts.
+    """
+    if endpoint == "health.metrics":
+        return "metrics"
+    return SURFACES.get((endpoint or "").split(".", 1)[0], "other")
 
 
 def observe_request(surface: str, method: str, status: int, seconds: float) -> None:

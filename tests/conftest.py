@@ -1,4 +1,13 @@
-"""Shared fixtures: an isolated data dir and database per test, migrated once per session."""
+"""Shared fixtures: an isolated data dir and database per test.
+
+Which database: tests under `tests/services`, `tests/api` and `tests/workers` run on PostgreSQL
+(one database per pytest run, migrated once, emptied before each test); every other test that
+asks for one (the embedded path: CLI, demo server, storage) gets a copy of a migrated SQLite
+file. A test overrides its directory's default with `@pytest.mark.sqlite` or
+`@pytest.mark.postgres`, or runs once on each with `@on_both_engines` from `tests.pg`. The
+markers are set on every test that uses the `database_url` fixture, so `-m "not postgres"`
+runs without a PostgreSQL server.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,42 @@ from gateway.db.migrate import upgrade
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings, load_settings
 from tests.factories import World
+from tests.pg import ResettableDatabase, resettable_database
+
+TESTS = Path(__file__).parent
+ENGINES = ("postgres", "sqlite")
+ON_POSTGRES_BY_DEFAULT = ("services", "api", "workers")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test that uses a database with the engine it runs on."""
+    for item in items:
+        if "database_url" not in getattr(item, "fixturenames", ()):
+            continue
+        engine = _engine_of(item)
+        if not item.get_closest_marker(engine):
+            item.add_marker(engine)
+
+
+def _engine_of(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "db_engine" in callspec.params:
+        return str(callspec.params["db_engine"])
+    marked = [engine for engine in ENGINES if item.get_closest_marker(engine)]
+    if len(marked) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is marked both sqlite and postgres")
+    if marked:
+        return marked[0]
+    parts = item.path.relative_to(TESTS).parts
+    return "postgres" if parts[0] in ON_POSTGRES_BY_DEFAULT else "sqlite"
+
+
+@pytest.fixture
+def db_engine(request: pytest.FixtureRequest) -> str:
+    """`postgres` or `sqlite`: the engine this test runs on (see the module docstring)."""
+    if hasattr(request, "param"):
+        return str(request.param)
+    return "postgres" if request.node.get_closest_marker("postgres") else "sqlite"
 
 
 @pytest.fixture(scope="session")
@@ -25,13 +70,31 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[ResettableDatabase]:
+    """This run's PostgreSQL database, migrated once (skips or fails when unreachable)."""
+    with resettable_database() as database:
+        yield database
+
+
 @pytest.fixture
-def settings(tmp_path: Path, migrated_sqlite: Path) -> Settings:
-    """Settings for an isolated deployment under tmp_path."""
+def database_url(db_engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A freshly migrated, empty database of this test's engine."""
+    if db_engine == "postgres":
+        database: ResettableDatabase = request.getfixturevalue("postgres_database")
+        database.reset()
+        return database.url
+    migrated: Path = request.getfixturevalue("migrated_sqlite")
     db_path = tmp_path / "airlock.db"
-    shutil.copy(migrated_sqlite, db_path)
+    shutil.copy(migrated, db_path)
+    return f"sqlite:///{db_path}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings for an isolated deployment under tmp_path."""
     return load_settings(
-        {"AIRLOCK_DATABASE_URL": f"sqlite:///{db_path}", "AIRLOCK_SECRET_KEY": "test-secret"},
+        {"AIRLOCK_DATABASE_URL": database_url, "AIRLOCK_SECRET_KEY": "test-secret"},
         data_dir=tmp_path,
     ).with_overrides(public_url="http://airlock.test")
 

@@ -17,8 +17,8 @@ from gateway.auth.tokens import Scope
 from gateway.errors import Forbidden, InvalidInput
 
 ERROR_STATUSES = ("401", "403", "404", "409", "413", "422", "429", "503")
-MAX_ID = 2**63 - 1
-ID = f"int(max={MAX_ID})"  # use as `<{ID}:name>`: larger ids overflow 64-bit columns
+MAX_ID = 2**31 - 1  # ids are INTEGER columns: 32-bit on PostgreSQL (SQLite's are 64-bit)
+ID = f"int(max={MAX_ID})"  # use as `<{ID}:name>`: a larger id is a 404, never a query error
 CONVERTER = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 
 

@@ -118,13 +118,11 @@ def test_unknown_enum_values_are_422(api: Api, method: str, url: str, body: Any)
 
 # -- sizes -----------------------------------------------------------------------------------------
 @pytest.fixture
-def small_body_api(tmp_path: Path, migrated_sqlite: Path) -> Iterator[Api]:
+def small_body_api(tmp_path: Path, database_url: str) -> Iterator[Api]:
     """An app configured through AIRLOCK_MAX_BODY_BYTES=4096."""
-    db = tmp_path / "small.db"
-    db.write_bytes(migrated_sqlite.read_bytes())
     settings = load_settings(
         {
-            "AIRLOCK_DATABASE_URL": f"sqlite:///{db}",
+            "AIRLOCK_DATABASE_URL": database_url,
             "AIRLOCK_SECRET_KEY": "test-secret",
             "AIRLOCK_MAX_BODY_BYTES": "4096",
         },

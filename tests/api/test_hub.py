@@ -448,7 +448,7 @@ def test_a_short_wait_stays_429_with_retry_after(app: Flask) -> None:
 
 # -- SQLite transactions -------------------------------------------------------------------------
 class Writer:
-    """Another process's writer: holds SQLite's write lock until it commits."""
+    """Another process's writer: holds SQLite's write lock until it commits (SQLite tests only)."""
 
     def __init__(self, hub: Hub) -> None:
         path = hub.world.airlock.settings.database_url.split(":///", 1)[1]
@@ -475,6 +475,7 @@ def in_thread(call: Callable[[], TestResponse]) -> Callable[[], TestResponse]:
     return wait
 
 
+@pytest.mark.sqlite
 def test_reads_do_not_wait_for_a_writer(hub: Hub) -> None:
     blob = hub.signed_url("config.json")
     writer = Writer(hub)
@@ -490,6 +491,7 @@ def test_reads_do_not_wait_for_a_writer(hub: Hub) -> None:
         writer.commit_a_change()
 
 
+@pytest.mark.sqlite
 def test_get_resolve_queues_for_the_write_lock_before_reading(hub: Hub) -> None:
     writer = Writer(hub)
     response = in_thread(lambda: hub.get(f"/{REPO}/resolve/main/config.json", hub.researcher))
@@ -498,6 +500,7 @@ def test_get_resolve_queues_for_the_write_lock_before_reading(hub: Hub) -> None:
     assert response().status_code == 302
 
 
+@pytest.mark.sqlite
 def test_a_refused_read_is_audited_even_when_a_writer_committed_meanwhile(hub: Hub) -> None:
     writer = Writer(hub)
     response = in_thread(lambda: hub.head(f"/{REPO}/resolve/main/config.json", hub.outsider))
@@ -509,6 +512,7 @@ def test_a_refused_read_is_audited_even_when_a_writer_committed_meanwhile(hub: H
     assert denied.subject_user_id == hub.outsider.user.id
 
 
+@pytest.mark.sqlite
 def test_a_database_that_stays_locked_is_a_503_and_nothing_is_issued(hub: Hub) -> None:
     engine = hub.world.airlock.db.engine
     engine.dispose()  # new connections wait 0.2 s for a lock instead of 30

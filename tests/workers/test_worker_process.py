@@ -15,14 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway.db.migrate import upgrade
 from gateway.db.models import Revision
 from gateway.services.container import Airlock, build_airlock
 from gateway.services.provisioning import TEMP_SUFFIX
 from gateway.settings import load_settings
 from gateway.tasks.broker import CeleryRunner
 from gateway.tasks.catalog import SWEEP_TASK
-from tests.pg import throwaway_database
 from tests.workers.conftest import COVERED, FILES, Scene, blob_files, claimed_redis_db
 
 pytestmark = pytest.mark.slow
@@ -99,9 +97,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    with claimed_redis_db() as broker_url, throwaway_database() as database_url:
-        upgrade(database_url)
+def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
+    """This test's PostgreSQL database, shared by the gateway side and the worker processes."""
+    with claimed_redis_db() as broker_url:
         deployment = Deployment(tmp_path, database_url, broker_url)
         try:
             yield deployment

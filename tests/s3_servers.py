@@ -33,6 +33,7 @@ class S3Server:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    log: Path | None = None
 
     def client(self) -> Any:
         """A plain boto3 client of the server (path-style, like our storage uses here)."""
@@ -80,7 +81,14 @@ def moto_server(log: Path) -> Iterator[S3Server]:
     port = free_port()
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     with _process(argv, log, port, "moto server") as endpoint:
-        yield S3Server(endpoint, "testing", "testing")
+        yield S3Server(endpoint, "testing", "testing", log=log)
+
+
+def part_puts(server: S3Server) -> int:
+    """How many UploadPart requests moto has logged so far (its werkzeug access log)."""
+    assert server.log is not None
+    lines = server.log.read_text(errors="replace").splitlines()
+    return sum(1 for line in lines if '"PUT /' in line and "partNumber=" in line)
 
 
 @contextmanager
@@ -99,7 +107,7 @@ def s3rver(data_dir: Path, log: Path) -> Iterator[S3Server]:
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [node, str(S3RVER_START), "127.0.0.1", str(port), str(data_dir)]
     with _process(argv, log, port, "s3rver") as endpoint:
-        yield S3Server(endpoint, "S3RVER", "S3RVER")
+        yield S3Server(endpoint, "S3RVER", "S3RVER", log=log)
 
 
 @contextmanager

@@ -2,31 +2,40 @@
 
 from __future__ import annotations
 
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
+from werkzeug.test import TestResponse
 
 from gateway.app import create_app
 from gateway.auth.tokens import Scope
-from gateway.db.models import AuditEvent
+from gateway.db.models import AuditEvent, MultipartUpload
 from gateway.services.container import build_airlock
 from gateway.services.publishing import blob_key, load_vetting
 from gateway.settings import Settings
+from gateway.storage import S3Storage
+from gateway.tasks.catalog import SWEEP_TASK
+from gateway.tasks.jobs import JOBS
 from tests.api.apikit import (
     REPO,
     RIVAL_REPO,
     Api,
+    backdate,
     corrupt_safetensors,
     make_api,
     malicious_pickle,
     ok,
+    past,
     problem,
     sha256,
 )
-from tests.factories import World, policy_text, safetensors_bytes
+from tests.factories import Actor, World, policy_text, safetensors_bytes
+from tests.s3_servers import S3Server, moto_server
 
 NEW = "acme/fresh"
 FILES = {"config.json": b'{"model_type": "test"}', "model.safetensors": safetensors_bytes()}
@@ -414,3 +423,194 @@ def test_overrides_need_a_reason_and_a_revision_that_did_not_pass(api: Api) -> N
     assert servable(api)
     problem(override(api, True, rev=clean["commit"]), 409, "conflict")
     problem(override(api, True, rev="f" * 40), 404, "revision_not_found")
+
+
+# -- direct uploads to S3 (presigned multipart PUTs) -----------------------------------------------
+PART = 5 * 1024 * 1024
+BIG = bytes(range(256)) * (2 * PART // 256) + b"tail"  # three parts: two full, one of 4 bytes
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_api(settings: Settings, moto: S3Server) -> Iterator[Api]:
+    """The API over S3 storage (a fresh bucket): acme and globex exist, no models yet."""
+    env = moto.env(moto.new_bucket())
+    services = build_airlock(
+        settings.with_overrides(
+            storage_url=env["AIRLOCK_STORAGE_URL"],
+            s3_endpoint_url=moto.endpoint,
+            s3_region=moto.region,
+            s3_addressing_style="path",
+            s3_access_key_id=moto.access_key,
+            s3_secret_access_key=moto.secret_key,
+            upload_part_bytes=PART,
+        )
+    )
+    try:
+        api = make_api(create_app(airlock=services).test_client(), World(services), publish=False)
+        ok(api.create(NEW), 201)
+        yield api
+    finally:
+        services.close()
+
+
+def start(api: Api, data: bytes, actor: Actor | None = None, repo: str = NEW) -> TestResponse:
+    body = {"sha256": sha256(data), "size": len(data)}
+    return api.post(f"/api/v1/models/{repo}/uploads", actor or api.publisher, json=body)
+
+
+def put_parts(api: Api, plan: dict[str, Any], data: bytes, numbers: list[int]) -> None:
+    """PUT parts straight to S3 through the presigned URLs the gateway hands out."""
+    url = f"/api/v1/models/{NEW}/uploads/{plan['upload_id']}/parts"
+    urls = ok(api.post(url, api.publisher, json={"numbers": numbers}))
+    for part in urls["parts"]:
+        offset = (part["number"] - 1) * plan["part_size"]
+        chunk = data[offset : offset + part["size"]]
+        request = urllib.request.Request(
+            part["url"], data=chunk, method="PUT", headers={"Content-Type": "application/x-bin"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+
+
+def complete(api: Api, plan: dict[str, Any], actor: Actor | None = None) -> TestResponse:
+    url = f"/api/v1/models/{NEW}/uploads/{plan['upload_id']}/complete"
+    return api.post(url, actor or api.publisher)
+
+
+def s3_of(api: Api) -> S3Storage:
+    storage = api.world.airlock.storage
+    assert isinstance(storage, S3Storage)
+    return storage
+
+
+def main_revision(api: Api) -> Any:
+    return ok(api.get(f"/api/v1/models/{NEW}/revisions/main", api.publisher))
+
+
+def test_s3_uploads_go_straight_to_storage_in_parts_then_commit(s3_api: Api) -> None:
+    plan = ok(start(s3_api, BIG))
+    assert plan["method"] == "multipart"
+    assert (plan["part_size"], plan["part_count"], plan["uploaded"]) == (PART, 3, [])
+    put_parts(s3_api, plan, BIG, [1, 2, 3])
+    assert ok(complete(s3_api, plan)) == {"sha256": sha256(BIG), "size": len(BIG), "stored": True}
+    assert ok(start(s3_api, BIG))["method"] == "stored"
+    ok(s3_api.commit(NEW, {"big.raw": BIG}), 201)
+    assert main_revision(s3_api)["vetting_status"] == "passed"  # vetting re-hashed S3's bytes
+    org_id = s3_api.world.orgs["acme"].id
+    with s3_of(s3_api).open_read(blob_key(org_id, sha256(BIG))) as stream:
+        assert stream.read() == BIG
+
+
+def test_starting_again_resumes_with_the_parts_storage_already_holds(s3_api: Api) -> None:
+    plan = ok(start(s3_api, BIG))
+    put_parts(s3_api, plan, BIG, [2])
+    again = ok(start(s3_api, BIG))
+    assert again["upload_id"] == plan["upload_id"]
+    assert again["uploaded"] == [{"number": 2, "size": PART}]
+    put_parts(s3_api, plan, BIG, [1, 3])
+    assert ok(complete(s3_api, plan))["size"] == len(BIG)
+
+
+def test_completion_checks_every_part_is_there_at_its_size(s3_api: Api) -> None:
+    plan = ok(start(s3_api, BIG))
+    put_parts(s3_api, plan, BIG[:-1], [3])  # part 3 one byte short
+    body = problem(complete(s3_api, plan), 422, "invalid_input")
+    assert body["errors"] == [
+        {"path": "parts.1", "message": "not uploaded"},
+        {"path": "parts.2", "message": "not uploaded"},
+        {"path": "parts.3", "message": "has 3 bytes, expected 4"},
+    ]
+    assert not s3_of(s3_api).exists(blob_key(s3_api.world.orgs["acme"].id, sha256(BIG)))
+
+
+def test_bytes_that_do_not_match_their_sha256_never_become_servable(s3_api: Api) -> None:
+    forged = bytes(len(BIG) - 4) + b"evil"  # the claimed size, other bytes
+    plan = ok(start(s3_api, BIG))
+    put_parts(s3_api, plan, forged, [1, 2, 3])
+    ok(complete(s3_api, plan))  # the size matches; the digest is the vetting task's to check
+    ok(s3_api.commit(NEW, {"big.raw": BIG}), 201)
+    revision = main_revision(s3_api)
+    assert revision["vetting_status"] == "failed"
+    mismatch = "sha256 of the stored bytes does not match the manifest"
+    assert {"path": "big.raw", "problem": mismatch} in revision["vetting_report"]["problems"]
+
+
+def test_part_urls_are_only_for_parts_of_the_upload(s3_api: Api) -> None:
+    plan = ok(start(s3_api, BIG))
+    url = f"/api/v1/models/{NEW}/uploads/{plan['upload_id']}/parts"
+    body = problem(s3_api.post(url, s3_api.publisher, json={"numbers": [1, 4]}), 422)
+    assert body["errors"] == [{"path": "numbers", "message": "no part 4"}]
+    problem(s3_api.post(url, s3_api.publisher, json={"numbers": [0]}), 422, "invalid_input")
+    problem(s3_api.post(url, s3_api.publisher, json={"numbers": []}), 422, "invalid_input")
+    other = f"/api/v1/models/{NEW}/uploads/999/parts"
+    problem(s3_api.post(other, s3_api.publisher, json={"numbers": [1]}), 404, "not_found")
+
+
+def test_upload_requests_are_validated(s3_api: Api, settings: Settings) -> None:
+    url = f"/api/v1/models/{NEW}/uploads"
+    for body in ({"sha256": "ABC", "size": 1}, {"sha256": sha256(b"x"), "size": -1}, {}):
+        problem(s3_api.post(url, s3_api.publisher, json=body), 422, "invalid_input")
+    huge = {"sha256": sha256(b"x"), "size": settings.max_upload_bytes + 1}
+    problem(s3_api.post(url, s3_api.publisher, json=huge), 413, "payload_too_large")
+
+
+def test_streamed_uploads_are_refused_when_blobs_live_in_s3(s3_api: Api) -> None:
+    body = problem(s3_api.upload(NEW, b"bytes"), 409, "conflict")
+    assert "/uploads" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [("reviewer", 403), ("compliance", 403), ("researcher", 403), ("rival_publisher", 404)],
+)
+def test_only_the_models_publishers_start_or_finish_direct_uploads(
+    s3_api: Api, who: str, status: int
+) -> None:
+    """Roles without models:write are refused; another org does not even see the model."""
+    actor = getattr(s3_api, who)
+    problem(start(s3_api, BIG, actor), status)
+    plan = ok(start(s3_api, BIG))
+    problem(complete(s3_api, plan, actor), status)
+    url = f"/api/v1/models/{NEW}/uploads/{plan['upload_id']}/parts"
+    problem(s3_api.post(url, actor, json={"numbers": [1]}), status)
+
+
+def test_direct_uploads_need_a_token(s3_api: Api) -> None:
+    response = s3_api.post(f"/api/v1/models/{NEW}/uploads", json={"sha256": "0" * 64, "size": 1})
+    problem(response, 401, "authentication_required")
+    problem(s3_api.post(f"/api/v1/models/{NEW}/uploads/1/complete"), 401)
+
+
+def test_an_upload_id_of_another_org_is_not_found(s3_api: Api) -> None:
+    plan = ok(start(s3_api, BIG))
+    ok(s3_api.create("globex/own", s3_api.rival_publisher), 201)
+    url = f"/api/v1/models/globex/own/uploads/{plan['upload_id']}/complete"
+    problem(s3_api.post(url, s3_api.rival_publisher), 404, "not_found")
+
+
+def test_the_sweep_aborts_abandoned_uploads(s3_api: Api) -> None:
+    plan = ok(start(s3_api, BIG))
+    put_parts(s3_api, plan, BIG, [1])
+    storage = s3_of(s3_api)
+    assert storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads")
+    sweep = JOBS[SWEEP_TASK]
+    sweep(s3_api.world.airlock)
+    assert ok(start(s3_api, BIG))["upload_id"] == plan["upload_id"]  # young: kept
+    backdate(s3_api.world, MultipartUpload, plan["upload_id"], created_at=past(73 * 3600))
+    sweep(s3_api.world.airlock)
+    assert not storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads")
+    fresh = ok(start(s3_api, BIG))
+    assert fresh["upload_id"] != plan["upload_id"] and fresh["uploaded"] == []
+
+
+def test_local_storage_answers_stream_then_stored(api: Api) -> None:
+    ok(api.create(NEW), 201)
+    assert ok(start(api, b"bytes"))["method"] == "stream"
+    ok(api.upload(NEW, b"bytes"))
+    assert ok(start(api, b"bytes"))["method"] == "stored"

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HUB036 := .venv-hub036
+S3RVER := tests/s3rver
 DATA_DIR ?= ./var/demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -12,7 +13,7 @@ PORT ?= 8000
 demo: $(VENV)/.runtime
 	$(BIN)/airlock demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
-test: $(VENV)/.dev $(HUB036)/.installed services lint typecheck contracts pytest
+test: $(VENV)/.dev $(HUB036)/.installed $(S3RVER)/node_modules/.installed services lint typecheck contracts pytest
 
 $(VENV)/.runtime: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,12 @@ $(VENV)/.dev: pyproject.toml
 $(HUB036)/.installed:
 	test -d $(HUB036) || $(PYTHON) -m venv $(HUB036)
 	$(HUB036)/bin/pip install --quiet 'huggingface_hub==0.36.*'
+	touch $@
+
+# s3rver checks presigned signatures and expiry (moto does not): the storage tests run it.
+$(S3RVER)/node_modules/.installed: $(S3RVER)/package.json $(S3RVER)/package-lock.json
+	@command -v npm >/dev/null || { echo "make test needs Node.js and npm: the storage tests run s3rver, a Node S3 server (install Node 20+)"; exit 1; }
+	npm ci --prefix $(S3RVER) --no-audit --no-fund --loglevel=error
 	touch $@
 
 services:

@@ -6,7 +6,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -414,15 +414,32 @@ def test_no_response_of_the_surface_emits_xet(hub: Hub) -> None:
             assert "xet-auth" not in response.headers.get("Link", "")
 
 
-def test_a_limiter_that_cannot_answer_fails_closed_and_is_audited(hub: Hub) -> None:
-    """Redis refusing connections (nothing listens on the port): 503, no ticket, an audited
-    `download:deny`; HEAD consults no limiter and still answers."""
-    from gateway.ratelimit import RedisLimiter
-    from tests.e2e.live import free_port
+@pytest.fixture(params=["refused", "silent"])
+def unreachable_redis(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Redis URL nobody answers: nothing listens (down), or a listener that never replies
+    (hung or overloaded: the limiter's timeout decides)."""
+    import socket
 
-    hub.world.airlock.downloads.limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if request.param == "silent":
+            listener.listen(8)  # the kernel completes connections; nobody ever reads them
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+def test_a_limiter_that_cannot_answer_fails_closed_and_is_audited(
+    hub: Hub, unreachable_redis: str
+) -> None:
+    """503, no ticket, an audited `download:deny`; HEAD consults no limiter and still answers."""
+    from gateway.ratelimit import RedisLimiter
+
+    limiter = RedisLimiter(unreachable_redis, timeout=0.1)
+    hub.world.airlock.downloads.limiter = limiter
     url = f"/{REPO}/resolve/main/config.json"
-    response = hub.get(url, hub.researcher)
+    try:
+        response = hub.get(url, hub.researcher)
+    finally:
+        limiter.close()
     message = assert_hub_error(response, 503, None)
     assert "rate limiter is unavailable" in message and "nothing was authorized" in message
     assert response.headers["Retry-After"] and "Location" not in response.headers

@@ -132,3 +132,19 @@ def test_a_grant_with_room_for_two_admits_two(client: FlaskClient, world: World)
     assert "2 downloads are already in progress" in third.headers["X-Error-Message"]
     hub.fetch(blob_url(second))
     assert hub.get(URL, hub.researcher).status_code == 302
+
+
+def test_a_download_ending_while_the_limiter_is_down_is_still_served(hub: Hub) -> None:
+    """Releasing is best effort: the bytes go out, and the lease expires with its URL."""
+    from tests.e2e.live import free_port
+
+    url = blob_url(hub.get(URL, hub.researcher))
+    working = hub.world.airlock.downloads.limiter
+    down = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.1)
+    hub.world.airlock.downloads.limiter = down
+    try:
+        assert hub.fetch(url).data == FILES["config.json"]
+    finally:
+        down.close()
+        hub.world.airlock.downloads.limiter = working
+    assert_busy(hub, hub.get(OTHER, hub.researcher))  # not released: it waits out its TTL

@@ -142,7 +142,11 @@ def db_check() -> None:
     from gateway.db.engine import Database
     from gateway.db.migrate import schema_drift
 
-    drift = schema_drift(Database(load_settings().database_url).engine)
+    database = Database(load_settings().database_url)
+    try:
+        drift = schema_drift(database.engine)
+    finally:
+        database.dispose()
     if drift:
         click.echo(f"models and migrations disagree: {drift}", err=True)
         sys.exit(1)

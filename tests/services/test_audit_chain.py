@@ -12,6 +12,7 @@ from gateway.audit import GENESIS_HASH, AuditAction, canonical_json, entry_hash
 from gateway.db.models import AuditEvent
 from gateway.services.audit_log import AuditLogService
 from gateway.services.container import Airlock
+from tests.pg import on_both_engines
 
 
 def _record(airlock: Airlock, n: int) -> None:
@@ -58,7 +59,8 @@ def test_hash_is_domain_separated_and_linked() -> None:
     assert len(first) == 64
 
 
-def test_appends_form_one_gap_free_chain_under_concurrent_writers(airlock: Airlock) -> None:
+@on_both_engines
+def test_appends_form_one_gap_free_chain_under_concurrent_threads(airlock: Airlock) -> None:
     threads = [threading.Thread(target=_record, args=(airlock, 15)) for _ in range(8)]
     for thread in threads:
         thread.start()
@@ -71,15 +73,21 @@ def test_appends_form_one_gap_free_chain_under_concurrent_writers(airlock: Airlo
     assert report.ok, report
 
 
+@on_both_engines
 def test_database_refuses_update_and_delete(airlock: Airlock) -> None:
     _record(airlock, 2)
+    statements = ["UPDATE audit_events SET action = 'x'", "DELETE FROM audit_events"]
+    if not airlock.db.is_sqlite:  # SQLite has no TRUNCATE
+        statements.append("TRUNCATE audit_events")
     with airlock.db.session() as session:
-        for statement in ("UPDATE audit_events SET action = 'x'", "DELETE FROM audit_events"):
+        for statement in statements:
             with pytest.raises(Exception, match="append-only"):
                 session.execute(text(statement))
             session.rollback()
+        assert len(list(session.scalars(select(AuditEvent.seq)))) == 2
 
 
+@on_both_engines
 def test_rolled_back_change_leaves_no_event(airlock: Airlock) -> None:
     with airlock.db.session() as session:
         airlock.audit.record(session, AuditAction.ORG_CREATE, actor_id=None, payload={})

@@ -149,6 +149,8 @@ def test_the_ticket_carries_the_staged_records_identity_and_key(hub: Hub, broker
     assert head.headers["X-Linked-Size"] == str(len(marked))
     response = hub.get(URL, hub.researcher)
     assert response.headers["X-Linked-Etag"] == f'"{sha256(marked)}"'
+    # bytes_per_day (1GB) is reserved from the size of the object served, at ticket time
+    assert f'"bytes_per_day";r={10**9 - len(marked)};' in response.headers["RateLimit"]
     blob = hub.fetch(location(response))
     assert blob.data == marked
     assert blob.headers["X-Linked-Etag"] == f'"{sha256(marked)}"'

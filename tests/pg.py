@@ -1,4 +1,5 @@
-"""PostgreSQL for the tests: one migrated database per run, emptied before each test.
+"""PostgreSQL for the tests: one migrated database per run, emptied before each test; and a
+private throwaway cluster for tests that must stop or restart the server.
 
 The server is the machine's (`AIRLOCK_TEST_POSTGRES_URL`, default the local `test` database as
 `postgres`). Unreachable, the tests that need it are skipped outside CI and fail in CI.
@@ -7,9 +8,15 @@ The server is the machine's (`AIRLOCK_TEST_POSTGRES_URL`, default the local `tes
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -26,6 +33,7 @@ HOW_TO_START = (
     "'test') or point AIRLOCK_TEST_POSTGRES_URL at a server where the role may create databases"
 )
 LOCK_TIMEOUT = "5s"
+CLUSTER_TIMEOUT = 60  # seconds for any initdb / pg_ctl step of a private cluster
 
 # Tests that should run once on each engine: `@on_both_engines` (the `db_engine` fixture).
 on_both_engines = pytest.mark.parametrize("db_engine", ["sqlite", "postgres"], indirect=True)
@@ -158,3 +166,103 @@ def resettable_database() -> Iterator[ResettableDatabase]:
             yield database
         finally:
             database.dispose()
+
+
+def _postgres_bin_dir() -> Path | None:
+    """The newest installed PostgreSQL server binaries (Debian layout, else on PATH)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).resolve().parent if on_path else None
+
+
+def _missing(what: str) -> NoReturn:
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI is set, so this is an error: {what}")
+    pytest.skip(what)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateCluster:
+    """A PostgreSQL server of the test's own (initdb + pg_ctl), which it may stop and restart.
+
+    Never the machine's shared server. As root, every command runs as the `postgres` OS user
+    (initdb refuses root); the data directory and the Unix socket live in `root`.
+    """
+
+    def __init__(self, bin_dir: Path, root: Path, *, run_as: list[str]) -> None:
+        self.bin_dir, self.root, self.run_as = bin_dir, root, run_as
+        self.port = _free_port()
+        self.data = root / "data"
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, tool: str, *args: str) -> None:
+        argv = [*self.run_as, str(self.bin_dir / tool), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=CLUSTER_TIMEOUT)
+        if done.returncode:
+            log = self.root / "server.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{tool} {args[0]} failed: {done.stderr or done.stdout}\n{tail}")
+
+    def init(self) -> None:
+        """Create the cluster: trust auth for the `postgres` role, no fsync (throwaway data)."""
+        self._pg("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync")
+
+    def _ctl(self, action: str, *extra: str) -> None:
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c shared_buffers=16MB"
+        )
+        log = str(self.root / "server.log")
+        self._pg("pg_ctl", action, "-D", str(self.data), "-o", options, "-l", log, "-w", *extra)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self._ctl("start", "-t", str(CLUSTER_TIMEOUT))
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: disconnect every client, then shut down cleanly)."""
+        self._pg("pg_ctl", "stop", "-D", str(self.data), "-m", mode, "-w")
+
+    def restart(self) -> None:
+        """Stop (fast) and start again: every existing connection is cut."""
+        self._ctl("restart", "-m", "fast", "-t", str(CLUSTER_TIMEOUT))
+
+
+@contextmanager
+def private_cluster() -> Iterator[PrivateCluster]:
+    """A running private cluster, removed afterwards; skipped (failed in CI) without binaries."""
+    bin_dir = _postgres_bin_dir()
+    if bin_dir is None:
+        _missing(
+            "the PostgreSQL server binaries (initdb, pg_ctl) are not installed: "
+            "apt-get install postgresql"
+        )
+    run_as: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="airlock-pg-"))
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            _missing("running as root, the private cluster needs a `postgres` OS user")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    cluster = PrivateCluster(bin_dir, root, run_as=run_as)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        with suppress(RuntimeError, subprocess.TimeoutExpired):
+            cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 READ_ONLY = "airlock_read_only"
+CONNECT_TIMEOUT_SECONDS = 10  # an unreachable PostgreSQL fails the request (503) in bounded time
 
 
 def begin_read_only(session: Session) -> None:
@@ -60,7 +61,18 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(
+        url,
+        echo=echo,
+        # A PostgreSQL restart (or failover) leaves every pooled connection dead: each one is
+        # checked with a round trip before it is lent, and a dead pool is replaced at once, so
+        # the first request after a restart already succeeds. While the server is down, the
+        # connect error surfaces as OperationalError: a 503, never a 500 (gateway/api/errors.py).
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
 
 
 def _ensure_sqlite_dir(url: str) -> None:

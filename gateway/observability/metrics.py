@@ -8,10 +8,11 @@ directory and `exposition` merges the files of every process, dead ones included
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,8 +26,6 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from gateway.ratelimit.base import Dimension, DimensionState, Lease, Limiter, LimitResult
-
 SURFACES = {
     "access": "api",
     "blobs": "blobs",
@@ -38,6 +37,8 @@ SURFACES = {
     "webhooks": "webhooks",
     "web": "ui",
 }
+P = ParamSpec("P")
+R = TypeVar("R")
 METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"})
 
 HTTP_REQUESTS = Counter(
@@ -125,34 +126,28 @@ def count_task(task: str, outcome: str) -> None:
     TASKS.labels(task, outcome).inc()
 
 
-class InstrumentedLimiter:
-    """A Limiter that times every admission; everything else passes straight through."""
+def timed_admission(acquire: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a limiter's `acquire` to time each admission by outcome (allowed, refused,
+    unavailable: it raised)."""
 
-    def __init__(self, limiter: Limiter) -> None:
-        self.inner = limiter
-
-    def acquire(self, dimensions: Sequence[Dimension]) -> LimitResult:
-        """Admit through the wrapped limiter, recording how long it took and its outcome."""
+    @functools.wraps(acquire)
+    def timed(*args: P.args, **kwargs: P.kwargs) -> R:
         started = time.perf_counter()
         outcome = "unavailable"
         try:
-            result = self.inner.acquire(dimensions)
-            outcome = "allowed" if result.allowed else "refused"
+            result = acquire(*args, **kwargs)
+            outcome = "allowed" if getattr(result, "allowed", False) else "refused"
             return result
         finally:
-            LIMITER_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+            _admission(outcome).observe(time.perf_counter() - started)
 
-    def release(self, lease: Lease) -> None:
-        """Give a lease back."""
-        self.inner.release(lease)
+    return timed
 
-    def adjust(self, dimension: Dimension, delta: int) -> DimensionState:
-        """Charge or refund units."""
-        return self.inner.adjust(dimension, delta)
 
-    def close(self) -> None:
-        """Release the wrapped limiter's connections."""
-        self.inner.close()
+@functools.cache
+def _admission(outcome: str) -> Histogram:
+    """The histogram child of one outcome, looked up once (admissions are a hot path)."""
+    return LIMITER_SECONDS.labels(outcome)
 
 
 def multiprocess_enabled() -> bool:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from gateway.observability.metrics import timed_admission
 from gateway.ratelimit.base import (
     Dimension,
     DimensionState,
@@ -34,6 +35,7 @@ class MemoryLimiter:
         self._clock = clock
         self._calls = 0
 
+    @timed_admission
     def acquire(self, dimensions: Sequence[Dimension]) -> LimitResult:
         """Admit if every dimension has room and every lease a free slot; else consume nothing."""
         gcra, leases = split(dimensions)

@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from gateway.observability.metrics import timed_admission
 from gateway.ratelimit.base import (
     INF,
     Dimension,
@@ -178,6 +179,7 @@ class RedisLimiter:
         self._acquire = _Script(ACQUIRE)
         self._adjust = _Script(ADJUST)
 
+    @timed_admission
     def acquire(self, dimensions: Sequence[Dimension]) -> LimitResult:
         """Admit if every dimension has room and every lease a free slot; else consume nothing."""
         gcra, leases = split(dimensions)

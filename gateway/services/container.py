@@ -7,7 +7,6 @@ from functools import partial
 
 from gateway.audit import AuditRecorder
 from gateway.db.engine import Database
-from gateway.observability.metrics import InstrumentedLimiter
 from gateway.ratelimit import Limiter, limiter_from_url
 from gateway.services.access import AccessService
 from gateway.services.downloads import DownloadService
@@ -60,9 +59,7 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
     storage = storage_from_settings(settings)
     packs = load_packs()
     audit = AuditRecorder()
-    limiter = InstrumentedLimiter(
-        limiter_from_url(settings.redis_url, timeout=settings.ratelimit_timeout)
-    )
+    limiter = limiter_from_url(settings.redis_url, timeout=settings.ratelimit_timeout)
     signer = BlobSigner(settings.secret_key)
     in_process = InProcessRunner() if runner is None and not settings.broker_url else None
     task_runner: TaskRunner = runner or in_process or CeleryRunner(celery_client(settings))

@@ -2,8 +2,9 @@
 
 1. Admissions/s and p50/p99 latency of `RedisLimiter.acquire` with 4 dimensions (requests per
    minute, tokens per minute, downloads per day, bytes per day; quotas far above the run so
-   every call is admitted and charged), next to redis-py `PING` round trips from the same
-   process and connection pool, in alternating rounds. Target: acquire >= 0.5 x PING.
+   every call is admitted and charged), next to `PING` round trips through the same limiter's
+   redis-py client and connection pool (`RedisLimiter.ping`), in alternating rounds. Target:
+   acquire >= 0.5 x PING.
    The in-process MemoryLimiter is timed the same way for reference.
 2. An exactness race: processes x threads hammer one key of quota N (a day's window) until
    each thread is refused a few times in a row; admitted must equal N. The same race runs on
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 
+import harness
 import redis
 
 from gateway.ratelimit import Dimension, Lease, LimiterUnavailable, MemoryLimiter, RedisLimiter
@@ -98,12 +100,11 @@ def timed(call: Callable[[int], object], seconds: float) -> tuple[float, list[fl
 
 def throughput(url: str, prefix: str, seconds: float, rounds: int) -> list[Timing]:
     """PING, RedisLimiter.acquire and MemoryLimiter.acquire (4 dimensions), rounds alternating."""
-    client = redis.Redis.from_url(url, socket_timeout=1)
     limiter = RedisLimiter(url, prefix=prefix, timeout=1.0)
     memory = MemoryLimiter()
     dims = [four_dimensions(n) for n in range(64)]
     calls: dict[str, Callable[[int], object]] = {
-        "redis-py PING": lambda i: client.ping(),
+        "PING, the limiter's client and pool": lambda i: limiter.ping(),
         "RedisLimiter.acquire, 4 dimensions": lambda i: limiter.acquire(dims[i % 64]),
         "MemoryLimiter.acquire, 4 dimensions": lambda i: memory.acquire(dims[i % 64]),
     }
@@ -117,7 +118,6 @@ def throughput(url: str, prefix: str, seconds: float, rounds: int) -> list[Timin
             spent[label] += elapsed
             latencies[label] += lat
     limiter.close()
-    client.close()
     return [Timing(label, spent[label], latencies[label]) for label in calls]
 
 
@@ -203,26 +203,6 @@ def cleanup(url: str, prefix: str) -> int:
     return len(keys)
 
 
-def cpu_sample() -> list[int]:
-    """The machine's CPU time counters (from /proc/stat)."""
-    with open("/proc/stat") as stat:
-        return [int(v) for v in stat.readline().split()[1:]]
-
-
-def busy_between(first: list[int], second: list[int]) -> float:
-    """How many CPUs the whole machine kept busy between two samples."""
-    delta = [b - a for a, b in zip(first, second, strict=True)]
-    total = sum(delta) or 1
-    return (os.cpu_count() or 1) * (total - delta[3] - delta[4]) / total
-
-
-def machine_busy(seconds: float = 1.0) -> float:
-    """How many CPUs the whole machine kept busy over `seconds`."""
-    first = cpu_sample()
-    time.sleep(seconds)
-    return busy_between(first, cpu_sample())
-
-
 def redis_cpu(url: str) -> float:
     """CPU seconds the Redis server has used since it started."""
     info = redis.Redis.from_url(url, socket_timeout=1).info("cpu")
@@ -231,10 +211,11 @@ def redis_cpu(url: str) -> float:
 
 def measured(args: argparse.Namespace, prefix: str) -> tuple[list[Timing], str]:
     """The throughput timings, and how busy the machine was meanwhile and with what."""
-    machine, server, own, wall = cpu_sample(), redis_cpu(args.url), time.process_time(), time.time()
+    machine, server = harness.cpu_sample(), redis_cpu(args.url)
+    own, wall = time.process_time(), time.time()
     timings = throughput(args.url, prefix, args.seconds, args.rounds)
     wall = time.time() - wall
-    busy = busy_between(machine, cpu_sample())
+    busy = harness.busy_between(machine, harness.cpu_sample())
     ours = (time.process_time() - own) / wall
     server = (redis_cpu(args.url) - server) / wall
     return timings, (
@@ -293,7 +274,7 @@ def main() -> int:
     print(
         f"Redis {info['redis_version']} at {args.url}, redis-py {version('redis')}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
-        f"background: {machine_busy():.2f} CPUs busy before start"
+        f"background: {harness.machine_busy(1.0):.2f} CPUs busy before start"
     )
     prefix = f"airlock:bench:{secrets.token_hex(4)}:"
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -33,6 +34,8 @@ from gateway.ratelimit.base import (
 
 log = logging.getLogger(__name__)
 
+Arg = bytes | str | int | float  # what redis-py sends as is (hiredis writes floats with repr)
+
 DEFAULT_PREFIX = "airlock:rl:"
 DEFAULT_TIMEOUT = 0.1
 # Times in the scripts are seconds since this instant (2023-11-14): a float TAT near 1e8 s
@@ -40,8 +43,9 @@ DEFAULT_TIMEOUT = 0.1
 EPOCH = 1_700_000_000
 MICRO = 1_000_000
 
-# Redis >= 5 replicates a script's effects, not the script, so reading TIME is safe. Stored
-# TATs keep every bit (%.17g); replies are integers (microseconds), which need no formatting.
+# Redis >= 5 replicates a script's effects, not the script, so reading TIME is safe. Numbers
+# passed to redis.call are written with %.17g (stored TATs and lease expiries keep every bit,
+# with no string.format in Lua); replies are integers (microseconds), which need no formatting.
 _PRELUDE = f"""
 local floor, ceil, max, min, huge = math.floor, math.ceil, math.max, math.min, math.huge
 local t = redis.call('TIME')
@@ -56,24 +60,26 @@ local function gcra_state(quota, interval, tat)
   return min(max(remaining, 0), quota), micros(ahead)
 end
 local function store(key, tat)
-  local ms = max(ceil((tat - now) * 1000), 1)
-  redis.call('SET', key, string.format('%.17g', tat), 'PX', ms)
+  redis.call('SET', key, tat, 'PX', max(ceil((tat - now) * 1000), 1))
 end
 """
 
-# KEYS: n GCRA keys, then m lease keys. ARGV: n, m, then (quota, window, cost) per dimension,
-# then (id, quota, ttl) per lease. Every check runs before any write: all or nothing.
-# Returns (wait, remaining, reset) per dimension then per lease, as integers: waits and resets
-# in microseconds, wait -1 for never; the state is the committed one when every wait is 0.
+# KEYS: n GCRA keys, then m lease keys. ARGV[1]: (quota, window, cost) of each GCRA dimension
+# as 3n little-endian doubles (`struct`, bundled with Redis: no decimal text to parse, and n is
+# its length / 24); then (id, quota, ttl) per lease. Every check runs before any write: all or
+# nothing. Returns (wait, remaining, reset) per dimension then per lease, as integers: waits and
+# resets in microseconds, wait -1 for never; the state is the committed one when every wait is 0.
 ACQUIRE = (
     _PRELUDE
     + """
-local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tats, new_tats, waits, counts, waiting = {}, {}, {}, {}, false
+local n = #ARGV[1] / 24
+local m = #KEYS - n
+local p = n > 0 and {struct.unpack('<' .. string.rep('d', 3 * n), ARGV[1])} or {}
 local stored = n > 0 and redis.call('MGET', unpack(KEYS, 1, n)) or {}
+local out, new_tats, counts, waiting = {}, {}, {}, false
 for i = 1, n do
-  local quota, window = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
-  local cost, interval = tonumber(ARGV[3 * i + 2]), window / quota
+  local quota, window, cost = p[3 * i - 2], p[3 * i - 1], p[3 * i]
+  local interval = window / quota
   local tat = tonumber(stored[i]) or now
   if tat < now then tat = now end
   local new_tat, wait = tat + cost * interval, 0
@@ -83,13 +89,11 @@ for i = 1, n do
     wait = max(new_tat - window - now, 1e-6)
   end
   waiting = waiting or wait > 0
-  tats[i], new_tats[i], waits[i] = tat, new_tat, wait
+  new_tats[i], out[3 * i - 2], out[3 * i - 1] = new_tat, micros(wait), tat
 end
-local base = 3 + 3 * n
 for j = 1, m do
-  local key, id = KEYS[n + j], ARGV[base + 3 * j - 3]
-  local quota = tonumber(ARGV[base + 3 * j - 2])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.17g', now))
+  local key, id, quota = KEYS[n + j], ARGV[3 * j - 1], tonumber(ARGV[3 * j])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local count, wait = redis.call('ZCARD', key), 0
   if quota == 0 then
     wait = huge
@@ -98,33 +102,27 @@ for j = 1, m do
     wait = max(tonumber(frees[2]) - now, 1e-6)
   end
   waiting = waiting or wait > 0
-  counts[j], waits[n + j] = count, wait
+  counts[j], out[3 * (n + j) - 2] = count, micros(wait)
 end
-if not waiting then
-  for i = 1, n do
-    if new_tats[i] > tats[i] then store(KEYS[i], new_tats[i]) end
-    tats[i] = new_tats[i]
+for i = 1, n do
+  local tat, quota = out[3 * i - 1], p[3 * i - 2]
+  if not waiting then
+    if new_tats[i] > tat then store(KEYS[i], new_tats[i]) end
+    tat = new_tats[i]
   end
-  for j = 1, m do
-    local key, id = KEYS[n + j], ARGV[base + 3 * j - 3]
-    local expiry = now + tonumber(ARGV[base + 3 * j - 1])
-    counts[j] = counts[j] + redis.call('ZADD', key, string.format('%.17g', expiry), id)
+  out[3 * i - 1], out[3 * i] = gcra_state(quota, p[3 * i - 1] / quota, tat)
+end
+for j = 1, m do
+  local key, quota, k = KEYS[n + j], tonumber(ARGV[3 * j]), 3 * (n + j)
+  if not waiting then
+    local expiry = now + tonumber(ARGV[3 * j + 1])
+    counts[j] = counts[j] + redis.call('ZADD', key, expiry, ARGV[3 * j - 1])
     local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
     redis.call('PEXPIRE', key, max(ceil((tonumber(last[2]) - now) * 1000), 1))
   end
-end
-local out = {}
-for i = 1, n do
-  local quota = tonumber(ARGV[3 * i])
-  local remaining, reset = gcra_state(quota, tonumber(ARGV[3 * i + 1]) / quota, tats[i])
-  out[#out + 1], out[#out + 2], out[#out + 3] = micros(waits[i]), remaining, reset
-end
-for j = 1, m do
-  local quota = tonumber(ARGV[base + 3 * j - 2])
-  local first = redis.call('ZRANGE', KEYS[n + j], 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   local reset = first[2] and max(tonumber(first[2]) - now, 0) or 0
-  local remaining = max(quota - counts[j], 0)
-  out[#out + 1], out[#out + 2], out[#out + 3] = micros(waits[n + j]), remaining, micros(reset)
+  out[k - 1], out[k] = max(quota - counts[j], 0), micros(reset)
 end
 return out
 """
@@ -153,7 +151,7 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    def run(self, client: redis.Redis, keys: Sequence[str], args: Sequence[str]) -> list[Any]:
+    def run(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
         try:
             reply = client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:  # a restarted or flushed server: EVAL caches it again
@@ -168,6 +166,7 @@ class RedisLimiter:
         self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
         self.prefix = prefix
+        self._gcra_prefix, self._lease_prefix = f"{prefix}gcra:", f"{prefix}lease:"
         # No retries: a retried timeout would hold the request far past the fail-closed bound.
         self._client = redis.Redis.from_url(
             url,
@@ -183,14 +182,18 @@ class RedisLimiter:
     def acquire(self, dimensions: Sequence[Dimension]) -> LimitResult:
         """Admit if every dimension has room and every lease a free slot; else consume nothing."""
         gcra, leases = split(dimensions)
-        keys = [self._gcra_key(d) for d in gcra] + [self._lease_key(ls) for ls in leases]
-        args = [str(len(gcra)), str(len(leases))]
+        planned: list[Dimension] = gcra
+        keys = [self._gcra_prefix + d.key for d in gcra]
+        numbers: list[float] = []
         for d in gcra:
-            args += [str(d.quota), str(d.window), str(d.cost)]
-        for ls in leases:
-            args += [ls.id, str(ls.quota), str(ls.ttl)]
-        reply = self._call(self._acquire, keys, args)
-        return _decode(dimensions, gcra, leases, reply)
+            numbers += (d.quota, d.window, d.cost)
+        args: list[Arg] = [struct.pack(f"<{len(numbers)}d", *numbers)]
+        if leases:  # the script counts them as the keys after the first len(gcra)
+            planned = [*gcra, *leases]
+            keys += [self._lease_prefix + ls.key for ls in leases]
+            for ls in leases:
+                args += (ls.id, ls.quota, ls.ttl)
+        return _decode(dimensions, planned, self._call(self._acquire, keys, args))
 
     def release(self, lease: Lease) -> None:
         """Give a lease back; unknown or expired leases are ignored."""
@@ -202,38 +205,46 @@ class RedisLimiter:
     def adjust(self, dimension: Dimension, delta: int) -> DimensionState:
         """Charge `delta` more units to `dimension` (negative refunds, never beyond full)."""
         dimension = gcra_only(dimension)
-        args = [str(dimension.quota), str(dimension.window), str(delta)]
+        args: list[Arg] = [dimension.quota, dimension.window, delta]
         remaining, reset = self._call(self._adjust, [self._gcra_key(dimension)], args)
         return DimensionState(dimension, remaining, reset / MICRO)
+
+    def ping(self) -> None:
+        """One round trip to Redis on the limiter's own pool (readiness checks, benchmarks)."""
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
 
     def close(self) -> None:
         """Close pooled connections."""
         self._client.close()
 
-    def _call(self, script: _Script, keys: list[str], args: list[str]) -> list[Any]:
+    def _call(self, script: _Script, keys: list[str], args: list[Arg]) -> list[Any]:
         try:
             return script.run(self._client, keys, args)
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
 
     def _gcra_key(self, dimension: Dimension) -> str:
-        return f"{self.prefix}gcra:{dimension.key}"
+        return self._gcra_prefix + dimension.key
 
     def _lease_key(self, lease: Lease) -> str:
-        return f"{self.prefix}lease:{lease.key}"
+        return self._lease_prefix + lease.key
 
 
 def _decode(
-    dimensions: Sequence[Dimension], gcra: list[Dimension], leases: list[Lease], reply: list[int]
+    dimensions: Sequence[Dimension], planned: list[Dimension], reply: list[int]
 ) -> LimitResult:
-    """The script's flat integer reply as a LimitResult."""
-    planned = [*gcra, *leases]
-    states, waits = [], []
-    for i, dim in enumerate(planned):
-        wait, remaining, reset = reply[3 * i : 3 * i + 3]
-        states.append(DimensionState(dim, remaining, reset / MICRO))
-        waits.append(INF if wait < 0 else wait / MICRO)
-    return decide(dimensions, planned, states, waits)
+    """The script's flat integer reply, in `planned` order (GCRA, then leases), as a result."""
+    states = [
+        DimensionState(dim, reply[i + 1], reply[i + 2] / MICRO)
+        for i, dim in zip(range(0, len(reply), 3), planned, strict=True)
+    ]
+    waits = reply[::3]
+    if not any(waits) and planned == list(dimensions):  # admitted, in the caller's order
+        return LimitResult(True, tuple(states))
+    return decide(dimensions, planned, states, [INF if w < 0 else w / MICRO for w in waits])
 
 
 def _unavailable(exc: redis.RedisError) -> LimiterUnavailable:

@@ -225,6 +225,7 @@ def test_redis_keeps_time_by_its_own_clock() -> None:
 def test_redis_reloads_its_scripts_after_a_flush() -> None:
     with throwaway_prefix() as prefix:
         limiter = RedisLimiter(REDIS_URL, prefix=prefix)
+        limiter.ping()
         assert limiter.acquire([per_hour(2)]).allowed
         client = redis.Redis.from_url(REDIS_URL)
         client.script_flush()
@@ -264,12 +265,14 @@ def test_an_unreachable_redis_fails_closed_within_the_timeout() -> None:
     assert_fails_closed_quickly(lambda: limiter.acquire([per_hour(5)]))
     assert_fails_closed_quickly(lambda: limiter.adjust(per_hour(5), -1))
     assert_fails_closed_quickly(lambda: limiter.release(lease("a")))
+    assert_fails_closed_quickly(limiter.ping)
 
 
 def test_a_stalled_redis_fails_closed_within_the_timeout(stalled_port: int) -> None:
     limiter = RedisLimiter(f"redis://127.0.0.1:{stalled_port}/0")
     assert_fails_closed_quickly(lambda: limiter.acquire([per_hour(5), lease("a")]))
     assert_fails_closed_quickly(lambda: limiter.adjust(per_hour(5), 1))
+    assert_fails_closed_quickly(limiter.ping)
     limiter.close()
 
 

@@ -8,7 +8,7 @@ DATA_DIR ?= ./var/demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test lint typecheck contracts pytest services bench clean worker beat
+.PHONY: demo test lint typecheck contracts pytest services bench bench-vetting bench-ratelimit clean worker beat
 
 demo: $(VENV)/.runtime
 	$(BIN)/airlock demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
@@ -65,6 +65,14 @@ beat: $(VENV)/.runtime
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/resolve.py
+
+# Vetting of a generated 1.5 GiB safetensors file against sha256sum (about 1 minute, 1.5 GiB
+# of temporary disk); the Redis limiter against PING, and its exactness races (needs Redis).
+bench-vetting: $(VENV)/.dev
+	$(BIN)/python bench/vetting.py
+
+bench-ratelimit: $(VENV)/.dev
+	$(BIN)/python bench/ratelimit.py
 
 clean:
 	rm -rf $(VENV) $(HUB036) var .pytest_cache .mypy_cache .ruff_cache

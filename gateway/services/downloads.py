@@ -758,7 +758,8 @@ def _refusal_message(refused: Dimension, wait: float) -> str:
         plural = "download is" if refused.quota == 1 else "downloads are"
         return (
             f"{refused.quota} {plural} already in progress for this grant (the tier's "
-            f"concurrent_downloads limit); wait for one to finish."
+            f"concurrent_downloads limit); wait for one to finish. A slot frees as soon as one "
+            f"does, or at the latest in {_human_wait(wait)} when its download link expires."
         )
     if wait == float("inf"):
         return f"The file is larger than the tier's whole {refused.name} limit."

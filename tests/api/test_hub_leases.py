@@ -116,7 +116,11 @@ def test_a_lease_never_released_expires_with_its_signed_url(hub: Hub) -> None:
     hub.world.airlock.downloads.limiter = MemoryLimiter(clock=lambda: now[0])
     blob_url(hub.get(URL, hub.researcher))
     now[0] += 599
-    assert_busy(hub, hub.get(OTHER, hub.researcher))
+    busy = hub.get(OTHER, hub.researcher)
+    assert_busy(hub, busy)
+    assert (
+        "or at the latest in 1 s when its download link expires" in busy.headers["X-Error-Message"]
+    )
     now[0] += 2
     assert hub.get(OTHER, hub.researcher).status_code == 302
 

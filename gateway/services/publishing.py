@@ -47,6 +47,7 @@ MAX_PATH = 1024
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB  # S3 refuses smaller parts (except the last)
+DIGEST_MISMATCH = "sha256 of the stored bytes does not match the manifest"  # vetting's words
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,9 +272,12 @@ class PublishingService:
         actor = principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
         if not SHA256_HEX.match(sha256):
             raise InvalidInput("sha256 must be the file's lowercase hex sha256")
-        if self.storage.exists(blob_key(model.org_id, sha256)):
-            return UploadPlan(sha256, size, "stored")
+        key = blob_key(model.org_id, sha256)
         direct = self.storage.direct_uploads()
+        if self.storage.exists(key):
+            if direct is None or not self._failed_digest(session, key):
+                return UploadPlan(sha256, size, "stored")
+            self.storage.delete(key)  # vetting found other bytes under this name: replace them
         if direct is None:
             return UploadPlan(sha256, size, "stream")
         if size > max_bytes:
@@ -286,6 +290,25 @@ class PublishingService:
         return UploadPlan(
             sha256, size, "multipart", upload.id, upload.part_size, part_count(upload), done
         )
+
+    def _failed_digest(self, session: Session, key: str) -> bool:
+        """Whether the newest revision using `key` found its object not hashing to its name.
+
+        Direct uploads are hashed only by vetting; without this, bytes that once arrived wrong
+        (a file edited mid-push, say) would keep the name and every later push would skip them.
+        Once a newer revision uses the key (pending, or vetted clean), the object stays.
+        """
+        newest = session.execute(
+            select(RevisionFile.path, Revision.vetting_status, Revision.vetting_report)
+            .join(Revision, Revision.id == RevisionFile.revision_id)
+            .where(RevisionFile.storage_key == key)
+            .order_by(Revision.id.desc())
+            .limit(1)
+        ).first()
+        if newest is None or newest.vetting_status != VettingStatus.FAILED:
+            return False
+        problems = (newest.vetting_report or {}).get("problems", [])
+        return {"path": newest.path, "problem": DIGEST_MISMATCH} in problems
 
     def _resume(
         self, session: Session, direct: DirectUploads, model: Model, sha256: str, size: int

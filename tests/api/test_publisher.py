@@ -540,6 +540,15 @@ def test_bytes_that_do_not_match_their_sha256_never_become_servable(s3_api: Api)
     mismatch = "sha256 of the stored bytes does not match the manifest"
     assert {"path": "big.raw", "problem": mismatch} in revision["vetting_report"]["problems"]
 
+    # Pushing the right bytes again replaces the wrong ones instead of skipping them.
+    again = ok(start(s3_api, BIG))
+    assert again["method"] == "multipart" and again["uploaded"] == []
+    put_parts(s3_api, again, BIG, [1, 2, 3])
+    ok(complete(s3_api, again))
+    ok(s3_api.commit(NEW, {"big.raw": BIG}), 201)
+    assert main_revision(s3_api)["vetting_status"] == "passed"
+    assert ok(start(s3_api, BIG))["method"] == "stored"
+
 
 def test_part_urls_are_only_for_parts_of_the_upload(s3_api: Api) -> None:
     plan = ok(start(s3_api, BIG))

@@ -17,9 +17,11 @@ from prometheus_client import REGISTRY
 from gateway.app import create_app
 from gateway.observability.readiness import ReadinessProbe
 from gateway.services.container import Airlock, build_airlock
-from gateway.settings import Settings
+from gateway.settings import Settings, load_settings
 from tests.api.hubkit import REPO, bearer, make_hub
 from tests.factories import World
+from tests.s3_servers import S3Server, moto_server
+from tests.workers.conftest import claimed_redis_db
 
 PASSWORD = "hunter2-not-for-logs"
 
@@ -229,3 +231,39 @@ def test_access_log_lines_carry_request_ids_and_never_tokens_or_signatures(
     assert second["request_id"] != first["request_id"]
     for secret in (hub.researcher.token, hub.outsider.token, signature):
         assert secret not in logged
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+def test_readyz_with_every_production_backend(settings: Settings, s3: S3Server) -> None:
+    """Redis limits, a Redis broker and S3 storage all answer: ready, each check named ok."""
+    bucket = s3.new_bucket()
+    with claimed_redis_db() as redis_url:
+        s3_settings = load_settings(s3.env(bucket), data_dir=settings.data_dir)
+        app, services = app_with(
+            settings,
+            redis_url=redis_url,
+            broker_url=redis_url,
+            storage_url=s3_settings.storage_url,
+            s3_endpoint_url=s3_settings.s3_endpoint_url,
+            s3_region=s3_settings.s3_region,
+            s3_addressing_style="path",
+            s3_access_key_id=s3.access_key,
+            s3_secret_access_key=s3.secret_key,
+        )
+        try:
+            ready = app.test_client().get("/readyz")
+            s3.client().delete_bucket(Bucket=bucket)
+            gone = app.test_client().get("/readyz")
+        finally:
+            services.close()
+    assert ready.status_code == 200, ready.get_json()
+    states = {name: check["state"] for name, check in ready.get_json()["checks"].items()}
+    assert states == {"database": "ok", "redis": "ok", "storage": "ok", "broker": "ok"}
+    assert gone.status_code == 503
+    assert gone.get_json()["failed"] == ["storage"]
+    assert bucket in gone.get_json()["checks"]["storage"]["error"]

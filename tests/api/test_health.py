@@ -24,6 +24,7 @@ from tests.s3_servers import S3Server, moto_server
 from tests.workers.conftest import claimed_redis_db
 
 PASSWORD = "hunter2-not-for-logs"
+EFFECTS = ("allow", "deny", "review")
 
 
 def closed_port() -> int:
@@ -164,6 +165,10 @@ def test_metrics_count_requests_by_surface_and_status(client: FlaskClient, world
     assert 'airlock_http_requests_total{method="GET",status="302",surface="hub"}' in text
 
 
+def created_decisions() -> dict[str, float]:
+    return {e: value("airlock_decisions_total", action="request:create", effect=e) for e in EFFECTS}
+
+
 def test_metrics_count_decisions_by_effect_and_reason(client: FlaskClient, world: World) -> None:
     hub = make_hub(client, world)
     denials = value("airlock_decisions_total", action="download:deny", effect="deny")
@@ -175,6 +180,17 @@ def test_metrics_count_decisions_by_effect_and_reason(client: FlaskClient, world
         assert value(
             "airlock_decision_reasons_total", action="download:deny", effect="deny", reason=code
         ), code
+    tier = hub.get(f"/api/v1/models/{REPO}/access", hub.researcher).get_json()["tiers"][0]
+    before = created_decisions()
+    asked = client.post(
+        f"/api/v1/models/{REPO}/access", json={"tier": tier["name"]}, headers=bearer(hub.researcher)
+    ).get_json()
+    effect = asked["effect"]
+    assert created_decisions() == before | {effect: before[effect] + 1}
+    assert asked["reasons"]
+    for reason in asked["reasons"]:
+        labels = {"action": "request:create", "effect": effect, "reason": reason["code"]}
+        assert value("airlock_decision_reasons_total", **labels) >= 1, reason
 
 
 def test_metrics_token_is_required_when_configured(settings: Settings) -> None:

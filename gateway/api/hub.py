@@ -23,6 +23,7 @@ from gateway.db.engine import begin_read_only
 from gateway.db.models import ApiToken, Organization, User, utcnow
 from gateway.errors import AuthenticationRequired, EntryNotFound, InvalidInput
 from gateway.services.downloads import Served, WeightsAccess, apply_url_for, ratelimit_headers
+from gateway.services.provisioning import ProvisioningPending
 from gateway.services.rows import FileRow, RevisionRow
 from policies import ApprovalMode, GrantKind
 
@@ -165,13 +166,30 @@ def resolve(org: str, name: str, rest: str) -> Response:
         missing = render(exc)
         missing.headers["X-Repo-Commit"] = revision.commit_id
         return missing
-    if request.method == "HEAD":
-        served = airlock().downloads.served(db(), access=access, revision=revision, file=file)
-        response = Response(status=200, mimetype="application/octet-stream")
-        response.headers.update(_file_headers(served, revision.commit_id))
-        response.headers["Accept-Ranges"] = "bytes"
-        response.content_length = served.size
-        return _with_notice(response, access)
+    try:
+        if request.method == "HEAD":
+            return _with_notice(_metadata(access, revision, file), access)
+        return _with_notice(_redirect(access, revision, file), access)
+    except ProvisioningPending as exc:
+        # hub 1.x/2.x print X-HF-Warning at once, before retrying the 503 for half a minute
+        pending = render(exc)
+        notice = pending.headers["X-Error-Message"]  # already made header-safe
+        pending.headers["X-HF-Warning"] = f"airlock-provisioning; {notice}"
+        return pending
+
+
+def _metadata(access: WeightsAccess, revision: RevisionRow, file: FileRow) -> Response:
+    """HEAD: what a download of `file` would serve, with no ticket and no charge."""
+    served = airlock().downloads.served(db(), access=access, revision=revision, file=file)
+    response = Response(status=200, mimetype="application/octet-stream")
+    response.headers.update(_file_headers(served, revision.commit_id))
+    response.headers["Accept-Ranges"] = "bytes"
+    response.content_length = served.size
+    return response
+
+
+def _redirect(access: WeightsAccess, revision: RevisionRow, file: FileRow) -> Response:
+    """GET: a charged, audited ticket, and a 302 to its signed URL."""
     ticket = airlock().downloads.issue_ticket(
         db(),
         principal=principal(),
@@ -185,7 +203,7 @@ def resolve(org: str, name: str, rest: str) -> Response:
     response.headers["Location"] = ticket.url
     response.headers.update(_file_headers(ticket.served, ticket.commit))
     response.headers.update(ratelimit_headers(ticket.limit))
-    return _with_notice(response, access)
+    return response
 
 
 # -- helpers -------------------------------------------------------------------------------------

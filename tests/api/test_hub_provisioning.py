@@ -106,6 +106,7 @@ def assert_provisioning(response: TestResponse) -> None:
     assert "provisioning is under way" in message and REPO in message
     assert "X-Error-Code" not in response.headers
     assert "Location" not in response.headers
+    assert response.headers["X-HF-Warning"] == f"airlock-provisioning; {message}"
     if response.request.method == "GET":
         assert response.json == {"error": message}
 

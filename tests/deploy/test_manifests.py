@@ -171,6 +171,14 @@ def test_kubernetes_has_the_gateway_worker_beat_and_a_migration_job() -> None:
     assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"]["type"] == "Recreate"
 
 
+def test_kubernetes_manifests_match_the_api_schemas() -> None:
+    """Strict validation against the Kubernetes API's own schemas: no unknown or misplaced key."""
+    validator = pytest.importorskip("kubernetes_validate")
+    version = validator.latest_version()
+    for doc in k8s_documents():
+        validator.validate(doc, version, strict=True)
+
+
 def test_kubernetes_commands_and_variables_are_real(known_variables: frozenset[str]) -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s_documents()}
     config = set(docs[("ConfigMap", "airlock-config")]["data"])

@@ -68,10 +68,17 @@ def task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
         REQUEST_ID.reset(token)
 
 
-def task_was_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
-    """Count a revoked (or expired, or terminated) task."""
-    name = getattr(request, "task", None) or getattr(request, "name", None) or "unknown"
-    metrics.count_task(str(name), "terminated" if terminated else "revoked")
+def task_was_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    """Count a task that was revoked, expired before it ran, or terminated."""
+    name = getattr(sender, "name", None) or getattr(request, "task_name", None) or "unknown"
+    outcome = "expired" if expired else "terminated" if terminated else "revoked"
+    metrics.count_task(str(name), outcome)
 
 
 class WorkerTelemetry:

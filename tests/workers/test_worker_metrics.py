@@ -6,11 +6,13 @@ import json
 import socket
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from gateway.db.migrate import upgrade
+from gateway.tasks.broker import CeleryRunner
 from gateway.tasks.catalog import SWEEP_TASK
 from tests.pg import throwaway_database
 from tests.workers.conftest import claimed_redis_db
@@ -18,6 +20,7 @@ from tests.workers.test_worker_process import Deployment
 
 pytestmark = pytest.mark.slow
 SUCCESS = f'airlock_tasks_total{{outcome="success",task="{SWEEP_TASK}"}}'
+EXPIRED = f'airlock_tasks_total{{outcome="expired",task="{SWEEP_TASK}"}}'
 
 
 def free_port() -> int:
@@ -67,7 +70,12 @@ def test_task_outcomes_of_every_pool_process_reach_the_metrics_port(
     worker = deployment.start("worker", "gateway.cli", "worker", "--concurrency", "2")
     for _ in range(4):
         deployment.airlock.runner.send(SWEEP_TASK, {})
+    runner = deployment.airlock.runner
+    assert isinstance(runner, CeleryRunner)
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    runner.app.send_task(SWEEP_TASK, queue="default", expires=past)  # superseded: not run
     deployment.wait_for("4 sweeps counted", lambda: sample(scrape(port), SUCCESS) == 4, 60)
+    deployment.wait_for("the expired one", lambda: sample(scrape(port), EXPIRED) == 1, 60)
     text = scrape(port)
     assert sample(text, f'airlock_task_duration_seconds_count{{task="{SWEEP_TASK}"}}') == 4
     pids = {p.name.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}

@@ -166,9 +166,16 @@ class S3Storage:
                 )
             self.complete(key, upload_id, parts)
         except BaseException:
-            self.abort(key, upload_id)
+            self._abort_quietly(key, upload_id)
             raise
         return StoredObject(key=key, size=size, sha256=actual)
+
+    def _abort_quietly(self, key: str, upload_id: str) -> None:
+        """Abort after a failed write without hiding why it failed (a lifecycle rule remains)."""
+        try:
+            self.abort(key, upload_id)
+        except AirlockError as exc:
+            log.warning("could not abort the multipart upload of %s: %s", key, exc.detail)
 
     def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> UploadedPart:
         with translated(key):

@@ -25,7 +25,7 @@ from tests.s3_servers import S3Server, part_puts
 from tests.storage.conftest import PART
 
 BIG = bytes(range(251)) * (2 * PART // 251 + 1)  # three parts, the last a partial one
-FILES = {"config.json": b'{"model_type": "test"}', "weights/big.raw": BIG}
+FILES = {"config.json": b'{"model_type": "test"}', "weights/big.raw": BIG, "empty.txt": b""}
 
 
 @dataclass
@@ -93,12 +93,12 @@ def test_push_sends_parts_straight_to_s3_and_commits(
     before = part_puts(moto)
     code, output = push(live, model_dir(tmp_path))
     assert code == 0, output
-    assert "acme/big@" in output and "2 files" in output and "vetting: " in output
-    assert part_puts(moto) - before == 4  # three parts of the big file, one of config.json
+    assert "acme/big@" in output and "3 files" in output and "vetting: " in output
+    assert part_puts(moto) - before == 5  # three parts of the big file, one for each other
     with live.airlock.db.session() as s:
         assert s.scalars(select(MultipartUpload)).all() == []  # completed uploads leave no row
     code, output = push(live, model_dir(tmp_path))  # again: everything is stored already
-    assert code == 0 and part_puts(moto) - before == 4
+    assert code == 0 and part_puts(moto) - before == 5
 
 
 def test_an_interrupted_push_resumes_sending_only_the_missing_parts(
@@ -128,6 +128,6 @@ def test_an_interrupted_push_resumes_sending_only_the_missing_parts(
         f"resumed weights/big.raw: {landed} parts were already uploaded, sent {3 - landed}"
         in output
     )
-    assert part_puts(moto) - before == (3 - landed) + 1  # the missing parts, and config.json
+    assert part_puts(moto) - before == (3 - landed) + 2  # the missing parts, and the small files
     with live.storage.open_read(upload.storage_key) as stream:
         assert digest(stream.read()) == digest(BIG)

@@ -87,8 +87,7 @@ def configure_logging(*, log_format: str, level: str) -> logging.Handler:
     """
     handler = StderrHandler()
     handler.name = _HANDLER_NAME
-    handler.setFormatter(formatter_for(log_format))
-    handler.addFilter(RequestIdFilter())
+    _use(handler, log_format)
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.name == _HANDLER_NAME]:
         root.removeHandler(old)
@@ -101,6 +100,12 @@ def configure_logging(*, log_format: str, level: str) -> logging.Handler:
 def use_format(handlers: list[logging.Handler], log_format: str) -> None:
     """Give handlers someone else installed (Celery's) the chosen format and request ids."""
     for handler in handlers:
-        handler.setFormatter(formatter_for(log_format))
-        if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
-            handler.addFilter(RequestIdFilter())
+        _use(handler, log_format)
+
+
+def _use(handler: logging.Handler, log_format: str) -> None:
+    handler.setFormatter(formatter_for(log_format))
+    for old in [f for f in handler.filters if isinstance(f, RequestIdFilter)]:
+        handler.removeFilter(old)
+    if log_format == "text":  # JSON reads the request id itself, and omits it outside requests
+        handler.addFilter(RequestIdFilter())

@@ -283,3 +283,24 @@ def test_readyz_with_every_production_backend(settings: Settings, s3: S3Server) 
     assert gone.status_code == 503
     assert gone.get_json()["failed"] == ["storage"]
     assert bucket in gone.get_json()["checks"]["storage"]["error"]
+
+
+def test_text_logs_carry_the_request_id_too(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app, services = app_with(settings, log_format="text")
+    try:
+        capsys.readouterr()
+        app.test_client().get("/healthz?token=not-logged", headers={"X-Request-Id": "trace-t1"})
+        logged = capsys.readouterr().err
+    finally:
+        services.close()
+    line = next(line for line in logged.splitlines() if "gateway.access" in line)
+    assert "[trace-t1] GET /healthz 200" in line
+    assert "not-logged" not in logged
+
+
+def test_an_unknown_log_format_is_refused_at_start(tmp_path: Path) -> None:
+    env = {"AIRLOCK_LOG_FORMAT": "xml", "AIRLOCK_SECRET_KEY": "x"}
+    with pytest.raises(ValueError, match="AIRLOCK_LOG_FORMAT must be one of json, text"):
+        load_settings(env, data_dir=tmp_path)

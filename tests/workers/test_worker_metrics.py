@@ -82,4 +82,8 @@ def test_task_outcomes_of_every_pool_process_reach_the_metrics_port(
     assert "999999.db" not in pids, "the worker drops sample files of an earlier run"
     lines = [line for line in worker.output().splitlines() if line.startswith("{")]
     assert lines, worker.output()[-2000:]
-    assert all({"ts", "level", "logger", "message"} <= json.loads(line).keys() for line in lines)
+    records = [json.loads(line) for line in lines]
+    assert all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
+    done = [r for r in records if "succeeded in" in r["message"]]
+    assert done and all(r["request_id"] in r["message"] for r in done), "stamped with the task id"
+    assert all("request_id" not in r for r in records if "mingle" in r["message"])

@@ -89,6 +89,27 @@ def put(url: str, data: bytes) -> int:
         return int(response.status)
 
 
+def put_status(url: str, data: bytes) -> tuple[int, bytes]:
+    try:
+        return put(url, data), b""
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_a_presigned_part_url_is_good_for_its_part_only(strict_s3: S3Server) -> None:
+    storage = s3_storage(strict_s3)
+    upload_id = storage.create("blob")
+    url = storage.part_url("blob", upload_id, 1, expires_at=soon())
+    for forged in (
+        with_query(url, partNumber="2"),
+        with_query(url, uploadId="another-upload"),
+        url.replace("/blob?", "/other?"),
+    ):
+        status, body = put_status(forged, b"bytes")
+        assert status == 403 and b"SignatureDoesNotMatch" in body
+    assert put_status(url, b"bytes")[0] == 200
+
+
 def test_parts_put_to_presigned_urls_assemble_into_the_object(moto: S3Server) -> None:
     storage = s3_storage(moto)
     data = bytes(PART) + b"tail"

@@ -89,7 +89,7 @@ def start_upload(org: str, name: str, body: s.UploadIn) -> s.UploadOut:
     return s.UploadOut(
         sha256=plan.sha256,
         size=plan.size,
-        method=plan.method,  # type: ignore[arg-type]
+        method=plan.method,
         upload_id=plan.upload_id,
         part_size=plan.part_size,
         part_count=plan.part_count,

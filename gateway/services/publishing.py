@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -141,7 +141,7 @@ class UploadPlan:
 
     sha256: str
     size: int
-    method: str  # "stored" | "stream" | "multipart"
+    method: Literal["stored", "stream", "multipart"]
     upload_id: int | None = None
     part_size: int | None = None
     part_count: int = 0

@@ -194,7 +194,8 @@ def _complete(conn: _Conn, head: bool) -> tuple[int, bool] | None:
     if not head:
         marker = header.find(b"\r\ncontent-length:")
         if marker >= 0:
-            length = int(header[marker + 17 : header.find(b"\r\n", marker + 2)].strip() or 0)
+            eol = header.find(b"\r\n", marker + 2)  # -1 when it is the last header line
+            length = int(header[marker + 17 : eol if eol >= 0 else len(header)].strip() or 0)
     need = end + 4 + length
     if len(conn.buffer) < need:
         return None

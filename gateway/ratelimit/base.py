@@ -16,7 +16,7 @@ contract tests.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -170,13 +170,18 @@ def lease_state(lease: Lease, count: int, earliest: float | None, now: float) ->
     return DimensionState(lease, max(lease.quota - count, 0), reset)
 
 
-def lease_retry(lease: Lease, expiries: list[float], held: bool, now: float) -> float:
-    """0 when the lease may be taken (or renewed), else seconds until a slot frees at latest."""
+def lease_retry(
+    lease: Lease, count: int, held: bool, expiries: Callable[[], list[float]], now: float
+) -> float:
+    """0 when the lease may be taken (or renewed), else seconds until a slot frees at latest.
+
+    `expiries` lists the `count` live leases' expiries; it is called only on a refusal.
+    """
     if lease.quota == 0:
         return INF
-    if held or len(expiries) < lease.quota:
+    if held or count < lease.quota:
         return 0.0
-    frees = sorted(expiries)[len(expiries) - lease.quota]  # enough leases have expired by then
+    frees = sorted(expiries())[count - lease.quota]  # enough leases have expired by then
     return max(frees - now, 1e-6)
 
 

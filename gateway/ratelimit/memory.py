@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ class MemoryLimiter:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._tat: dict[str, float] = {}
-        self._leases: dict[str, dict[str, float]] = {}
+        self._leases: dict[str, _LeaseSet] = {}
         self._lock = threading.Lock()
         self._clock = clock
         self._calls = 0
@@ -45,7 +46,7 @@ class MemoryLimiter:
             plans = [gcra_check(d, self._tat.get(d.key), now) for d in gcra]
             held = [self._live(lease.key, now) for lease in leases]
             waits = [p.retry_after for p in plans] + [
-                lease_retry(lease, list(h.values()), lease.id in h, now)
+                lease_retry(lease, len(h), lease.id in h, h.expiries, now)
                 for lease, h in zip(leases, held, strict=True)
             ]
             admit = not any(waits)
@@ -53,11 +54,11 @@ class MemoryLimiter:
                 for dim, plan in zip(gcra, plans, strict=True):
                     self._tat[dim.key] = plan.new_tat
                 for lease, h in zip(leases, held, strict=True):
-                    h[lease.id] = now + lease.ttl
+                    h.take(lease.id, now + lease.ttl)
             tats = [p.new_tat if admit else p.tat for p in plans]
             states = [gcra_state(d, tat, now) for d, tat in zip(gcra, tats, strict=True)]
             states += [
-                lease_state(ls, len(h), min(h.values(), default=None), now)
+                lease_state(ls, len(h), h.earliest(), now)
                 for ls, h in zip(leases, held, strict=True)
             ]
             return decide(dimensions, [*gcra, *leases], states, waits)
@@ -65,7 +66,9 @@ class MemoryLimiter:
     def release(self, lease: Lease) -> None:
         """Give a lease back; unknown or expired leases are ignored."""
         with self._lock:
-            self._leases.get(lease.key, {}).pop(lease.id, None)
+            held = self._leases.get(lease.key)
+            if held is not None:
+                held.drop(lease.id)
 
     def adjust(self, dimension: Dimension, delta: int) -> DimensionState:
         """Charge `delta` more units to `dimension` (negative refunds, never beyond full)."""
@@ -82,11 +85,12 @@ class MemoryLimiter:
     def close(self) -> None:
         """Nothing to release in process."""
 
-    def _live(self, key: str, now: float) -> dict[str, float]:
+    def _live(self, key: str, now: float) -> _LeaseSet:
         """The lease set of `key` with expired leases dropped."""
-        held = self._leases.setdefault(key, {})
-        for lease_id in [i for i, expiry in held.items() if expiry <= now]:
-            del held[lease_id]
+        held = self._leases.get(key)
+        if held is None:
+            held = self._leases[key] = _LeaseSet()
+        held.prune(now)
         return held
 
     def _sweep(self, now: float) -> None:
@@ -95,5 +99,52 @@ class MemoryLimiter:
         if self._calls % SWEEP_EVERY:
             return
         self._tat = {k: tat for k, tat in self._tat.items() if tat > now}
-        live = {k: {i: e for i, e in h.items() if e > now} for k, h in self._leases.items()}
-        self._leases = {k: h for k, h in live.items() if h}
+        for held in self._leases.values():
+            held.prune(now)
+        self._leases = {k: h for k, h in self._leases.items() if len(h)}
+
+
+class _LeaseSet:
+    """The live leases of one key: expiry by id, and a heap of expiries to prune in O(log n).
+
+    The heap may hold stale entries (released or renewed leases); they are skipped when they
+    reach the top, so pruning, counting and the earliest expiry never scan every lease.
+    """
+
+    def __init__(self) -> None:
+        self._expiry: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def __contains__(self, lease_id: object) -> bool:
+        return lease_id in self._expiry
+
+    def take(self, lease_id: str, expiry: float) -> None:
+        """Hold (or renew) `lease_id` until `expiry`."""
+        self._expiry[lease_id] = expiry
+        heapq.heappush(self._heap, (expiry, lease_id))
+
+    def drop(self, lease_id: str) -> None:
+        """Release `lease_id` if held."""
+        self._expiry.pop(lease_id, None)
+
+    def prune(self, now: float) -> None:
+        """Drop the leases expired at `now`, and stale heap entries on the way."""
+        heap, expiry = self._heap, self._expiry
+        while heap and (heap[0][0] <= now or expiry.get(heap[0][1]) != heap[0][0]):
+            stale_or_expired, lease_id = heapq.heappop(heap)
+            if expiry.get(lease_id) == stale_or_expired:
+                del expiry[lease_id]
+        if len(heap) > 2 * len(expiry) + 64:  # many releases: rebuild rather than grow
+            self._heap = [(e, i) for i, e in expiry.items()]
+            heapq.heapify(self._heap)
+
+    def earliest(self) -> float | None:
+        """The earliest live expiry (call after `prune`)."""
+        return self._heap[0][0] if self._heap else None
+
+    def expiries(self) -> list[float]:
+        """Every live lease's expiry."""
+        return list(self._expiry.values())

@@ -220,6 +220,9 @@ def report(written: Written, timings: list[Timing], rss: tuple[int, int], load: 
             f"   ratio vetting / sha256sum, {name}: {ratio:.2f}  (target >= {RATIO_TARGET}: "
             f"{verdict})"
         )
+    for other in timings[2:]:  # references: the same digest through OpenSSL, no target
+        ratio = vetting.rate(size, min) / other.rate(size, min)
+        print(f"   ratio vetting / {other.label.split(' (')[0]}, best: {ratio:.2f}")
     before, peak = rss
     print(
         f"\n2. Memory, a fresh process: RSS {before / 2**20:.1f} MiB before vetting, peak "

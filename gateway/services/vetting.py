@@ -128,7 +128,7 @@ def safetensors_problems(head: bytes, total_size: int) -> list[str]:
         return [f"file ends inside its {header_len}-byte header"]
     try:
         header = json.loads(head[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, 4300+ digit numbers, deep nesting
         return ["header is not valid JSON"]
     if not isinstance(header, dict):
         return ["header is not a JSON object"]
@@ -139,6 +139,8 @@ def _tensor_problems(header: dict[str, Any], data_size: int) -> Iterator[str]:
     spans = []
     for name, info in header.items():
         if name == "__metadata__":
+            if not _string_map(info):
+                yield "header __metadata__ is not a map of strings to strings"
             continue
         entry = _tensor_entry(info)
         if entry is None:
@@ -160,7 +162,9 @@ def _tensor_problems(header: dict[str, Any], data_size: int) -> Iterator[str]:
 
 def _tensor_entry(info: object) -> tuple[tuple[int, int], int] | None:
     """A tensor's (begin, end) and the bytes its dtype and shape need; None when malformed."""
-    if not isinstance(info, dict) or info.get("dtype") not in DTYPE_SIZES:
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+        return None
+    if info["dtype"] not in DTYPE_SIZES:
         return None
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if not isinstance(shape, list) or not all(_natural(dim) for dim in shape):
@@ -170,6 +174,11 @@ def _tensor_entry(info: object) -> tuple[tuple[int, int], int] | None:
     if offsets[0] > offsets[1]:
         return None
     return (offsets[0], offsets[1]), math.prod(shape) * DTYPE_SIZES[info["dtype"]]
+
+
+def _string_map(value: object) -> bool:
+    """A JSON object whose values are all strings (the format's only metadata)."""
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
 
 
 def _natural(value: object) -> bool:

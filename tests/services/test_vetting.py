@@ -91,6 +91,10 @@ def test_a_header_larger_than_the_read_buffer_passes(vet: Vetter) -> None:
         ({"t": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, 8, "malformed"),
         ({"t": {"dtype": "F128", "shape": [2], "data_offsets": [0, 8]}}, 8, "malformed"),
         ({"t": [0, 8]}, 8, "malformed"),
+        ({"t": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}, 8, "malformed"),
+        ({"t": {"dtype": {}, "shape": [2], "data_offsets": [0, 8]}}, 8, "malformed"),
+        ({"__metadata__": {"format": 1}, **tensors((0, 8))}, 8, "__metadata__ is not a map"),
+        ({"__metadata__": ["pt"], **tensors((0, 8))}, 8, "__metadata__ is not a map"),
     ],
 )
 def test_bad_tensor_tables_are_reported(
@@ -133,6 +137,8 @@ def test_a_file_cut_inside_its_data_is_reported(vet: Vetter) -> None:
         ('{"t": "\u00e9"}'.encode("utf-16"), "not valid JSON"),
         (b'{"t": "\xff"}', "not valid JSON"),
         (b"[1, 2]", "not a JSON object"),
+        (b"[" * 100_000, "not valid JSON"),
+        (b'{"t": ' + b"7" * 5000 + b"}", "not valid JSON"),
     ],
 )
 def test_headers_that_are_not_a_utf8_json_object_are_reported(

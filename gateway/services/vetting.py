@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 from gateway.db.models import RevisionFile
-from gateway.errors import ArtifactMissing
+from gateway.errors import AirlockError, ArtifactMissing
 from gateway.services import pickle_scan
 from gateway.services.pickle_scan import looks_like_pickle
 from gateway.storage import Storage
@@ -55,11 +55,21 @@ def vet_file(storage: Storage, file: RevisionFile) -> list[str]:
             head = _read_up_to(stream, 4)
             problems = _digest_problems(stream, file, head)
         if looks_like_pickle(file.path, head):
-            with storage.open_read(file.storage_key) as stream:
-                problems += pickle_scan.scan(stream)
+            problems += _pickle_problems(storage, file)
         return problems
     except ArtifactMissing:
         return ["the stored bytes are missing"]
+
+
+def _pickle_problems(storage: Storage, file: RevisionFile) -> list[str]:
+    """The opcode scan's findings; a file the scanner cannot follow fails, never passes."""
+    with storage.open_read(file.storage_key) as stream:
+        try:
+            return pickle_scan.scan(stream)
+        except AirlockError:  # storage trouble: the task retries, nothing is decided
+            raise
+        except Exception as exc:  # e.g. a zip member in a compression zipfile cannot read
+            return [f"pickle archive could not be scanned: {type(exc).__name__}"]
 
 
 def _safetensors_file_problems(stream: BinaryIO, file: RevisionFile) -> list[str]:

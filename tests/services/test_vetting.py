@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -196,6 +197,19 @@ def test_pickles_are_scanned_after_the_digest(vet: Vetter) -> None:
     assert vet(pickle.dumps({"w": [1, 2]}, 4), "weights.pkl") == []
     found = vet(pickle.dumps(Shell(), 2), "pytorch_model.bin")
     assert any("unsafe global" in p and "system" in p for p in found), found
+
+
+def test_an_archive_the_scanner_cannot_read_fails_vetting(vet: Vetter) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"w": 1}, 2))
+    data = bytearray(buffer.getvalue())
+    for signature, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # compression method 99
+        start = data.find(signature) + at
+        data[start : start + 2] = (99).to_bytes(2, "little")
+    assert vet(bytes(data), "model.pt") == [
+        "pickle archive could not be scanned: NotImplementedError"
+    ]
 
 
 def test_missing_bytes_are_a_problem_not_an_error(tmp_path: Path) -> None:

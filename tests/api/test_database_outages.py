@@ -1,28 +1,39 @@
-"""The gateway rides out a PostgreSQL restart: no gateway restart, no 500, no stale connection.
+"""PostgreSQL outages: the gateway rides out a restart and fails closed while it cannot go on.
 
 A private throwaway cluster (never the machine's shared server) is restarted under a running
 app. The pool checks each connection before lending it (`pool_pre_ping`), so the first request
 after a restart already succeeds; while the server is down, requests are 503 with a problem body
-(fail closed), and they succeed again as soon as it is back.
+(fail closed), and they succeed again as soon as it is back. On the shared test database: a row
+lock held past the lock timeout is a 503 too, with nothing issued (PostgreSQL's counterpart of
+the SQLite busy-timeout test in test_hub.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, event, func, select, text
 from werkzeug.test import TestResponse
 
 from gateway.app import create_app
 from gateway.db.migrate import upgrade
+from gateway.db.models import DownloadTicket
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import load_settings
+from tests.api.hubkit import REPO, Hub, make_hub
 from tests.factories import Actor, World
 from tests.pg import PrivateCluster, private_cluster
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def hub(client: FlaskClient, world: World) -> Hub:
+    return make_hub(client, world)
 
 
 @pytest.fixture
@@ -47,6 +58,7 @@ def whoami(client: FlaskClient, actor: Actor) -> TestResponse:
     return client.get("/api/v1/me", headers={"Authorization": f"Bearer {actor.token}"})
 
 
+@pytest.mark.slow
 def test_requests_succeed_across_a_postgresql_restart(
     cluster: PrivateCluster, private_airlock: Airlock
 ) -> None:
@@ -62,6 +74,7 @@ def test_requests_succeed_across_a_postgresql_restart(
     assert after.json["username"] == "rob"
 
 
+@pytest.mark.slow
 def test_requests_are_503_while_postgresql_is_down_and_succeed_once_it_is_back(
     cluster: PrivateCluster, private_airlock: Airlock
 ) -> None:
@@ -81,3 +94,32 @@ def test_requests_are_503_while_postgresql_is_down_and_succeed_once_it_is_back(
     cluster.start()
     back = whoami(client, rob)
     assert back.status_code == 200, back.get_data(as_text=True)
+
+
+def test_a_lock_held_past_the_lock_timeout_is_a_503_and_nothing_is_issued(hub: Hub) -> None:
+    engine = hub.world.airlock.db.engine
+    engine.dispose()  # new connections wait 0.2 s for a lock instead of 30
+    event.listen(engine, "connect", _short_lock_timeout)
+    holder = create_engine(hub.world.airlock.settings.database_url)
+    try:
+        with holder.connect() as conn:  # another process's transaction, stuck holding the head
+            conn.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"))
+            response = hub.get(f"/{REPO}/resolve/main/config.json", hub.researcher)
+            conn.rollback()
+    finally:
+        holder.dispose()
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert "Location" not in response.headers
+    with hub.world.airlock.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(DownloadTicket)) == 0
+
+
+def _short_lock_timeout(dbapi_connection: Any, _record: Any) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = 200")
+    dbapi_connection.commit()
+
+
+def test_gateway_connections_wait_at_most_30_s_for_a_lock(airlock: Airlock) -> None:
+    with airlock.db.session() as s:
+        assert s.scalar(text("SHOW lock_timeout")) == "30s"

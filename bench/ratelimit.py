@@ -220,7 +220,8 @@ def measured(args: argparse.Namespace, prefix: str) -> tuple[list[Timing], str]:
     server = (redis_cpu(args.url) - server) / wall
     return timings, (
         f"CPUs busy meanwhile: {busy:.2f} on the machine, of which this process {ours:.2f} "
-        f"and Redis {server:.2f}"
+        f"and Redis {server:.2f}, other work {max(busy - ours - server, 0):.2f}\n   (round "
+        f"trips take about 5 x longer on an otherwise idle machine: see docs/performance.md)"
     )
 
 

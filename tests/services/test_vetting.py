@@ -179,8 +179,8 @@ def test_streams_with_short_reads_and_no_readinto_are_vetted_alike(tmp_path: Pat
     for name, data in (("good", good), ("bad", bad)):
         storage.put_stream(name, io.BytesIO(data), max_bytes=1000)
         sha = hashlib.sha256(data).hexdigest()
-        files.append(RevisionFile(path=f"{name}.safetensors", size=len(data), sha256=sha))
-        files[-1].storage_key = name
+        path = f"{name}.safetensors"
+        files.append(RevisionFile(path=path, size=len(data), sha256=sha, storage_key=name))
     assert vetting_report(storage, files) == {
         "files": 2,
         "problems": [

@@ -40,8 +40,9 @@ def people(world: World) -> dict[str, Actor]:
 
 
 def run(live: str, token: str, *args: str) -> tuple[int, str]:
+    """Exit code, and stdout on success (the in-process server logs to the same stderr)."""
     result = CliRunner().invoke(main, [*args, "--endpoint", live, "--token", token])
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def test_push_uploads_every_file_and_commits(

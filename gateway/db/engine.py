@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.db.sqlite_writers import QueuedConnection, WriterQueue, queue_path
 
 READ_ONLY = "airlock_read_only"
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable PostgreSQL fails the request (503) in bounded time
@@ -60,9 +63,14 @@ class Database:
 
 def _make_engine(url: str, *, echo: bool) -> Engine:
     if url.startswith("sqlite"):
-        _ensure_sqlite_dir(url)
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
-        _configure_sqlite(engine)
+        path = _sqlite_path(url)
+        queue = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            queue = WriterQueue(queue_path(path))
+        connect_args = {"timeout": 30, "factory": QueuedConnection}
+        engine = create_engine(url, echo=echo, connect_args=connect_args)
+        _configure_sqlite(engine, queue)
         return engine
     engine = create_engine(
         url,
@@ -90,15 +98,15 @@ def _configure_postgres(engine: Engine) -> None:
         dbapi_connection.commit()  # a SET inside a rolled-back transaction would not stick
 
 
-def _ensure_sqlite_dir(url: str) -> None:
-    path = url.split(":///", 1)[-1]
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+def _sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for an in-memory database."""
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, queue: WriterQueue | None) -> None:
     """Foreign keys on, WAL, and BEGIN IMMEDIATE so writers queue instead of deadlocking
-    (plain BEGIN for transactions begun with `begin_read_only`)."""
+    (plain BEGIN for transactions begun with `begin_read_only`); writers wait in `queue`."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -112,5 +120,18 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        read_only = connection.get_execution_options().get(READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY, False):
+            connection.exec_driver_sql("BEGIN")
+            return
+        driver = connection.connection.driver_connection
+        if queue is None or not isinstance(driver, QueuedConnection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        if not queue.acquire():
+            raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked"))
+        driver.hold(queue)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            driver.leave()
+            raise

@@ -24,6 +24,9 @@ from gateway.services.principal import Principal
 from gateway.settings import Settings, load_settings
 
 REQUEST_ID_HEADERS = ("X-Request-Id", "X-Amzn-Trace-Id")
+# The same headers as WSGI environ keys: read without building a Headers view per request.
+REQUEST_ID_KEYS = tuple("HTTP_" + h.upper().replace("-", "_") for h in REQUEST_ID_HEADERS)
+DEFAULT_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store"))
 access_log = logging.getLogger("gateway.access")
 
 
@@ -81,50 +84,64 @@ def _authenticator(services: Airlock) -> Callable[[str], Principal | None]:
 
 
 def _assign_request_id() -> None:
-    g.started = time.perf_counter()
-    g.surface = metrics.surface_of(request.endpoint)
-    metrics.HTTP_IN_PROGRESS.labels(g.surface).inc()
-    incoming = next((request.headers[h] for h in REQUEST_ID_HEADERS if h in request.headers), "")
-    g.request_id = incoming[:128] if incoming.isprintable() and incoming else secrets.token_hex(12)
-    g.request_id_token = REQUEST_ID.set(g.request_id)
+    state = g._get_current_object()  # one proxy lookup, not six
+    state.started = time.perf_counter()
+    state.surface = surface = metrics.surface_of(request.endpoint)
+    metrics.in_progress(surface).inc()
+    environ = request.environ
+    incoming = next((environ[k] for k in REQUEST_ID_KEYS if k in environ), "")
+    request_id = incoming[:128] if incoming.isprintable() and incoming else secrets.token_hex(12)
+    state.request_id = request_id
+    state.request_id_token = REQUEST_ID.set(request_id)
 
 
 def _finish_response(response: Response) -> Response:
-    response.headers.setdefault("X-Request-Id", g.get("request_id", ""))
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Cache-Control", "no-store")
+    headers = response.headers
+    present = {name.lower() for name, _ in headers.items()}  # one scan, not one per header
+    if "x-request-id" not in present:
+        headers.add("X-Request-Id", g.get("request_id", ""))
+    for name, value in DEFAULT_HEADERS:
+        if name.lower() not in present:
+            headers.add(name, value)
     return response
 
 
 def _observe(response: Response) -> Response:
     """Count the request and write its access-log line (the path only: queries hold signatures)."""
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    surface = g.get("surface", "other")
-    metrics.observe_request(surface, request.method, response.status_code, seconds)
-    caller = g.get("principal")
+    state = g._get_current_object()
+    seconds = time.perf_counter() - state.get("started", time.perf_counter())
+    surface = state.get("surface", "other")
+    method, status = request.method, response.status_code
+    metrics.observe_request(surface, method, status, seconds)
+    if not access_log.isEnabledFor(logging.INFO):  # the line's arguments cost when it is off
+        return response
+    caller = state.get("principal")
+    path = request.path
     access_log.info(
         "%s %s %s %.1fms",
-        request.method,
-        request.path,
-        response.status_code,
+        method,
+        path,
+        status,
         seconds * 1000,
         extra={
-            "method": request.method,
-            "path": request.path,
-            "status": response.status_code,
+            "method": method,
+            "path": path,
+            "status": status,
             "duration_ms": round(seconds * 1000, 2),
             "surface": surface,
             "principal_id": caller.user_id if caller is not None else None,
-            "request_id": g.get("request_id"),
+            "request_id": state.get("request_id"),
         },
     )
     return response
 
 
 def _leave_request(_exc: BaseException | None = None) -> None:
-    if "surface" in g:
-        metrics.HTTP_IN_PROGRESS.labels(g.surface).dec()
-    token = g.pop("request_id_token", None)
+    state = g._get_current_object()
+    surface = state.get("surface")
+    if surface is not None:
+        metrics.in_progress(surface).dec()
+    token = state.pop("request_id_token", None)
     if token is not None:
         try:
             REQUEST_ID.reset(token)

@@ -87,10 +87,12 @@ TASK_SECONDS = Histogram(
 )
 
 
+@functools.cache
 def surface_of(endpoint: str | None) -> str:
     """The metrics surface of a request routed to `endpoint` ("blueprint.view"); else "other".
 
     Scrapes of /metrics are their own surface, so they never inflate the health checks' counts.
+    Cached: endpoints are the app's fixed set of view names (or None).
     """
     if endpoint == "health.metrics":
         return "metrics"
@@ -99,9 +101,32 @@ def surface_of(endpoint: str | None) -> str:
 
 def observe_request(surface: str, method: str, status: int, seconds: float) -> None:
     """Count one answered request and its duration."""
-    verb = method if method in METHODS else "other"
-    HTTP_REQUESTS.labels(surface, verb, str(status)).inc()
-    HTTP_SECONDS.labels(surface).observe(seconds)
+    verb = method if method in METHODS else "other"  # normalized first: the cache stays bounded
+    _requests_child(surface, verb, status).inc()
+    _seconds_child(surface).observe(seconds)
+
+
+def in_progress(surface: str) -> Gauge:
+    """The in-progress gauge child of `surface`."""
+    return _in_progress_child(surface)
+
+
+# Label children looked up once per label set, not per request (`.labels()` costs a lock, a
+# tuple of validated strings and a dict lookup each time). The sets are small and fixed: a
+# handful of surfaces, seven methods plus "other", and the HTTP statuses the app answers.
+@functools.cache
+def _requests_child(surface: str, verb: str, status: int) -> Counter:
+    return HTTP_REQUESTS.labels(surface, verb, str(status))
+
+
+@functools.cache
+def _seconds_child(surface: str) -> Histogram:
+    return HTTP_SECONDS.labels(surface)
+
+
+@functools.cache
+def _in_progress_child(surface: str) -> Gauge:
+    return HTTP_IN_PROGRESS.labels(surface)
 
 
 def count_decision(action: str, effect: str, payload: Mapping[str, Any] | None) -> None:

@@ -38,7 +38,12 @@ from gateway.services.access import AccessService, reasons_json, subject_of, vis
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
 from gateway.services.provisioning import ProvisioningPending, ProvisioningService, load_staging
-from gateway.services.publishing import COMMIT_HEX, PublishingService, load_vetting
+from gateway.services.publishing import (
+    COMMIT_HEX,
+    PublishingService,
+    VettingState,
+    load_vetting,
+)
 from gateway.services.rows import (
     INSERT_TICKET,
     FileIndex,
@@ -176,19 +181,27 @@ class DownloadService:
             base_url=base_url,
         )
         revision = self._revision(session, found.model, rev)
-        self._require_vetted(session, principal, found.model, revision, base_url)
+        self._require_vetted(session, principal, found, revision, base_url)
         return access, revision
 
     def _require_vetted(
         self,
         session: Session,
         principal: Principal,
-        model: ModelRow,
+        found: ModelAccess,
         revision: RevisionRow,
         base_url: str,
     ) -> None:
-        """Weights tiers serve only revisions vetted clean, or overridden by a publisher."""
-        state = load_vetting(session.connection(), revision.id)
+        """Weights tiers serve only revisions vetted clean, or overridden by a publisher.
+
+        The head's state came with the model's row (same statement, same transaction); any
+        other revision's is read now. Either way it is read on every request, never cached.
+        """
+        model = found.model
+        if found.head_vetting is not None and revision == model.head:
+            state: VettingState | None = VettingState(*found.head_vetting)
+        else:
+            state = load_vetting(session.connection(), revision.id)
         if state is not None and state.servable:
             return
         if state is None or state.status == VettingStatus.PENDING:

@@ -255,6 +255,8 @@ _MODEL_COLUMNS = (
     _head.c.id,
     _head.c.commit_id,
     _head.c.created_at,
+    _head.c.vetting_status,
+    _head.c.vetting_override_at,
 )
 _GRANT_COLUMNS = (
     _grants.id,
@@ -284,8 +286,9 @@ _G = len(_MODEL_COLUMNS)
 _F = _G + len(_GRANT_COLUMNS)
 
 # One row per active grant of :user_id (one row with no grant if none): the model with its
-# organization, policy version and head revision; the grant with its request's form and
-# agreement; the user's email, affiliation and current KYC for the model's organization.
+# organization, policy version and head revision (with its vetting state); the grant with its
+# request's form and agreement; the user's email, affiliation and current KYC for the model's
+# organization.
 MODEL_ACCESS = (
     select(*_MODEL_COLUMNS, *_GRANT_COLUMNS, *_FACT_COLUMNS)
     .select_from(
@@ -331,6 +334,7 @@ class ModelAccess:
     model: ModelRow
     grants: tuple[GrantRow, ...]
     facts: UserFacts | None
+    head_vetting: tuple[str, bool] | None  # the head's (vetting status, publisher override)
 
 
 def load_access(
@@ -341,14 +345,17 @@ def load_access(
     if not rows:
         return None
     first = rows[0]
-    head = RevisionRow(first[8], first[9], first[10]) if first[8] is not None else None
+    head, vetting = None, None
+    if first[8] is not None:
+        head = RevisionRow(first[8], first[9], first[10])
+        vetting = (first[11], first[12] is not None)
     model = ModelRow(*first[:8], head)
     grants = tuple(GrantRow(*row[_G:_F]) for row in rows if row[_G] is not None)
     facts = None
     if first[_F] is not None:
         kyc = KycRow(*first[_F + 5 : _F + 12]) if first[_F + 4] is not None else None
         facts = UserFacts(first[_F], first[_F + 1], first[_F + 2], first[_F + 3], kyc)
-    return ModelAccess(model, grants, facts)
+    return ModelAccess(model, grants, facts, vetting)
 
 
 def load_policy_source(conn: Connection, version_id: int) -> tuple[str, str] | None:

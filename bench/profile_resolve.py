@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 
 from gateway.app import create_app
 from gateway.services.container import build_airlock
@@ -149,18 +150,30 @@ def _best_batch(once: Callable[[], None], requests: int, batches: int = 5) -> fl
     return min(timings)
 
 
-def _count_statements(engine: object, once: Callable[[], None], runs: int) -> float:
+def _count_statements(engine: Engine, once: Callable[[], None], runs: int) -> float:
+    """SQL statements the driver ran per request, BEGIN included, COMMIT and ROLLBACK not.
+
+    Counted by sqlite3's trace callback, so the hot reads that run on the DBAPI cursor
+    (`gateway/services/rows.py`, no SQLAlchemy cursor events) are counted too.
+    """
     seen = [0]
 
-    def count(*_args: object) -> None:
-        seen[0] += 1
+    def count(statement: str) -> None:
+        if not statement.lstrip().upper().startswith(("COMMIT", "ROLLBACK")):
+            seen[0] += 1
 
-    event.listen(engine, "before_cursor_execute", count)
+    engine.dispose()  # every connection from now on is traced
+
+    def trace(dbapi_connection: Any, _record: object) -> None:
+        dbapi_connection.set_trace_callback(count)
+
+    event.listen(engine, "connect", trace)
     try:
         for _ in range(runs):
             once()
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        event.remove(engine, "connect", trace)
+        engine.dispose()
     return seen[0] / runs
 
 

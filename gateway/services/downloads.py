@@ -45,7 +45,6 @@ from gateway.services.publishing import (
     load_vetting,
 )
 from gateway.services.rows import (
-    INSERT_TICKET,
     FileIndex,
     FileRow,
     GrantRow,
@@ -53,6 +52,7 @@ from gateway.services.rows import (
     ModelRow,
     RevisionRow,
     UserFacts,
+    insert_ticket,
     load_access,
     load_file_with_commit,
     load_revision,
@@ -491,8 +491,7 @@ class DownloadService:
             "expires_at": expires_at,
             "size": served.size,
         }
-        ticket_id: int = session.connection().execute(INSERT_TICKET, values).scalar_one()
-        return ticket_id
+        return insert_ticket(session.connection(), values)
 
     def _audit_ticket(
         self,

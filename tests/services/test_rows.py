@@ -1,7 +1,8 @@
-"""The hot-path reads run on the DBAPI cursor: the same rows as SQLAlchemy, its errors."""
+"""The hot-path statements run on the DBAPI cursor: the same rows as SQLAlchemy, its errors."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,12 +11,13 @@ from sqlalchemy import bindparam, column, select, table, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from gateway.auth.tokens import token_digest
-from gateway.db.models import ApiToken, Grant, Revision
+from gateway.db.models import ApiToken, DownloadTicket, Grant, Revision, RevisionFile
+from gateway.db.prepared import Prepared
 from gateway.services.container import Airlock
 from gateway.services.rows import (
     MODEL_ACCESS,
     TOKEN_BY_DIGEST,
-    Prepared,
+    insert_ticket,
     load_access,
     load_token,
 )
@@ -115,3 +117,33 @@ def test_a_dropped_connection_is_an_operational_error_and_invalidated(airlock: A
         assert raised.value.connection_invalidated
     with airlock.db.session() as s:  # the next session gets a live connection
         assert Prepared(statement).all(s.connection(), {"id": -1}) == []
+
+
+@on_both_engines
+def test_a_ticket_written_on_the_cursor_reads_back_through_the_orm(
+    client: FlaskClient, world: World, airlock: Airlock
+) -> None:
+    hub = make_hub(client, world)
+    issued = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+    with airlock.db.session() as s:
+        file_id = s.scalars(select(RevisionFile.id).limit(1)).one()
+        values = {
+            "grant_id": hub.grant.id,
+            "file_id": file_id,
+            "method": "GET",
+            "issued_at": issued,
+            "expires_at": issued + timedelta(minutes=5),
+            "size": 2**40,
+        }
+        first = insert_ticket(s.connection(), values)
+        second = insert_ticket(s.connection(), values)
+        s.commit()
+    with airlock.db.session() as s:
+        ticket = s.get_one(DownloadTicket, second)
+    assert second == first + 1
+    assert (ticket.grant_id, ticket.issued_at, ticket.expires_at, ticket.size) == (
+        hub.grant.id,
+        issued,
+        issued + timedelta(minutes=5),
+        2**40,
+    )

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,26 @@ class WriterQueue:
 
     def __init__(self, lock_path: Path) -> None:
         self._path = lock_path
-        self._pid = -1
         self._fd = -1
+        self._open()
+        _QUEUES.add(self)
+
+    def _open(self) -> None:
+        # A descriptor inherited across fork would share its flock with the parent, and a
+        # thread lock could be inherited held: a forked child opens its own (see below).
+        # Closing the inherited copy leaves the parent's lock alone; unlocking it would not.
+        if self._fd >= 0:
+            os.close(self._fd)
         self._threads = threading.Lock()
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def __del__(self) -> None:
+        # With its engine gone: close the lock file (no holder is left to lose its lock).
+        if self._fd >= 0:
+            os.close(self._fd)
 
     def acquire(self, timeout: float = WAIT_SECONDS) -> bool:
         """Wait for the queue; False after `timeout` seconds."""
-        self._reset_after_fork()
         deadline = time.monotonic() + timeout
         if not self._threads.acquire(timeout=timeout):
             return False
@@ -68,12 +82,16 @@ class WriterQueue:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._threads.release()
 
-    def _reset_after_fork(self) -> None:
-        # A descriptor inherited across fork shares its flock with the parent: open our own.
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._threads = threading.Lock()
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+_QUEUES: weakref.WeakSet[WriterQueue] = weakref.WeakSet()
+
+
+def _reopen_in_child() -> None:
+    for queue in list(_QUEUES):
+        queue._open()
+
+
+os.register_at_fork(after_in_child=_reopen_in_child)
 
 
 class QueuedConnection(sqlite3.Connection):

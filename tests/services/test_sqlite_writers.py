@@ -111,3 +111,24 @@ def test_processes_and_threads_write_one_after_another(tmp_path: Path) -> None:
         values = session.execute(text("SELECT n FROM t ORDER BY n")).scalars().all()
     check.dispose()
     assert values == list(range(1, 3 * 4 * 25 + 1))
+
+
+def _child_takes(queue: WriterQueue, result: multiprocessing.SimpleQueue) -> None:  # type: ignore[type-arg]
+    result.put(queue.acquire(timeout=0.2))
+
+
+def test_a_forked_child_queues_behind_its_parent(tmp_path: Path) -> None:
+    """gunicorn forks workers: a child must not share the parent's flock through its fd."""
+    queue = WriterQueue(tmp_path / "q")
+    assert queue.acquire()
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.SimpleQueue()
+    child = ctx.Process(target=_child_takes, args=(queue, result))
+    child.start()
+    child.join(timeout=30)
+    assert result.get() is False
+    queue.release()
+    child = ctx.Process(target=_child_takes, args=(queue, result))
+    child.start()
+    child.join(timeout=30)
+    assert result.get() is True

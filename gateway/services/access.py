@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import fields as dataclass_fields
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import or_, select
@@ -49,6 +52,79 @@ def reasons_json(decision: Decision) -> list[dict[str, Any]]:
         {"code": str(r.code), "message": r.message, "rule": r.rule, "effect": str(r.effect)}
         for r in decision.reasons
     ]
+
+
+# -- memoized decisions --------------------------------------------------------------------------
+# `evaluate` is a pure function of (policy, tier, subject, now, packs, model_frozen). Of `now` it
+# uses only the UTC date (jurisdiction packs' effective dates) and whether the KYC expiry has
+# passed. The packs never change in a process. So a decision is reused only for the same parsed
+# policy object, tier, every subject field, freeze state, UTC date and KYC-expired flag: the
+# authorization state itself (token, grants, policy version, KYC, freeze, vetting) is still read
+# from the database on every request by the caller; only the pure computation on it is reused.
+SUBJECT_FIELDS = tuple(f.name for f in dataclass_fields(Subject))
+_KEYED = tuple(name for name in SUBJECT_FIELDS if name != "form")
+if set(_KEYED) | {"form"} != set(SUBJECT_FIELDS):  # pragma: no cover - a new field not keyed
+    raise RuntimeError("decision_key does not cover every Subject field")
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def decision_key(
+    policy: ReleasePolicy, tier: str, subject: Subject, frozen: bool, now: datetime
+) -> tuple[object, ...] | None:
+    """Everything `evaluate` reads, as a hashable key; None when the form is not plain JSON."""
+    form = subject.form
+    if form is not None and not _plain_json(form):
+        return None
+    expires = subject.kyc_expires_at
+    expired = expires is not None and expires <= now
+    facts = tuple(getattr(subject, name) for name in _KEYED)
+    return (id(policy), tier, facts, repr(form), frozen, now.astimezone(UTC).date(), expired)
+
+
+def _plain_json(value: object, depth: int = 0) -> bool:
+    """Only JSON's own types (whose repr tells every value apart), nested at most 32 deep."""
+    if depth > 32:
+        return False
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if kind is dict:
+        return all(
+            type(k) is str and _plain_json(v, depth + 1)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        )
+    if kind is list:
+        return all(_plain_json(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+    return False
+
+
+class DecisionCache:
+    """A bounded LRU of decisions by `decision_key`; an entry keeps its policy object alive so
+    the policy's id in the key cannot be reused by another object while the entry exists."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[object, ...], tuple[ReleasePolicy, Decision]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...], policy: ReleasePolicy) -> Decision | None:
+        """The decision stored under `key` for this very policy object, or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] is not policy:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: tuple[object, ...], policy: ReleasePolicy, decision: Decision) -> None:
+        """Store a decision; the least recently used entry goes when full."""
+        with self._lock:
+            self._entries[key] = (policy, decision)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
 
 
 class Freezable(Protocol):
@@ -127,8 +203,9 @@ class AccessService:
     ) -> None:
         self.audit = audit
         self.policies = policies
-        self.packs = packs
+        self.packs = packs  # loaded once per process; they never change (PackRegistry)
         self.runner = runner
+        self.decisions = DecisionCache()
 
     # -- visibility ----------------------------------------------------------------------------
     def visible(self, principal: Principal, model: Model) -> bool:
@@ -173,15 +250,18 @@ class AccessService:
     def decide(
         self, policy: ReleasePolicy, tier: str, subject: Subject, model: Freezable, now: datetime
     ) -> Decision:
-        """Run the engine for one tier with the model's freeze state."""
-        return evaluate(
-            policy,
-            tier,
-            subject,
-            now=now,
-            packs=self.packs,
-            model_frozen=model.frozen_at is not None,
-        )
+        """Run the engine for one tier with the model's freeze state (memoized: see
+        DecisionCache; every input is read fresh by the caller and is part of the key)."""
+        frozen = model.frozen_at is not None
+        key = decision_key(policy, tier, subject, frozen, now)
+        if key is not None:
+            found = self.decisions.get(key, policy)
+            if found is not None:
+                return found
+        decision = evaluate(policy, tier, subject, now=now, packs=self.packs, model_frozen=frozen)
+        if key is not None:
+            self.decisions.put(key, policy, decision)
+        return decision
 
     # -- requests ------------------------------------------------------------------------------
     def request_access(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -113,22 +114,25 @@ def test_processes_and_threads_write_one_after_another(tmp_path: Path) -> None:
     assert values == list(range(1, 3 * 4 * 25 + 1))
 
 
-def _child_takes(queue: WriterQueue, result: multiprocessing.SimpleQueue) -> None:  # type: ignore[type-arg]
+def _child_takes(queue: WriterQueue, result: Any, hold: Any) -> None:
     result.put(queue.acquire(timeout=0.2))
+    hold.wait(timeout=30)
 
 
-def test_a_forked_child_queues_behind_its_parent(tmp_path: Path) -> None:
-    """gunicorn forks workers: a child must not share the parent's flock through its fd."""
+def test_sibling_processes_forked_from_one_parent_queue_behind_each_other(
+    tmp_path: Path,
+) -> None:
+    """gunicorn forks its workers from one master: they must not share one flock via its fd."""
     queue = WriterQueue(tmp_path / "q")
-    assert queue.acquire()
     ctx = multiprocessing.get_context("fork")
-    result = ctx.SimpleQueue()
-    child = ctx.Process(target=_child_takes, args=(queue, result))
-    child.start()
-    child.join(timeout=30)
-    assert result.get() is False
-    queue.release()
-    child = ctx.Process(target=_child_takes, args=(queue, result))
-    child.start()
-    child.join(timeout=30)
+    result, hold = ctx.SimpleQueue(), ctx.Event()
+    first = ctx.Process(target=_child_takes, args=(queue, result, hold))
+    first.start()
     assert result.get() is True
+    second = ctx.Process(target=_child_takes, args=(queue, result, hold))
+    second.start()
+    assert result.get() is False  # the first still holds the queue
+    hold.set()
+    for child in (first, second):
+        child.join(timeout=30)
+        assert child.exitcode == 0

@@ -55,7 +55,7 @@ class _Plan:
     sql: str
     positional: bool
     binds: tuple[tuple[str, str | None, object, _Processor], ...]  # name, key, fixed, proc
-    results: tuple[_Processor, ...]
+    results: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column index, processor)
 
     @classmethod
     def build(cls, statement: Statement, dialect: Dialect) -> _Plan | None:
@@ -76,10 +76,11 @@ class _Plan:
             else:
                 fixed = bind.effective_value
                 binds.append((name, None, processor(fixed) if processor else fixed, None))
-        results = tuple(
+        processors = [
             c.type.dialect_impl(dialect).result_processor(dialect, None)
             for c in statement.exported_columns  # the RETURNING columns of DML
-        )
+        ]
+        results = tuple((i, p) for i, p in enumerate(processors) if p is not None)
         return cls(compiled.string, bool(compiled.positional), tuple(binds), results)
 
     def run(self, conn: Connection, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
@@ -105,13 +106,17 @@ class _Plan:
             raise _wrapped(conn, cursor, self.sql, exc) from exc
         finally:
             cursor.close()
-        results = self.results
-        if not any(results):
+        if not self.results:
             return [tuple(row) for row in raw]
-        return [
-            tuple(v if p is None or v is None else p(v) for p, v in zip(results, row, strict=True))
-            for row in raw
-        ]
+        rows = []
+        for row in raw:
+            values = list(row)
+            for index, processor in self.results:  # only the columns that have one
+                value = values[index]
+                if value is not None:
+                    values[index] = processor(value)
+            rows.append(tuple(values))
+        return rows
 
 
 def _wrapped(conn: Connection, cursor: Any, sql: str, exc: Exception) -> DBAPIError:

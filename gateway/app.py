@@ -48,8 +48,7 @@ def create_app(settings: Settings | None = None, *, airlock: Airlock | None = No
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     app.before_request(_assign_request_id)
-    app.after_request(_finish_response)
-    app.after_request(_observe)
+    app.after_request(_after)
     app.teardown_request(_leave_request)
     app.teardown_appcontext(close_session)
     app.register_error_handler(AirlockError, render)
@@ -93,6 +92,11 @@ def _assign_request_id() -> None:
     request_id = incoming[:128] if incoming.isprintable() and incoming else secrets.token_hex(12)
     state.request_id = request_id
     state.request_id_token = REQUEST_ID.set(request_id)
+
+
+def _after(response: Response) -> Response:
+    """Observe, then the default headers (one hook: Flask wraps each hook call per request)."""
+    return _finish_response(_observe(response))
 
 
 def _finish_response(response: Response) -> Response:

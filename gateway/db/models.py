@@ -372,7 +372,8 @@ class MultipartUpload(Base):
     """A direct-to-storage upload of one blob in progress: the client PUTs its parts itself."""
 
     __tablename__ = "multipart_uploads"
-    __table_args__ = (UniqueConstraint("org_id", "sha256"),)
+    # ids are handles given to clients: SQLite must never hand a deleted upload's id out again
+    __table_args__ = (UniqueConstraint("org_id", "sha256"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))

@@ -48,6 +48,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_multipart_uploads")),
         sa.UniqueConstraint("org_id", "sha256", name=op.f("uq_multipart_uploads_org_id_sha256")),
+        # ids are handles given to clients: never hand a deleted upload's id out again
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("multipart_uploads", schema=None) as batch_op:
         batch_op.create_index(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from gateway.audit import AuditRecorder
 from gateway.db.engine import Database
+from gateway.geo import RequestGeo, geo_from_settings
 from gateway.ratelimit import Limiter, limiter_from_url
 from gateway.services.access import AccessService
 from gateway.services.downloads import DownloadService
@@ -43,11 +44,13 @@ class Airlock:
     downloads: DownloadService
     provisioning: ProvisioningService
     sweeps: SweepService
+    geo: RequestGeo = field(default_factory=RequestGeo)
 
     def close(self) -> None:
         """Release pooled connections."""
         self.db.dispose()
         self.limiter.close()
+        self.geo.close()
 
 
 def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Airlock:
@@ -97,6 +100,7 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
         downloads,
         provisioning,
         SweepService(audit=audit, storage=storage, runner=task_runner),
+        geo_from_settings(settings),
     )
     if in_process is not None:
         for name, job in JOBS.items():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
-import re
 
 from flask import current_app, g, request
 from sqlalchemy.orm import Session
@@ -13,8 +11,6 @@ from werkzeug.sansio.utils import get_current_url
 from gateway.db.models import Model
 from gateway.services.container import Airlock
 from gateway.services.principal import Principal
-
-COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
 def airlock() -> Airlock:
@@ -68,20 +64,5 @@ def _host_url(scheme: str, host: str) -> str:
 
 
 def request_country() -> str | None:
-    """The request's country from a trusted proxy's header; spoofed headers are ignored."""
-    settings = airlock().settings
-    if not settings.geo_header or not settings.trusted_proxies:
-        return None
-    peer = request.remote_addr or ""
-    if not _is_trusted(peer, settings.trusted_proxies):
-        return None
-    value = (request.headers.get(settings.geo_header) or "").strip().upper()
-    return value if COUNTRY.match(value) else None
-
-
-def _is_trusted(peer: str, proxies: tuple[str, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in ipaddress.ip_network(p, strict=False) for p in proxies)
+    """The request's country: a trusted proxy's header, else GeoIP; spoofed headers ignored."""
+    return airlock().geo.country(request.remote_addr, request.headers)

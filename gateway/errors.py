@@ -152,3 +152,22 @@ class UploadMissing(ArtifactMissing):
     """A multipart upload the object store no longer knows (completed, aborted or expired)."""
 
     code = "upload_missing"
+
+
+class WebhookRejected(AirlockError):
+    """A provider callback whose signature is missing, malformed, stale or wrong; `reason` says
+    which (nothing of it is stored)."""
+
+    code = "webhook_rejected"
+    title = "Webhook rejected"
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail, extra={"reason": reason})
+        self.reason = reason
+
+
+class KycProviderUnavailable(ServiceUnavailable):
+    """A KYC provider's API cannot be reached or answered with an error."""
+
+    code = "kyc_provider_unavailable"
+    title = "KYC provider unavailable"

@@ -10,6 +10,22 @@ from pathlib import Path
 
 DEFAULT_DATA_DIR = "./var/airlock"
 LOG_FORMATS = ("json", "text")
+KYC_PROVIDERS = {  # name: (environment prefix, default API base URL)
+    "persona": ("AIRLOCK_KYC_PERSONA_", "https://withpersona.com/api/v1"),
+    "stripe_identity": ("AIRLOCK_KYC_STRIPE_", "https://api.stripe.com"),
+    "onfido": ("AIRLOCK_KYC_ONFIDO_", "https://api.eu.onfido.com/v3.6"),
+}
+
+
+@dataclass(frozen=True)
+class KycProviderSettings:
+    """One KYC provider's API base URL, key, hosted-flow template and active webhook secrets."""
+
+    name: str
+    api_url: str
+    api_key: str = field(default="", repr=False)
+    flow_id: str = ""
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,9 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     worker_metrics_port: int | None = None
     readyz_timeout: float = 1.0
+    kyc_providers: tuple[KycProviderSettings, ...] = ()
+    kyc_http_timeout: float = 10.0
+    kyc_validity_days: int = 365
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced (for tests and the demo)."""
@@ -89,7 +108,29 @@ def load_settings(
         metrics_token=env.get("AIRLOCK_METRICS_TOKEN") or None,
         worker_metrics_port=int(p) if (p := env.get("AIRLOCK_WORKER_METRICS_PORT")) else None,
         readyz_timeout=int(env.get("AIRLOCK_READYZ_TIMEOUT_MS", 1000)) / 1000,
+        kyc_providers=_kyc_providers(env),
+        kyc_http_timeout=int(env.get("AIRLOCK_KYC_HTTP_TIMEOUT_MS", 10000)) / 1000,
+        kyc_validity_days=int(env.get("AIRLOCK_KYC_VALIDITY_DAYS", 365)),
     )
+
+
+def _kyc_providers(env: Mapping[str, str]) -> tuple[KycProviderSettings, ...]:
+    """The providers with an API key or webhook secrets set; the others stay disabled."""
+    found = []
+    for name, (prefix, default_url) in KYC_PROVIDERS.items():
+        key = env.get(prefix + "API_KEY") or ""
+        secrets_ = _csv(env.get(prefix + "WEBHOOK_SECRETS"))
+        if key or secrets_:
+            found.append(
+                KycProviderSettings(
+                    name=name,
+                    api_url=env.get(prefix + "API_URL") or default_url,
+                    api_key=key,
+                    flow_id=env.get(prefix + "FLOW_ID") or "",
+                    webhook_secrets=secrets_,
+                )
+            )
+    return tuple(found)
 
 
 def _one_of(value: str, name: str, allowed: tuple[str, ...]) -> str:

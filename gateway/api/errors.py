@@ -22,6 +22,7 @@ STATUS: dict[type[e.AirlockError], int] = {
     e.Forbidden: 403,
     e.InvalidCredentials: 401,
     e.InvalidInput: 422,
+    e.KycProviderUnavailable: 503,
     e.NotFound: 404,
     e.PayloadTooLarge: 413,
     e.PolicyInvalid: 422,
@@ -30,6 +31,7 @@ STATUS: dict[type[e.AirlockError], int] = {
     e.RevisionNotFound: 404,
     e.ServiceUnavailable: 503,
     e.StorageUnavailable: 503,
+    e.WebhookRejected: 400,
 }
 HTTP_CODES = {413: "payload_too_large"}  # Werkzeug's names where a domain code already exists
 HUB_MAX_RETRY_WAIT = 60

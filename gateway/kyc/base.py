@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Protocol
 
 from policies import KycLevel
+
+
+class KycStatus(StrEnum):
+    """Normalized verification statuses, kept sorted."""
+
+    APPROVED = "approved"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+    PENDING = "pending"
+    RETRY = "retry"
+    REVIEW = "review"
+
+
+TERMINAL = frozenset({KycStatus.APPROVED, KycStatus.DECLINED, KycStatus.EXPIRED})
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,27 @@ class KycFacts:
     sanctions_hit: bool | None = None
     screened_at: datetime | None = None
     expires_at: datetime | None = None
+    checked_at: datetime | None = None
+    document_type: str | None = None
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KycSession:
+    """A verification begun at a provider: its reference and the hosted-flow URL."""
+
+    provider_ref: str
+    url: str
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """What a verified callback says happened; the result itself is always re-fetched."""
+
+    event_id: str
+    type: str
+    provider_ref: str
+    occurred_at: datetime
 
 
 class KycProvider(Protocol):
@@ -31,8 +68,16 @@ class KycProvider(Protocol):
 
     name: str
 
-    def start(self, *, user_id: int, level: KycLevel, return_url: str) -> str:
-        """Begin a verification; returns the hosted-flow URL to send the user to."""
+    def start(self, *, user_id: int, level: KycLevel, return_url: str) -> KycSession:
+        """Begin a verification; returns its reference and the hosted-flow URL."""
+        ...
+
+    def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes, now: datetime) -> None:
+        """Raise WebhookRejected unless the callback carries a valid signature."""
+        ...
+
+    def parse_event(self, raw_body: bytes) -> WebhookEvent:
+        """The event id, type, verification reference and time of a verified callback."""
         ...
 
     def fetch_result(self, provider_ref: str) -> KycFacts:

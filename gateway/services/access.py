@@ -258,6 +258,7 @@ class AccessService:
             found = self.decisions.get(key, policy)
             if found is not None:
                 return found
+        # Every argument passed here is in the key; a new one must be added to decision_key.
         decision = evaluate(policy, tier, subject, now=now, packs=self.packs, model_frozen=frozen)
         if key is not None:
             self.decisions.put(key, policy, decision)

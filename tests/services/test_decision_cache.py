@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -112,3 +113,12 @@ def _other(value: object) -> object:
     if isinstance(value, str):
         return value + "x"
     return None
+
+
+def test_decide_passes_every_input_evaluate_takes() -> None:
+    """A new parameter of `evaluate` that `decide` starts passing must join `decision_key`; one
+    it does not pass keeps its default, which the cache may share. Review this list then."""
+    taken = set(inspect.signature(evaluate).parameters)
+    passed = {"policy", "tier_name", "subject", "now", "packs", "model_frozen"}
+    assert passed <= taken
+    assert taken - passed <= {"unobserved"}, "evaluate gained an input: see decision_key"

@@ -13,7 +13,7 @@ from gateway.errors import ServiceUnavailable
 from gateway.services.container import Airlock
 from gateway.services.provisioning import StagingRace
 from gateway.tasks import jobs
-from gateway.tasks.catalog import PROVISION_TASK, SPECS, SWEEP_TASK, VET_TASK
+from gateway.tasks.catalog import KYC_TASK, PROVISION_TASK, SPECS, SWEEP_TASK, VET_TASK
 
 # Only errors that a later attempt can outlive: the database or storage being briefly away.
 TRANSIENT = (OperationalError, ServiceUnavailable, StagingRace)
@@ -52,9 +52,13 @@ def register_tasks(app: Celery, airlock: Callable[[], Airlock]) -> None:
     def sweep_grants() -> None:
         jobs.sweep_grants(airlock())
 
+    def apply_kyc_event(event_id: int) -> None:
+        jobs.apply_kyc_event(airlock(), event_id=event_id)
+
     for name, run in (
         (VET_TASK, vet_revision),
         (PROVISION_TASK, provision_download),
         (SWEEP_TASK, sweep_grants),
+        (KYC_TASK, apply_kyc_event),
     ):
         app.task(**task_options(name))(run)

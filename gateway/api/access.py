@@ -259,3 +259,56 @@ def record_kyc(body: s.KycRecordIn) -> s.KycOut:
         document_country=row.document_country,
         expires_at=row.expires_at,
     )
+
+
+@endpoint(
+    bp,
+    "/kyc/start",
+    "POST",
+    summary="Begin an identity verification at a KYC provider (returns its hosted-flow URL)",
+    body=s.KycStartIn,
+    response=s.KycStartOut,
+    status=201,
+    scopes=("access:request",),
+)
+def start_kyc(body: s.KycStartIn) -> s.KycStartOut:
+    started = airlock().kyc.start(
+        db(),
+        principal=principal(),
+        provider=body.provider,
+        level=KycLevel(body.level),
+        return_url=body.return_url,
+    )
+    row = started.verification
+    return s.KycStartOut(
+        verification_id=row.id, provider=row.provider, status=row.status, url=started.url
+    )
+
+
+@endpoint(
+    bp,
+    "/me/kyc",
+    "GET",
+    summary="Your identity verifications and where each stands",
+    response=s.KycList,
+    scopes=("access:request",),
+)
+def my_kyc() -> s.KycList:
+    caller = principal()
+    rows = airlock().kyc.list_mine(db(), principal=caller)
+    return s.KycList(
+        verifications=[
+            s.KycOut(
+                id=row.id,
+                username=caller.username or "",
+                provider=row.provider,
+                level=row.level,
+                status=row.status,
+                nationality=row.nationality,
+                residence_country=row.residence_country,
+                document_country=row.document_country,
+                expires_at=row.expires_at,
+            )
+            for row in rows
+        ]
+    )

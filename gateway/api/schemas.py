@@ -372,6 +372,30 @@ class KycOut(BaseModel):
     expires_at: datetime | None
 
 
+class KycStartIn(BaseModel):
+    """Begin an identity verification at a provider's hosted flow."""
+
+    model_config = Strict
+    provider: Literal["onfido", "persona", "stripe_identity"]
+    level: Literal["email", "identity"] = "identity"
+    return_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2000)]
+
+
+class KycStartOut(BaseModel):
+    """Where to send the user: the provider's hosted flow for this verification."""
+
+    verification_id: int
+    provider: str
+    status: str
+    url: str
+
+
+class KycList(BaseModel):
+    """Your verifications, newest first (normalized facts only)."""
+
+    verifications: list[KycOut]
+
+
 class AuditQuery(BaseModel):
     """Filters and cursor for the audit log."""
 

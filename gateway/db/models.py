@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -251,6 +252,7 @@ class KycVerification(Base):
     """Normalized facts of one identity verification (never raw documents)."""
 
     __tablename__ = "kyc_verifications"
+    __table_args__ = (Index("ix_kyc_verifications_provider_ref", "provider", "provider_ref"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -269,6 +271,27 @@ class KycVerification(Base):
     expires_at: Mapped[datetime | None]
     recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     notes: Mapped[str] = mapped_column(Text, default="")
+    requested_level: Mapped[str | None] = mapped_column(String(16))
+    document_type: Mapped[str | None] = mapped_column(String(32))
+    event_at: Mapped[datetime | None]  # the provider's time of the newest event applied
+    updated_at: Mapped[datetime | None]
+
+
+class KycWebhookEvent(Base):
+    """A verified provider callback, kept once per (provider, event id) to drop redeliveries."""
+
+    __tablename__ = "kyc_webhook_events"
+    __table_args__ = (UniqueConstraint("provider", "event_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = mapped_column(String(100))
+    provider_ref: Mapped[str] = mapped_column(String(200))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))
 
 
 class AccessRequest(Base):

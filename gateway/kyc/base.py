@@ -73,7 +73,8 @@ class KycProvider(Protocol):
         ...
 
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes, now: datetime) -> None:
-        """Raise WebhookRejected unless the callback carries a valid signature."""
+        """Raise WebhookRejected unless the callback carries a valid signature (`headers`
+        keyed in lower case)."""
         ...
 
     def parse_event(self, raw_body: bytes) -> WebhookEvent:

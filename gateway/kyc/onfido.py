@@ -68,9 +68,9 @@ class OnfidoProvider:
 
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes, now: datetime) -> None:
         """Hex HMAC-SHA256 of the raw body under a webhook token; no timestamp is signed."""
-        value = headers.get(SIGNATURE_HEADER)
+        value = headers.get(SIGNATURE_HEADER.lower())
         if not value:
-            if headers.get(LEGACY_HEADER):
+            if headers.get(LEGACY_HEADER.lower()):
                 raise WebhookRejected(
                     "the SHA-1 X-Signature is not accepted; send X-SHA2-Signature",
                     reason="unsupported_algorithm",

@@ -13,8 +13,9 @@ TOLERANCE_SECONDS = 300
 
 
 def header(headers: Mapping[str, str], name: str) -> str:
-    """The value of a required signature header, else a rejection naming it."""
-    value = headers.get(name)
+    """The value of a required signature header (`headers` keyed in lower case), else a
+    rejection naming it."""
+    value = headers.get(name.lower())
     if not value:
         raise WebhookRejected(f"the {name} header is missing", reason="missing_signature")
     return value

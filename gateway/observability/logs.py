@@ -21,6 +21,8 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("airlock_request_id", default=No
 # The attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _HANDLER_NAME = "airlock"
+# json.dumps with options builds a new encoder per call; this one is built once (same output).
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,7 +44,7 @@ class JsonFormatter(logging.Formatter):
         )
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _ENCODER.encode(line)
 
 
 class RequestIdFilter(logging.Filter):

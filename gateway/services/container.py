@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 
 from gateway.audit import AuditRecorder
 from gateway.db.engine import Database
 from gateway.geo import RequestGeo, geo_from_settings
+from gateway.kyc.dedup import SeenEvents
+from gateway.kyc.registry import providers_from_settings
 from gateway.ratelimit import Limiter, limiter_from_url
 from gateway.services.access import AccessService
 from gateway.services.downloads import DownloadService
 from gateway.services.identity import IdentityService
+from gateway.services.kyc import KycService
 from gateway.services.policy import PolicyService
 from gateway.services.provisioning import ProvisioningService
 from gateway.services.publishing import PublishingService
@@ -44,6 +48,7 @@ class Airlock:
     downloads: DownloadService
     provisioning: ProvisioningService
     sweeps: SweepService
+    kyc: KycService
     geo: RequestGeo = field(default_factory=RequestGeo)
 
     def close(self) -> None:
@@ -51,6 +56,7 @@ class Airlock:
         self.db.dispose()
         self.limiter.close()
         self.geo.close()
+        self.kyc.close()
 
 
 def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Airlock:
@@ -100,6 +106,13 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
         downloads,
         provisioning,
         SweepService(audit=audit, storage=storage, runner=task_runner),
+        KycService(
+            audit=audit,
+            runner=task_runner,
+            providers=providers_from_settings(settings),
+            seen=SeenEvents(settings.redis_url),
+            validity=timedelta(days=settings.kyc_validity_days),
+        ),
         geo_from_settings(settings),
     )
     if in_process is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 VET_TASK = "airlock.vetting.vet_revision"
 PROVISION_TASK = "airlock.provisioning.provision_download"
 SWEEP_TASK = "airlock.sweeps.sweep_grants"
+KYC_TASK = "airlock.kyc.apply_event"
 
 QUEUES = ("vetting", "provisioning", "kyc", "audit", "default")
 DEFAULT_QUEUE = "default"
@@ -30,6 +31,8 @@ SPECS = {
         TaskSpec(VET_TASK, "vetting", soft_time_limit=3300, time_limit=3600),
         TaskSpec(PROVISION_TASK, "provisioning", soft_time_limit=3300, time_limit=3600),
         TaskSpec(SWEEP_TASK, DEFAULT_QUEUE, soft_time_limit=240, time_limit=300),
+        # A few provider API calls, each with the KYC HTTP timeout (10 s by default).
+        TaskSpec(KYC_TASK, "kyc", soft_time_limit=110, time_limit=120),
     )
 }
 LONGEST_TIME_LIMIT = max(spec.time_limit for spec in SPECS.values())

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from gateway.db.engine import begin_read_only
 from gateway.db.models import Revision, utcnow
 from gateway.services.vetting import vetting_report
-from gateway.tasks.catalog import PROVISION_TASK, SWEEP_TASK, VET_TASK
+from gateway.tasks.catalog import KYC_TASK, PROVISION_TASK, SWEEP_TASK, VET_TASK
 
 if TYPE_CHECKING:
     from gateway.services.container import Airlock
@@ -84,8 +84,23 @@ def sweep_grants(airlock: Airlock) -> None:
         airlock.publishing.expire_uploads(session, older_than=abandoned)
 
 
+def apply_kyc_event(airlock: Airlock, *, event_id: int) -> None:
+    """Re-fetch the authoritative result of a webhook's verification and apply it."""
+    kyc = airlock.kyc
+    with airlock.db.session() as session:
+        event = kyc.pending_event(session, event_id)
+        target = (event.provider, event.provider_ref) if event is not None else None
+        session.commit()
+    if target is None:
+        return
+    facts = kyc.provider(target[0]).fetch_result(target[1])  # HTTP: no transaction open
+    with airlock.db.session() as session:
+        kyc.apply_event(session, event_id=event_id, facts=facts)
+
+
 JOBS: dict[str, Callable[..., Any]] = {
     VET_TASK: vet_revision,
     PROVISION_TASK: provision_download,
     SWEEP_TASK: sweep_grants,
+    KYC_TASK: apply_kyc_event,
 }

@@ -19,6 +19,7 @@ NAMES = {
     "airlock.vetting.vet_revision": "vetting",
     "airlock.provisioning.provision_download": "provisioning",
     "airlock.sweeps.sweep_grants": "default",
+    "airlock.kyc.apply_event": "kyc",
 }
 
 

@@ -268,6 +268,87 @@ def policy_validate(file: Any) -> None:
     click.echo(f"{parsed.model}: valid ({len(parsed.tiers)} tiers, stage {parsed.stage})")
 
 
+@policy.command("check")
+@click.argument("file", type=click.File("r"))
+@click.option(
+    "--model", "repo_id", help="Check against this model's grants (default: the policy's)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@endpoint_option
+@token_option
+def policy_check(
+    file: Any, repo_id: str | None, as_json: bool, endpoint: str | None, token: str | None
+) -> None:
+    """Dry-run FILE: list the live grants it would keep, suspend, revoke or reinstate."""
+    client = client_from_env(endpoint, token)
+    body: dict[str, Any] = {"source": file.read()}
+    if repo_id:
+        body["repo_id"] = repo_id
+    report = _call(lambda: client.request("POST", "/api/v1/policies/check", body))
+    if as_json:
+        _print(report)
+        return
+    version = report["current_version"]
+    against = f"policy version {version}" if version is not None else "no policy yet"
+    click.echo(f"{report['repo_id']}: this policy against the grants under {against}")
+    for kind in ("grants", "requests"):
+        for item in report[kind]:
+            ident = item.get("grant_id") or item.get("request_id")
+            why = (
+                " ".join(r["message"] for r in item["reasons"]) if item["action"] != "keep" else ""
+            )
+            line = f"  {item['action']:<9} {kind[:-1]} {ident} {item['user']} ({item['tier']})"
+            click.echo(f"{line}: {why}" if why else line)
+    counts = ", ".join(f"{n} {action}" for action, n in report["summary"].items() if n)
+    click.echo(f"grants: {counts or 'none live'}")
+
+
+@policy.command("explain")
+@click.argument("file", type=click.File("r"))
+@click.option("--tier", required=True, help="The tier to decide.")
+@click.option(
+    "--subject",
+    "subject_file",
+    required=True,
+    type=click.File("r"),
+    help="JSON facts about the requester (kyc_level, nationality, residence_country, ...).",
+)
+@click.option("--at", "at", help="Decide as of this UTC time (ISO 8601); default: now.")
+def policy_explain(file: Any, tier: str, subject_file: Any, at: str | None) -> None:
+    """Decide one tier of FILE for a subject locally and print the decision as JSON."""
+    from policies import PolicyError, evaluate, load_packs, parse_policy, parse_subject
+
+    packs = load_packs()
+    try:
+        parsed = parse_policy(file.read(), packs=packs)
+        subject = parse_subject(_json_document(subject_file))
+    except PolicyError as exc:
+        for issue in exc.issues:
+            click.echo(f"{issue.path or '<root>'}: {issue.message}", err=True)
+        sys.exit(1)
+    decision = evaluate(parsed, tier, subject, now=_instant(at), packs=packs)
+    _print({"model": parsed.model, **decision.to_dict()})
+
+
+def _json_document(file: Any) -> Any:
+    try:
+        return json.load(file)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{file.name} is not JSON: {exc}") from None
+
+
+def _instant(at: str | None) -> Any:
+    from datetime import UTC, datetime
+
+    if at is None:
+        return datetime.now(UTC)
+    try:
+        instant = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{at!r} is not an ISO 8601 time", param_hint="--at") from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
 @main.command("request")
 @click.argument("repo_id")
 @click.option("--tier", required=True)

@@ -26,6 +26,7 @@ from policies.schema import (
     Upstream,
     parse_policy,
 )
+from policies.subjects import parse_subject
 from policies.units import format_duration, parse_byte_size, parse_date, parse_duration
 from policies.vocab import (
     ApprovalMode,
@@ -84,5 +85,6 @@ __all__ = [
     "parse_pack",
     "parse_policy",
     "parse_reference",
+    "parse_subject",
     "validate_form",
 ]

@@ -133,6 +133,7 @@ class _Request:
     subject: Subject
     now: datetime
     packs: PackRegistry
+    unobserved: frozenset[Signal] = frozenset()
 
     @cached_property
     def day(self) -> date:
@@ -150,14 +151,19 @@ def evaluate(
     now: datetime,
     packs: PackRegistry,
     model_frozen: bool = False,
+    unobserved: frozenset[Signal] = frozenset(),
 ) -> Decision:
-    """Decide `subject`'s request for `tier_name` under `policy` at `now`, with every reason."""
+    """Decide `subject`'s request for `tier_name` under `policy` at `now`, with every reason.
+
+    `unobserved` names signals this evaluation cannot see (the request country when grants are
+    re-evaluated between requests): rules skip them instead of sending the request to review.
+    """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     tier = policy.tier(tier_name)
     if tier is None:
         return Decision(Effect.DENY, (_unknown_tier(policy, tier_name),), tier_name)
-    q = _Request(policy, tier, subject, now, packs)
+    q = _Request(policy, tier, subject, now, packs, unobserved)
     reasons = [*_availability(q, model_frozen), *_requirements(q)]
     reasons += _approval(q, reasons)
     effect = _combine(reasons)
@@ -318,7 +324,8 @@ def _jurisdiction(q: _Request) -> list[Reason]:
     unavailable = [reason for ref in rule.references() for reason in _unavailable(q, ref)]
     if unavailable:
         return unavailable
-    return [reason for signal in rule.signals for reason in _signal(q, rule, signal)]
+    signals = [signal for signal in rule.signals if signal not in q.unobserved]
+    return [reason for signal in signals for reason in _signal(q, rule, signal)]
 
 
 def _unavailable(q: _Request, ref: str) -> list[Reason]:

@@ -15,7 +15,14 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings
 from gateway.tasks.broker import CeleryRunner, configure
-from gateway.tasks.catalog import QUEUES, SPECS, SWEEP_INTERVAL_SECONDS, SWEEP_TASK
+from gateway.tasks.catalog import (
+    QUEUES,
+    RESCREEN_INTERVAL_SECONDS,
+    RESCREEN_TASK,
+    SPECS,
+    SWEEP_INTERVAL_SECONDS,
+    SWEEP_TASK,
+)
 from workers.tasks import register_tasks
 from workers.telemetry import connect_telemetry
 
@@ -64,7 +71,12 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": float(SWEEP_INTERVAL_SECONDS),
                 # A sweep nobody ran within its interval is superseded by the next one.
                 "options": {"queue": SPECS[SWEEP_TASK].queue, "expires": SWEEP_INTERVAL_SECONDS},
-            }
+            },
+            "rescreen-grants": {
+                "task": RESCREEN_TASK,
+                "schedule": float(RESCREEN_INTERVAL_SECONDS),
+                "options": {"queue": SPECS[RESCREEN_TASK].queue, "expires": 3600},
+            },
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )

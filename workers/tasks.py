@@ -13,7 +13,16 @@ from gateway.errors import ServiceUnavailable
 from gateway.services.container import Airlock
 from gateway.services.provisioning import StagingRace
 from gateway.tasks import jobs
-from gateway.tasks.catalog import KYC_TASK, PROVISION_TASK, SPECS, SWEEP_TASK, VET_TASK
+from gateway.tasks.catalog import (
+    KYC_TASK,
+    PROVISION_TASK,
+    REEVALUATE_MODEL_TASK,
+    REEVALUATE_USER_TASK,
+    RESCREEN_TASK,
+    SPECS,
+    SWEEP_TASK,
+    VET_TASK,
+)
 
 # Only errors that a later attempt can outlive: the database or storage being briefly away.
 TRANSIENT = (OperationalError, ServiceUnavailable, StagingRace)
@@ -52,6 +61,15 @@ def register_tasks(app: Celery, airlock: Callable[[], Airlock]) -> None:
     def sweep_grants() -> None:
         jobs.sweep_grants(airlock())
 
+    def reevaluate_model(model_id: int, policy_version_id: int | None = None) -> None:
+        jobs.reevaluate_model(airlock(), model_id=model_id, policy_version_id=policy_version_id)
+
+    def reevaluate_user(user_id: int) -> None:
+        jobs.reevaluate_user(airlock(), user_id=user_id)
+
+    def rescreen_grants() -> None:
+        jobs.rescreen_grants(airlock())
+
     def apply_kyc_event(event_id: int) -> None:
         jobs.apply_kyc_event(airlock(), event_id=event_id)
 
@@ -59,6 +77,9 @@ def register_tasks(app: Celery, airlock: Callable[[], Airlock]) -> None:
         (VET_TASK, vet_revision),
         (PROVISION_TASK, provision_download),
         (SWEEP_TASK, sweep_grants),
+        (REEVALUATE_MODEL_TASK, reevaluate_model),
+        (REEVALUATE_USER_TASK, reevaluate_user),
+        (RESCREEN_TASK, rescreen_grants),
         (KYC_TASK, apply_kyc_event),
     ):
         app.task(**task_options(name))(run)

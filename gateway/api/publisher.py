@@ -222,6 +222,43 @@ def validate_policy(body: s.PolicyIn) -> dict[str, object]:
 
 @endpoint(
     bp,
+    "/policies/check",
+    "POST",
+    summary="Dry-run a release policy: which live grants it would keep, suspend or revoke",
+    body=s.PolicyCheckIn,
+    response=s.PolicyCheckOut,
+    scopes=("policies:write",),
+)
+def check_policy(body: s.PolicyCheckIn) -> s.PolicyCheckOut:
+    found = airlock().reevaluation.check(
+        db(), principal=principal(), source=body.source, repo_id=body.repo_id
+    )
+    return s.PolicyCheckOut.model_validate(found.to_dict())
+
+
+@endpoint(
+    bp,
+    "/policies/explain",
+    "POST",
+    summary="Decide one tier of a release policy for a subject's facts (what-if)",
+    body=s.PolicyExplainIn,
+    response=s.DecisionOut,
+    scopes=("policies:write",),
+)
+def explain_policy(body: s.PolicyExplainIn) -> s.DecisionOut:
+    policy, decision = airlock().reevaluation.explain(
+        db(),
+        principal=principal(),
+        source=body.source,
+        tier=body.tier,
+        subject=body.subject,
+        at=body.at,
+    )
+    return s.DecisionOut.model_validate({"model": policy.model, **decision.to_dict()})
+
+
+@endpoint(
+    bp,
     MODEL + "/policy/versions",
     "GET",
     summary="Every version of a model's policy",

@@ -183,6 +183,82 @@ class PolicyHistoryOut(BaseModel):
     versions: list[PolicyVersionOut]
 
 
+class PolicyCheckIn(BaseModel):
+    """A release policy to dry-run against a model's live grants (its own model by default)."""
+
+    model_config = Strict
+    source: str = Field(min_length=1, max_length=262_144)
+    repo_id: RepoId | None = None
+
+
+class GrantVerdictOut(BaseModel):
+    """What a policy does to one live grant: keep, suspend, revoke or reinstate, and why."""
+
+    grant_id: int
+    user_id: int
+    user: str
+    tier: str
+    status: str
+    action: str
+    effect: str
+    reasons: list[Reason]
+
+
+class RequestVerdictOut(BaseModel):
+    """What a policy does to one pending request: keep it pending, or deny it, and why."""
+
+    request_id: int
+    user_id: int
+    user: str
+    tier: str
+    status: str
+    action: str
+    effect: str
+    reasons: list[Reason]
+
+
+class PolicyCheckOut(BaseModel):
+    """The dry run of a policy: every live grant and pending request with its verdict."""
+
+    repo_id: str
+    current_version: int | None
+    sha256: str
+    checked_at: datetime
+    summary: dict[str, int]
+    grants: list[GrantVerdictOut]
+    requests: list[RequestVerdictOut]
+
+
+class PolicyExplainIn(BaseModel):
+    """A policy, a tier and a subject's facts (as `airlock policy explain` reads them)."""
+
+    model_config = Strict
+    source: str = Field(min_length=1, max_length=262_144)
+    tier: str = Field(min_length=1, max_length=64)
+    subject: dict[Annotated[str, StringConstraints(max_length=64)], Any] = Field(max_length=50)
+    at: Annotated[datetime | None, Field(strict=False)] = None
+
+
+class PackUsedOut(BaseModel):
+    """A jurisdiction pack a decision consulted: id, version and content hash."""
+
+    id: str
+    version: str
+    content_hash: str
+
+
+class DecisionOut(BaseModel):
+    """A decision with every reason and the packs it used."""
+
+    model: str
+    effect: str
+    allowed: bool
+    tier: str
+    reasons: list[Reason]
+    approval: dict[str, Any] | None
+    packs_used: list[PackUsedOut]
+
+
 class FreezeIn(BaseModel):
     """Freeze or unfreeze a model, with the reason recorded in the audit log."""
 

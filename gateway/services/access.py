@@ -33,7 +33,7 @@ from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
 from gateway.services.rows import CURRENT_KYC_ID, KycRow, UserFacts
 from gateway.tasks import TaskRunner, enqueue_after_commit
-from gateway.tasks.catalog import PROVISION_TASK
+from gateway.tasks.catalog import PROVISION_TASK, REEVALUATE_USER_TASK
 from policies import (
     Decision,
     Effect,
@@ -687,6 +687,8 @@ class AccessService:
                 "expires_at": facts.expires_at,
             },
         )
+        # The user's grants and pending requests are judged anew with the new facts.
+        enqueue_after_commit(session, self.runner, REEVALUATE_USER_TASK, {"user_id": user.id})
         session.commit()
         return row
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
+from functools import cached_property, partial
 
 from gateway.audit import AuditRecorder
 from gateway.db.engine import Database
@@ -19,6 +19,7 @@ from gateway.services.kyc import KycService
 from gateway.services.policy import PolicyService
 from gateway.services.provisioning import ProvisioningService
 from gateway.services.publishing import PublishingService
+from gateway.services.reevaluation import ReevaluationService
 from gateway.services.signing import BlobSigner
 from gateway.services.sweeps import SweepService
 from gateway.settings import Settings
@@ -51,6 +52,17 @@ class Airlock:
     kyc: KycService
     geo: RequestGeo = field(default_factory=RequestGeo)
 
+    @cached_property
+    def reevaluation(self) -> ReevaluationService:
+        """Judges live grants against a policy: `policy check`, and re-evaluation tasks."""
+        return ReevaluationService(
+            audit=self.audit,
+            access=self.access,
+            policies=self.policies,
+            publishing=self.publishing,
+            runner=self.runner,
+        )
+
     def close(self) -> None:
         """Release pooled connections."""
         self.db.dispose()
@@ -75,7 +87,7 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
     publishing = PublishingService(
         audit=audit, storage=storage, runner=task_runner, part_size=settings.upload_part_bytes
     )
-    policies = PolicyService(audit=audit, packs=packs, publishing=publishing)
+    policies = PolicyService(audit=audit, packs=packs, publishing=publishing, runner=task_runner)
     access = AccessService(audit=audit, policies=policies, packs=packs, runner=task_runner)
     provisioning = ProvisioningService(
         audit=audit, storage=storage, policies=policies, runner=task_runner

@@ -18,6 +18,8 @@ from gateway.errors import Conflict, InvalidInput, NotFound, PolicyInvalid
 from gateway.services.principal import Principal
 from gateway.services.publishing import PublishingService
 from gateway.services.rows import ModelRow, load_policy_source
+from gateway.tasks import TaskRunner, enqueue_after_commit
+from gateway.tasks.catalog import REEVALUATE_MODEL_TASK
 from policies import PackRegistry, PolicyError, ReleasePolicy, parse_policy
 
 MAX_POLICY_BYTES = 256 * 1024
@@ -28,11 +30,17 @@ class PolicyService:
     """Applies release policies (every version kept, content-hashed) and caches parsed ones."""
 
     def __init__(
-        self, *, audit: AuditRecorder, packs: PackRegistry, publishing: PublishingService
+        self,
+        *,
+        audit: AuditRecorder,
+        packs: PackRegistry,
+        publishing: PublishingService,
+        runner: TaskRunner | None = None,
     ) -> None:
         self.audit = audit
         self.packs = packs
         self.publishing = publishing
+        self.runner = runner
         self._parsed: dict[str, ReleasePolicy] = {}
         self._lock = threading.Lock()
 
@@ -105,6 +113,13 @@ class PolicyService:
                 "previous": _version_of(current),
             },
         )
+        if self.runner is not None:  # the live grants and pending requests are judged anew
+            enqueue_after_commit(
+                session,
+                self.runner,
+                REEVALUATE_MODEL_TASK,
+                {"model_id": model.id, "policy_version_id": version.id},
+            )
         session.commit()
         return version, True
 

@@ -7,11 +7,15 @@ from dataclasses import dataclass
 VET_TASK = "airlock.vetting.vet_revision"
 PROVISION_TASK = "airlock.provisioning.provision_download"
 SWEEP_TASK = "airlock.sweeps.sweep_grants"
+REEVALUATE_MODEL_TASK = "airlock.policy.reevaluate_model"
+REEVALUATE_USER_TASK = "airlock.policy.reevaluate_user"
+RESCREEN_TASK = "airlock.policy.rescreen_grants"
 KYC_TASK = "airlock.kyc.apply_event"
 
 QUEUES = ("vetting", "provisioning", "kyc", "audit", "default")
 DEFAULT_QUEUE = "default"
 SWEEP_INTERVAL_SECONDS = 300
+RESCREEN_INTERVAL_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ SPECS = {
         TaskSpec(VET_TASK, "vetting", soft_time_limit=3300, time_limit=3600),
         TaskSpec(PROVISION_TASK, "provisioning", soft_time_limit=3300, time_limit=3600),
         TaskSpec(SWEEP_TASK, DEFAULT_QUEUE, soft_time_limit=240, time_limit=300),
+        # Re-evaluation runs the engine once per live grant of a model (microseconds each).
+        TaskSpec(REEVALUATE_MODEL_TASK, DEFAULT_QUEUE, soft_time_limit=540, time_limit=600),
+        TaskSpec(REEVALUATE_USER_TASK, "kyc", soft_time_limit=110, time_limit=120),
+        TaskSpec(RESCREEN_TASK, DEFAULT_QUEUE, soft_time_limit=3300, time_limit=3600),
         # A few provider API calls, each with the KYC HTTP timeout (10 s by default).
         TaskSpec(KYC_TASK, "kyc", soft_time_limit=110, time_limit=120),
     )

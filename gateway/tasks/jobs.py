@@ -16,7 +16,15 @@ from sqlalchemy import select
 from gateway.db.engine import begin_read_only
 from gateway.db.models import Revision, utcnow
 from gateway.services.vetting import vetting_report
-from gateway.tasks.catalog import KYC_TASK, PROVISION_TASK, SWEEP_TASK, VET_TASK
+from gateway.tasks.catalog import (
+    KYC_TASK,
+    PROVISION_TASK,
+    REEVALUATE_MODEL_TASK,
+    REEVALUATE_USER_TASK,
+    RESCREEN_TASK,
+    SWEEP_TASK,
+    VET_TASK,
+)
 
 if TYPE_CHECKING:
     from gateway.services.container import Airlock
@@ -98,9 +106,42 @@ def apply_kyc_event(airlock: Airlock, *, event_id: int) -> None:
         kyc.apply_event(session, event_id=event_id, facts=facts)
 
 
+def reevaluate_model(
+    airlock: Airlock, *, model_id: int, policy_version_id: int | None = None
+) -> None:
+    """Judge a model's live grants and pending requests under its policy in force, and apply."""
+    cause = {"kind": "policy_apply" if policy_version_id else "reevaluate"}
+    with airlock.db.session() as session:
+        airlock.reevaluation.reevaluate_model(
+            session, model_id=model_id, cause={**cause, "policy_version_id": policy_version_id}
+        )
+
+
+def reevaluate_user(airlock: Airlock, *, user_id: int) -> None:
+    """Judge one user's live grants and pending requests anew (their KYC changed)."""
+    with airlock.db.session() as session:
+        airlock.reevaluation.reevaluate_user(session, user_id=user_id, cause={"kind": "kyc_change"})
+
+
+def rescreen_grants(airlock: Airlock) -> None:
+    """Daily: judge every live grant again (lapsed KYC, pack entries coming into effect)."""
+    with airlock.db.session() as session:
+        begin_read_only(session)
+        model_ids = airlock.reevaluation.models_to_rescreen(session)
+        session.commit()
+    for model_id in model_ids:
+        with airlock.db.session() as session:
+            airlock.reevaluation.reevaluate_model(
+                session, model_id=model_id, cause={"kind": "daily_rescreen"}
+            )
+
+
 JOBS: dict[str, Callable[..., Any]] = {
     VET_TASK: vet_revision,
     PROVISION_TASK: provision_download,
     SWEEP_TASK: sweep_grants,
+    REEVALUATE_MODEL_TASK: reevaluate_model,
+    REEVALUATE_USER_TASK: reevaluate_user,
+    RESCREEN_TASK: rescreen_grants,
     KYC_TASK: apply_kyc_event,
 }

@@ -19,6 +19,9 @@ NAMES = {
     "airlock.vetting.vet_revision": "vetting",
     "airlock.provisioning.provision_download": "provisioning",
     "airlock.sweeps.sweep_grants": "default",
+    "airlock.policy.reevaluate_model": "default",
+    "airlock.policy.reevaluate_user": "kyc",
+    "airlock.policy.rescreen_grants": "default",
     "airlock.kyc.apply_event": "kyc",
 }
 
@@ -49,6 +52,8 @@ def test_the_app_speaks_json_acks_late_and_prefetches_one(broker_settings: Setti
     assert conf.broker_transport_options["visibility_timeout"] > LONGEST_TIME_LIMIT
     schedule = conf.beat_schedule["sweep-grants"]
     assert schedule["task"] == SWEEP_TASK and schedule["options"]["queue"] == "default"
+    rescreen = conf.beat_schedule["rescreen-grants"]
+    assert rescreen["task"] == "airlock.policy.rescreen_grants" and rescreen["schedule"] == 86400
 
 
 def test_every_task_has_its_stable_name_queue_limits_and_retry_policy(

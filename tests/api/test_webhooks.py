@@ -3,6 +3,7 @@ worker re-fetches from, and the monotonic state machine. Only valid callbacks ch
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,9 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as fuzzing
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from gateway.audit import AuditAction
@@ -280,3 +284,34 @@ def test_a_provider_outage_leaves_the_event_for_a_retry(
         apply_kyc_event(airlock, event_id=event_id)
     assert verification(client, ref)["status"] == "approved"
     assert len(kyc_audits(client)) == 1
+
+
+PRINTABLE = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=200)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=12,
+)
+
+
+@given(
+    raw=st.binary(max_size=300) | JSONISH.map(lambda v: json.dumps(v).encode()),
+    header=PRINTABLE,
+    signed=st.booleans(),
+)
+@fuzzing(
+    max_examples=30,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_garbage_callbacks_get_a_4xx_problem_never_a_5xx(
+    client: FlaskClient, flavor: Flavor, raw: bytes, header: str, signed: bool
+) -> None:
+    headers = (
+        flavor.sign(raw, si.NEW_SECRET, datetime.now(UTC)) if signed else {flavor.header: header}
+    )
+    answer = client.post(f"/webhooks/kyc/{flavor.name}", data=raw, headers=headers)
+    assert answer.status_code in (400, 422), answer.get_data(as_text=True)
+    problem(answer, answer.status_code)
+    assert stored_events(client) == 0

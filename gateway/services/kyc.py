@@ -24,7 +24,7 @@ from gateway.kyc.base import TERMINAL
 from gateway.kyc.dedup import SeenEvents
 from gateway.services.principal import Principal
 from gateway.tasks import TaskRunner
-from gateway.tasks.catalog import KYC_TASK
+from gateway.tasks.catalog import KYC_TASK, REEVALUATE_USER_TASK
 from gateway.tasks.runner import enqueue_after_commit
 from policies import KycLevel
 
@@ -188,6 +188,8 @@ class KycService:
         if _snapshot(row) == before:
             return "unchanged"
         self._audit(session, row, previous=str(current))
+        # The user's grants and pending requests are judged anew with the new facts.
+        enqueue_after_commit(session, self.runner, REEVALUATE_USER_TASK, {"user_id": row.user_id})
         return "applied"
 
     def _bounded(self, facts: KycFacts) -> KycFacts:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from gateway.audit import AuditAction
-from gateway.db.models import AuditEvent, KycVerification, KycWebhookEvent
+from gateway.db.models import AuditEvent, Grant, KycVerification, KycWebhookEvent, Role
 from gateway.services.container import Airlock
 from gateway.settings import Settings
 from gateway.tasks.jobs import apply_kyc_event
@@ -315,3 +315,34 @@ def test_garbage_callbacks_get_a_4xx_problem_never_a_5xx(
     assert answer.status_code in (400, 422), answer.get_data(as_text=True)
     problem(answer, answer.status_code)
     assert stored_events(client) == 0
+
+
+def test_provider_results_drive_the_grants_that_need_them(
+    client: FlaskClient, world: World, researcher: Actor, apis: si.ProviderApis, flavor: Flavor
+) -> None:
+    publisher = world.actor("pat", org="acme", role=Role.PUBLISHER)
+    model = world.model(publisher)
+    ref = start(client, researcher, flavor)
+    flavor.decide(apis, ref, "approved")
+    ok(deliver(client, flavor, ref, status="approved", at=datetime.now(UTC) - timedelta(minutes=1)))
+    form = {"tier": "weights-auto", "form": {"intended_use": "x"}, "agreement": "aup@1"}
+    url = f"/api/v1/models/{model.repo_id}/access"
+    asked = ok(client.post(url, json=form, headers=bearer(researcher)), 201)
+    if flavor.expected["nationality"] is None:
+        # Stripe Identity reports no nationality: the tier's rule needs it, so a reviewer decides.
+        assert asked["status"] == "pending"
+        assert "signal_missing" in {r["code"] for r in asked["reasons"]}
+        return
+    assert asked["status"] == "approved", asked  # the provider's identity level counts
+    flavor.decide(apis, ref, "other_terminal")
+    ok(deliver(client, flavor, ref, status="other_terminal", at=datetime.now(UTC)))
+    airlock: Airlock = client.application.extensions["airlock"]
+    with airlock.db.session() as s:
+        statuses = s.scalars(select(Grant.status).where(Grant.user_id == researcher.user.id)).all()
+        actions = s.scalars(
+            select(AuditEvent.action)
+            .where(AuditEvent.subject_user_id == researcher.user.id)
+            .order_by(AuditEvent.seq)
+        ).all()
+    assert len(statuses) == 1 and statuses[0] != "active"
+    assert actions[-2:][0] == "kyc:verify" and actions[-1] in ("grant:suspend", "grant:revoke")

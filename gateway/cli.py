@@ -268,6 +268,21 @@ def policy_validate(file: Any) -> None:
     click.echo(f"{parsed.model}: valid ({len(parsed.tiers)} tiers, stage {parsed.stage})")
 
 
+@policy.command("rescreen")
+def policy_rescreen() -> None:
+    """Re-judge every live grant once, in this process (the daily beat job; cron without a
+    broker, or after deploying changed jurisdiction packs)."""
+    from gateway.services.container import build_airlock
+    from gateway.tasks.jobs import rescreen_grants
+
+    airlock = build_airlock(load_settings())
+    try:
+        rescreen_grants(airlock)
+    finally:
+        airlock.close()
+    click.echo("rescreen done")
+
+
 @policy.command("check")
 @click.argument("file", type=click.File("r"))
 @click.option(

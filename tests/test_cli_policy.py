@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 from werkzeug.serving import make_server
 
 from gateway.cli import main
-from gateway.db.models import AuditEvent, Grant, Role
+from gateway.db.models import AuditEvent, Grant, KycVerification, Role, utcnow
+from gateway.settings import Settings
 from tests.factories import World, policy_text
 
 REPO = "acme/tiny"
@@ -138,3 +140,33 @@ def test_explain_reports_every_problem_of_the_subject(tmp_path: Path) -> None:
     subject.write_text("{not json")
     code, out = cli("policy", "explain", str(policy), "--tier", "card", "--subject", str(subject))
     assert code == 1 and "is not JSON" in out
+
+
+def test_rescreen_runs_once_in_process(world: World, settings: Settings) -> None:
+    world.org("acme")
+    publisher = world.actor("pat", org="acme", role=Role.PUBLISHER)
+    reviewer = world.actor("rita", org="acme", role=Role.REVIEWER)
+    world.model(publisher, REPO)
+    with world.airlock.db.session() as s:
+        model = world.airlock.publishing.get_model(s, REPO)
+    ann = world.actor("ann")
+    world.kyc(reviewer, ann, country="GB")
+    grant = world.grant(ann, model)
+    with world.airlock.db.session() as s:
+        s.execute(
+            update(KycVerification)
+            .where(KycVerification.user_id == ann.user.id)
+            .values(expires_at=utcnow() - timedelta(minutes=1))
+        )
+        s.commit()
+    env = {
+        "AIRLOCK_DATA_DIR": str(settings.data_dir),
+        "AIRLOCK_DATABASE_URL": settings.database_url,
+        "AIRLOCK_SECRET_KEY": "test-secret",
+    }
+    result = CliRunner().invoke(main, ["policy", "rescreen"], env=env)
+    assert result.exit_code == 0 and "rescreen done" in result.output, result.output
+    with world.airlock.db.session() as s:
+        stored = s.get_one(Grant, grant.id)
+        assert stored.status == "suspended"
+        assert "expired" in (stored.end_reason or "")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from gateway.errors import InvalidInput, WebhookRejected
+from gateway.errors import InvalidInput, KycProviderUnavailable, WebhookRejected
 from gateway.kyc import normalize as n
 from gateway.kyc.base import KycFacts, KycSession, KycStatus, WebhookEvent
 from gateway.kyc.http import ProviderApi, segment
@@ -49,7 +49,7 @@ class OnfidoProvider:
         )
         applicant_id = applicant.get("id")
         if not isinstance(applicant_id, str) or not applicant_id:
-            raise InvalidInput("Onfido did not return an applicant id")
+            raise KycProviderUnavailable("Onfido did not return an applicant id")
         run = self.api.post_json(
             "/workflow_runs",
             {
@@ -61,9 +61,9 @@ class OnfidoProvider:
         )
         run_id, url = run.get("id"), n.dig(run, "link", "url")
         if not isinstance(run_id, str) or not run_id:
-            raise InvalidInput("Onfido did not return a workflow run id")
+            raise KycProviderUnavailable("Onfido did not return a workflow run id")
         if not isinstance(url, str) or not url.startswith("https://"):
-            raise InvalidInput("Onfido did not return a hosted-flow link")
+            raise KycProviderUnavailable("Onfido did not return a hosted-flow link")
         return KycSession(provider_ref=run_id, url=url)
 
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes, now: datetime) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from gateway.errors import InvalidInput
+from gateway.errors import InvalidInput, KycProviderUnavailable
 from gateway.kyc import normalize as n
 from gateway.kyc.base import KycFacts, KycSession, KycStatus, WebhookEvent
 from gateway.kyc.http import ProviderApi, segment
@@ -56,11 +56,11 @@ class PersonaProvider:
         created = self.api.post_json("/inquiries", {"data": {"attributes": attributes}})
         inquiry_id = n.dig(created, "data", "id")
         if not isinstance(inquiry_id, str) or not inquiry_id:
-            raise InvalidInput("Persona did not return an inquiry id")
+            raise KycProviderUnavailable("Persona did not return an inquiry id")
         link = self.api.post_json(f"/inquiries/{segment(inquiry_id)}/generate-one-time-link", {})
         url = n.dig(link, "meta", "one-time-link")
         if not isinstance(url, str) or not url.startswith("https://"):
-            raise InvalidInput("Persona did not return a hosted-flow link")
+            raise KycProviderUnavailable("Persona did not return a hosted-flow link")
         return KycSession(provider_ref=inquiry_id, url=url)
 
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes, now: datetime) -> None:

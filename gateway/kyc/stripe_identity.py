@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
-from gateway.errors import InvalidInput
+from gateway.errors import InvalidInput, KycProviderUnavailable
 from gateway.kyc import normalize as n
 from gateway.kyc.base import KycFacts, KycSession, KycStatus, WebhookEvent
 from gateway.kyc.http import ProviderApi, segment
@@ -48,9 +48,9 @@ class StripeIdentityProvider:
         )
         session_id, url = created.get("id"), created.get("url")
         if not isinstance(session_id, str) or not session_id:
-            raise InvalidInput("Stripe did not return a VerificationSession id")
+            raise KycProviderUnavailable("Stripe did not return a VerificationSession id")
         if not isinstance(url, str) or not url.startswith("https://"):
-            raise InvalidInput("Stripe did not return a hosted-flow URL")
+            raise KycProviderUnavailable("Stripe did not return a hosted-flow URL")
         return KycSession(provider_ref=session_id, url=url)
 
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes, now: datetime) -> None:

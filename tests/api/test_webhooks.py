@@ -25,6 +25,7 @@ from tests.api.apikit import bearer, ok, problem
 from tests.factories import Actor, World
 from tests.kyc import standins as si
 from tests.kyc.flavors import FLAVORS, ONFIDO, PERSONA, Flavor
+from tests.pg import on_both_engines
 
 pytestmark = pytest.mark.parametrize("flavor", FLAVORS, ids=lambda f: f.name)
 
@@ -223,6 +224,7 @@ def test_a_rotation_header_with_several_signatures_needs_one_valid(
     assert problem(refused, 400, "webhook_rejected")["reason"] == "signature_mismatch"
 
 
+@on_both_engines
 def test_a_redelivered_event_is_kept_and_applied_once(
     client: FlaskClient, researcher: Actor, apis: si.ProviderApis, flavor: Flavor
 ) -> None:
@@ -239,6 +241,7 @@ def test_a_redelivered_event_is_kept_and_applied_once(
     assert len(kyc_audits(client)) == 1
 
 
+@on_both_engines
 def test_out_of_order_and_stale_events_never_move_the_state_back(
     client: FlaskClient, researcher: Actor, apis: si.ProviderApis, flavor: Flavor
 ) -> None:

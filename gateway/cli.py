@@ -269,15 +269,19 @@ def policy_validate(file: Any) -> None:
 
 
 @policy.command("rescreen")
-def policy_rescreen() -> None:
+@click.option("--pack", "pack_id", help="Only models whose policy references this pack.")
+def policy_rescreen(pack_id: str | None) -> None:
     """Re-judge every live grant once, in this process (the daily beat job; cron without a
-    broker, or after deploying changed jurisdiction packs)."""
+    broker, or `--pack ID` after deploying a changed jurisdiction pack)."""
     from gateway.services.container import build_airlock
     from gateway.tasks.jobs import rescreen_grants
 
     airlock = build_airlock(load_settings())
     try:
-        rescreen_grants(airlock)
+        if pack_id is not None and airlock.packs.get(pack_id) is None:
+            known = ", ".join(sorted(p.id for p in airlock.packs))
+            raise click.BadParameter(f"no pack '{pack_id}'; known: {known}", param_hint="--pack")
+        rescreen_grants(airlock, pack_id=pack_id)
     finally:
         airlock.close()
     click.echo("rescreen done")

@@ -363,9 +363,14 @@ class ReevaluationService:
                 done.append(found)
         return done
 
-    def models_to_rescreen(self, session: Session) -> list[int]:
-        """Every model with a live grant or a pending request."""
-        return self._models_of(session, None)
+    def models_to_rescreen(self, session: Session, *, pack_id: str | None = None) -> list[int]:
+        """Every model with a live grant or a pending request (whose policy in force references
+        the jurisdiction pack `pack_id`, if given)."""
+        found = self._models_of(session, None)
+        if pack_id is None:
+            return found
+        models = session.scalars(select(Model).where(Model.id.in_(found)))
+        return sorted(m.id for m in models if _references(self.policies.current(m), pack_id))
 
     def _models_of(self, session: Session, user_ids: Sequence[int] | None) -> list[int]:
         grants = select(Grant.model_id).where(Grant.status.in_([str(s) for s in LIVE]))
@@ -427,6 +432,14 @@ class ReevaluationService:
             effect="deny",
             payload={"request_id": request.id, "cause": cause, "reasons": list(verdict.reasons)},
         )
+
+
+def _references(policy: ReleasePolicy | None, pack_id: str) -> bool:
+    if policy is None:
+        return False
+    rules = [tier.requires.jurisdiction for tier in policy.tiers]
+    refs = [ref for rule in rules if rule is not None for ref in rule.references()]
+    return any(ref == f"pack:{pack_id}" or ref.startswith(f"pack:{pack_id}#") for ref in refs)
 
 
 _GRANT_CHANGES = {

@@ -123,17 +123,20 @@ def reevaluate_user(airlock: Airlock, *, user_id: int) -> None:
         airlock.reevaluation.reevaluate_user(session, user_id=user_id, cause={"kind": "kyc_change"})
 
 
-def rescreen_grants(airlock: Airlock) -> None:
-    """Daily: judge every live grant again (lapsed KYC, pack entries coming into effect)."""
+def rescreen_grants(airlock: Airlock, *, pack_id: str | None = None) -> None:
+    """Daily: judge every live grant again (lapsed KYC, pack entries coming into effect); with
+    `pack_id`, only models whose policy references that pack (a changed pack was deployed)."""
     with airlock.db.session() as session:
         begin_read_only(session)
-        model_ids = airlock.reevaluation.models_to_rescreen(session)
+        model_ids = airlock.reevaluation.models_to_rescreen(session, pack_id=pack_id)
         session.commit()
+    pack = airlock.packs.get(pack_id) if pack_id else None
+    cause: dict[str, Any] = {"kind": "daily_rescreen"}
+    if pack is not None:
+        cause = {"kind": "pack_change", "pack": pack.id, "version": pack.version}
     for model_id in model_ids:
         with airlock.db.session() as session:
-            airlock.reevaluation.reevaluate_model(
-                session, model_id=model_id, cause={"kind": "daily_rescreen"}
-            )
+            airlock.reevaluation.reevaluate_model(session, model_id=model_id, cause=cause)
 
 
 JOBS: dict[str, Callable[..., Any]] = {

@@ -261,3 +261,25 @@ def test_the_model_task_is_safe_to_run_twice(setup: Setup) -> None:
     jobs.reevaluate_model(setup.airlock, model_id=setup.model.id, policy_version_id=None)
     jobs.reevaluate_model(setup.airlock, model_id=setup.model.id + 1000)  # gone: nothing
     assert len(setup.events("grant:revoke", "grant:suspend", "grant:reinstate")) == before == 1
+
+
+def test_a_pack_rescreen_touches_only_models_referencing_the_pack(setup: Setup) -> None:
+    literal = variant(OFAC, "deny: [IR, CU]", policy_text("acme/other"))
+    setup.world.model(setup.publisher, "acme/other", policy=literal)
+    with setup.airlock.db.session() as s:
+        other = setup.airlock.publishing.get_model(s, "acme/other")
+    ann = setup.researcher("ann", "GB")
+    setup.world.grant(ann, other)
+    with setup.airlock.db.session() as s:
+        rescreen = setup.airlock.reevaluation.models_to_rescreen
+        assert rescreen(s) == sorted([setup.model.id, other.id])
+        assert rescreen(s, pack_id="us-ofac-comprehensive") == [setup.model.id]
+        assert rescreen(s, pack_id="eu") == []
+    lapse_kyc(setup, ann)
+    jobs.rescreen_grants(setup.airlock, pack_id="us-ofac-comprehensive")
+    with setup.airlock.db.session() as s:
+        statuses = {g.model_id: g.status for g in s.scalars(select(Grant))}
+    assert statuses == {setup.model.id: "suspended", other.id: "active"}
+    [event] = setup.events("grant:suspend")
+    assert event.payload["cause"]["kind"] == "pack_change"
+    assert event.payload["cause"]["pack"] == "us-ofac-comprehensive"

@@ -41,6 +41,7 @@ def parse_subject(data: object) -> Subject:
     }
     fields |= {key: _code(r, m.get(key), key) for key in _COUNTRIES}
     fields |= {key: r.text(m.get(key), key) for key in _TEXTS}
+    fields["user_id"] = fields["user_id"] or ""
     if r.issues:
         raise PolicyError(r.issues)
     return Subject(**fields)  # type: ignore[arg-type]

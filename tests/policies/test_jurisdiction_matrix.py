@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from policies import Effect, ReasonCode, Subject, evaluate, load_packs, parse_policy
+from policies import Effect, ReasonCode, Signal, Subject, evaluate, load_packs, parse_policy
 
 R = ReasonCode
 PACKS = load_packs()
@@ -201,3 +201,21 @@ def test_every_signal_is_exercised() -> None:
     named = {key for row in MATRIX for key in row.facts}
     assert named >= {"nationality", "residence_country", "residence_subdivision", "request_country"}
     assert {row.effect for row in MATRIX} == set(Effect)
+
+
+@pytest.mark.parametrize(
+    ("facts", "effect"),
+    [
+        ({"request_country": None}, Effect.ALLOW),  # skipped, not sent to review
+        ({"request_country": "IR"}, Effect.ALLOW),  # not looked at either
+        ({"request_country": None, "nationality": "IR"}, Effect.DENY),
+        ({"request_country": None, "nationality": None}, Effect.REVIEW),
+    ],
+)
+def test_unobserved_signals_are_skipped(facts: dict[str, Any], effect: Effect) -> None:
+    """Between requests nobody's location is observed: re-evaluation skips that signal only."""
+    subject = Subject(user_id="u", **{**HOME, **facts})
+    unobserved = frozenset({Signal.REQUEST_COUNTRY})
+    decision = evaluate(POLICY, "weights", subject, now=NOW, packs=PACKS, unobserved=unobserved)
+    assert decision.effect is effect, decision.to_dict()
+    assert not any("request location" in r.message for r in decision.reasons)

@@ -51,8 +51,10 @@ from policies import (
 
 # Between requests nobody's location is observed; downloads check it on every request.
 UNOBSERVED = frozenset({Signal.REQUEST_COUNTRY})
-# Deny reasons a user can cure by renewing a verification: the grant waits, suspended.
-CURABLE = frozenset({ReasonCode.KYC_EXPIRED, ReasonCode.KYC_LEVEL_INSUFFICIENT})
+# Deny reasons that can pass by themselves: a verification lapsed (renewing it restores the
+# grant), the tier closed in the model's current stage (reopening it does). The grant waits,
+# suspended; any other deny revokes it.
+PASSING = frozenset({ReasonCode.KYC_EXPIRED, ReasonCode.STAGE_CLOSED})
 LIVE = (GrantStatus.ACTIVE, GrantStatus.SUSPENDED)
 
 
@@ -478,7 +480,9 @@ def _objections(decision: Decision, settled: frozenset[tuple[str, str]]) -> list
 def _grant_action(objections: Iterable[Reason], status: GrantStatus) -> Action:
     found = list(objections)
     denies = {r.code for r in found if r.effect is Effect.DENY}
-    if denies and not (denies <= CURABLE and ReasonCode.KYC_EXPIRED in denies):
+    if ReasonCode.KYC_EXPIRED in denies:  # the level falls short only because it lapsed
+        denies.discard(ReasonCode.KYC_LEVEL_INSUFFICIENT)
+    if denies - PASSING:
         return Action.REVOKE
     if found:
         return Action.KEEP if status is GrantStatus.SUSPENDED else Action.SUSPEND

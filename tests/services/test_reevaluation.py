@@ -283,3 +283,16 @@ def test_a_pack_rescreen_touches_only_models_referencing_the_pack(setup: Setup) 
     [event] = setup.events("grant:suspend")
     assert event.payload["cause"]["kind"] == "pack_change"
     assert event.payload["cause"]["pack"] == "us-ofac-comprehensive"
+
+
+def test_a_closed_stage_suspends_and_reopening_reinstates(setup: Setup) -> None:
+    setup.researcher("ann", "GB")
+    setup.world.grant(setup.world.actor("carl"), setup.model, "card")
+    preview = variant("stage: limited", "stage: research-preview")
+    assert actions(setup.check(preview)) == {"ann/weights-auto": "suspend", "carl/card": "keep"}
+    setup.apply(preview)
+    assert setup.grants() == {"ann/weights-auto": "suspended", "carl/card": "active"}
+    [event] = setup.events("grant:suspend")
+    assert [r["code"] for r in event.payload["reasons"]] == ["stage_closed"]
+    setup.apply(BASE)
+    assert setup.grants() == {"ann/weights-auto": "active", "carl/card": "active"}

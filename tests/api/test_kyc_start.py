@@ -151,3 +151,9 @@ def test_settings_read_providers_and_rotating_secrets_from_the_environment() -> 
         KycProviderSettings("onfido", "https://api.us.onfido.com/v3.6", "", "", ("tok",)),
     )
     assert "sk_live_1" not in repr(loaded) and "whsec_a" not in repr(loaded)
+
+
+def test_an_oversized_callback_is_a_413(client: FlaskClient, settings: Settings) -> None:
+    raw = b"{" + b" " * settings.max_body_bytes + b"}"
+    headers = PERSONA.sign(raw, si.NEW_SECRET, datetime.now(UTC))
+    problem(client.post("/webhooks/kyc/persona", data=raw, headers=headers), 413)

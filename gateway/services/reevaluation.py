@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -169,8 +169,16 @@ class ReevaluationService:
         """Judge the model's live grants and pending requests (of `user_ids`, if given)."""
         grants = self._live_grants(session, model, now, user_ids, lock)
         requests = self._pending_requests(session, model, user_ids, lock)
+        verdicts = [self._grant_verdict(session, model, policy, grant, now) for grant in grants]
+        # A suspended grant whose holder has since been granted the tier anew stays suspended.
+        active = {(g.user_id, g.tier) for g in grants if g.status == GrantStatus.ACTIVE}
         return Assessment(
-            tuple(self._grant_verdict(session, model, policy, grant, now) for grant in grants),
+            tuple(
+                replace(v, action=Action.KEEP)
+                if v.action is Action.REINSTATE and (v.user_id, v.tier) in active
+                else v
+                for v in verdicts
+            ),
             tuple(self._request_verdict(session, model, policy, req, now) for req in requests),
         )
 

@@ -296,3 +296,17 @@ def test_a_closed_stage_suspends_and_reopening_reinstates(setup: Setup) -> None:
     assert [r["code"] for r in event.payload["reasons"]] == ["stage_closed"]
     setup.apply(BASE)
     assert setup.grants() == {"ann/weights-auto": "active", "carl/card": "active"}
+
+
+def test_a_suspended_grant_is_not_reinstated_beside_a_new_one(setup: Setup) -> None:
+    ann = setup.researcher("ann", "GB")
+    with setup.airlock.db.session() as s:
+        s.execute(update(Grant).values(status="suspended"))
+        s.commit()
+    assert [g["action"] for g in setup.check(BASE + "\n# again\n")["grants"]] == ["reinstate"]
+    setup.world.grant(ann, setup.model)  # asked anew while suspended
+    report = setup.check(BASE + "\n# again\n")
+    assert [(g["status"], g["action"]) for g in report["grants"]] == [
+        ("suspended", "keep"),
+        ("active", "keep"),
+    ]

@@ -34,6 +34,7 @@ class AuditAction(StrEnum):
     GRANT_REINSTATE = "grant:reinstate"
     GRANT_REVOKE = "grant:revoke"
     GRANT_SUSPEND = "grant:suspend"
+    KYC_START = "kyc:start"
     KYC_VERIFY = "kyc:verify"
     MEMBERSHIP_ADD = "membership:add"
     MODEL_CREATE = "model:create"

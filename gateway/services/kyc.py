@@ -102,6 +102,19 @@ class KycService:
             updated_at=utcnow(),
         )
         session.add(row)
+        session.flush()
+        self.audit.record(
+            session,
+            AuditAction.KYC_START,
+            actor_id=user_id,
+            subject_user_id=user_id,
+            payload={
+                "verification_id": row.id,
+                "provider": provider,
+                "provider_ref": begun.provider_ref,
+                "requested_level": str(level),
+            },
+        )
         session.commit()
         return Started(row, begun.url)
 

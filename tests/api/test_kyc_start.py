@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 import pytest
 import redis
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from gateway.app import create_app
 from gateway.auth.tokens import Scope
+from gateway.db.models import AuditEvent
 from gateway.kyc.dedup import WEEK_SECONDS, _key
 from gateway.services.container import build_airlock
 from gateway.settings import KycProviderSettings, Settings, load_settings
@@ -85,6 +87,11 @@ def test_start_returns_the_hosted_flow_and_records_a_pending_verification(
         "/persona/api/v1/inquiries",
         f"/persona/api/v1/inquiries/{started['url'].rsplit('/', 1)[1]}/generate-one-time-link",
     ]
+    with world.airlock.db.session() as session:
+        (event,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "kyc:start"))
+    assert event.subject_user_id == rita.user.id
+    assert event.payload["verification_id"] == started["verification_id"]
+    assert event.payload["requested_level"] == "identity"  # the default
 
 
 def test_a_provider_outage_is_a_503_and_records_nothing(

@@ -774,11 +774,22 @@ def _refusal_message(refused: Dimension, wait: float) -> str:
             f"does, or at the latest in {_human_wait(wait)} when its download link expires."
         )
     if wait == float("inf"):
-        return f"The file is larger than the tier's whole {refused.name} limit."
+        return f"The file is larger than the tier's whole allowance of {_allowance(refused)}."
     return (
-        f"The tier's {refused.name} limit ({refused.quota}) is used up; "
+        f"The tier's allowance of {_allowance(refused)} ({refused.name}) is used up; "
         f"more becomes available in {_human_wait(wait)}."
     )
+
+
+def _allowance(dim: Dimension) -> str:
+    """A limit in words: '3 downloads a day', '2.0 GB a day'."""
+    if dim.name == "bytes_per_day":
+        if dim.quota >= 10**8:
+            return f"{dim.quota / 1e9:.1f} GB a day"
+        return f"{dim.quota} bytes a day"
+    if dim.name == "downloads_per_day":
+        return f"{dim.quota} download{'' if dim.quota == 1 else 's'} a day"
+    return f"{dim.quota} {dim.unit}"
 
 
 def apply_url_for(base_url: str, model: ModelRow) -> str:

@@ -392,7 +392,8 @@ def test_downloads_per_day_exhaustion_is_a_readable_refusal_and_head_is_free(hub
         assert f'"downloads_per_day";r={remaining}' in response.headers["RateLimit"]
     response = hub.get(url, hub.researcher)
     assert_hub_error(response, 403, "GatedRepo")
-    assert "downloads_per_day limit (3) is used up" in response.headers["X-Error-Message"]
+    message = response.headers["X-Error-Message"]
+    assert "allowance of 3 downloads a day (downloads_per_day) is used up" in message
     assert "more becomes available in 8 h" in response.headers["X-Error-Message"]
     assert int(response.headers["Retry-After"]) > 3600
     assert "downloads_per_day" in response.headers["RateLimit-Policy"]

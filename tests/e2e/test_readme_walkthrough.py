@@ -62,6 +62,11 @@ def test_publisher_commands(server: Server, tmp_path: Path) -> None:
     )
     assert code == 0 and "acme/my-model@" in output, output
     code, output = airlock(
+        server, "publisher", "policy", "check", "gateway/demo_assets/release-policy.yaml"
+    )
+    assert code == 0 and "against the grants under policy version 1" in output, output
+    assert "keep" in output and "grants: 1 keep" in output, output
+    code, output = airlock(
         server, "publisher", "policy", "apply", "gateway/demo_assets/release-policy.yaml"
     )
     assert code == 0 and "policy version 1 unchanged" in output, output

@@ -163,7 +163,8 @@ def evaluate(
     tier = policy.tier(tier_name)
     if tier is None:
         return Decision(Effect.DENY, (_unknown_tier(policy, tier_name),), tier_name)
-    q = _Request(policy, tier, subject, now, packs, unobserved)
+    registry = packs.with_custom(policy.packs)
+    q = _Request(policy, tier, subject, now, registry, unobserved)
     reasons = [*_availability(q, model_frozen), *_requirements(q)]
     reasons += _approval(q, reasons)
     effect = _combine(reasons)

@@ -20,6 +20,8 @@ LIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.-]{0,31}")
 _REFERENCE = re.compile(r"pack:([^#]*)(?:#(.*))?")
 DEFAULT_LIST = "default"
+CUSTOM_PREFIX = "custom-"  # a policy's own packs; shipped packs never use it, so never shadowed
+_MAX_MERGED = 256
 PACKS_DIR = Path(__file__).with_name("packs")
 
 
@@ -154,6 +156,7 @@ class PackRegistry:
     def __init__(self, packs: Iterable[JurisdictionPack] = ()) -> None:
         self._packs: dict[str, JurisdictionPack] = {}
         self._resolved: dict[str, ListRef | str] = {}
+        self._merged: dict[tuple[tuple[str, str], ...], PackRegistry] = {}
         for pack in packs:
             if pack.id in self._packs:
                 raise ValueError(f"jurisdiction pack '{pack.id}' is loaded twice")
@@ -168,6 +171,18 @@ class PackRegistry:
     def get(self, pack_id: str) -> JurisdictionPack | None:
         """The pack with this id, or None."""
         return self._packs.get(pack_id)
+
+    def with_custom(self, custom: tuple[JurisdictionPack, ...]) -> "PackRegistry":
+        """These packs plus a policy's own (memoized by their ids and content hashes)."""
+        if not custom:
+            return self
+        key = tuple((pack.id, pack.content_hash) for pack in custom)
+        found = self._merged.get(key)
+        if found is None:
+            if len(self._merged) >= _MAX_MERGED:
+                self._merged.clear()
+            found = self._merged[key] = PackRegistry((*self._packs.values(), *custom))
+        return found
 
     def resolve(self, ref: str) -> ListRef | str:
         """Resolve a reference to a pack list or a literal code; LookupError if unknown."""
@@ -221,43 +236,53 @@ def _load_file(path: Path) -> JurisdictionPack:
     if pack.id != path.stem:
         message = f"pack id '{pack.id}' must match the file name '{path.name}'"
         raise PackError([PolicyIssue("id", None, message)], path.name)
+    if pack.id.startswith(CUSTOM_PREFIX):
+        message = f"pack ids starting '{CUSTOM_PREFIX}' are reserved for policies' own packs"
+        raise PackError([PolicyIssue("id", None, message)], path.name)
     return pack
 
 
 def parse_pack(text: str, source: str = "<pack>") -> JurisdictionPack:
     """Parse and strictly validate one pack document; raise PackError listing every issue."""
     data, r = read_document(text)
-    required = ("id", "version", "title", "status", "sources", "lists")
-    m = r.mapping(data, "", required, optional=("enforcement_ended", "notes"))
-    pack = JurisdictionPack(
-        id=r.text(m.get("id"), "id", PACK_ID, "a pack id (lower-case letters, digits, -)") or "",
-        version=_version(r, m.get("version")),
-        title=r.text(m.get("title"), "title") or "",
-        status=r.choice(PackStatus, m.get("status"), "status", "pack status") or PackStatus.ACTIVE,
-        sources=tuple(_texts(r, m.get("sources"), "sources")),
-        lists=_lists(r, m.get("lists")),
-        enforcement_ended=r.day(m.get("enforcement_ended"), "enforcement_ended"),
-        notes=r.text(m.get("notes"), "notes"),
-    )
+    pack = read_pack(r, data, "")
     if r.issues:
         raise PackError(r.issues, source)
     return pack
 
 
-def _version(r: Reader, value: object) -> str:
+def read_pack(r: Reader, value: object, path: str) -> JurisdictionPack:
+    """Read one pack at `path` of a document, collecting issues in `r` (files and policies)."""
+    required = ("id", "version", "title", "status", "sources", "lists")
+    m = r.mapping(value, path, required, optional=("enforcement_ended", "notes"))
+    hint = "a pack id (lower-case letters, digits, -)"
+    return JurisdictionPack(
+        id=r.text(m.get("id"), child(path, "id"), PACK_ID, hint) or "",
+        version=_version(r, m.get("version"), child(path, "version")),
+        title=r.text(m.get("title"), child(path, "title")) or "",
+        status=r.choice(PackStatus, m.get("status"), child(path, "status"), "pack status")
+        or PackStatus.ACTIVE,
+        sources=tuple(_texts(r, m.get("sources"), child(path, "sources"))),
+        lists=_lists(r, m.get("lists"), child(path, "lists")),
+        enforcement_ended=r.day(m.get("enforcement_ended"), child(path, "enforcement_ended")),
+        notes=r.text(m.get("notes"), child(path, "notes")),
+    )
+
+
+def _version(r: Reader, value: object, path: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    return r.text(value, "version", _VERSION, "a version such as 3 or 2025-07-01") or ""
+    return r.text(value, path, _VERSION, "a version such as 3 or 2025-07-01") or ""
 
 
 def _texts(r: Reader, value: object, path: str) -> list[str]:
     return [text for here, item in r.items(value, path) if (text := r.text(item, here))]
 
 
-def _lists(r: Reader, value: object) -> dict[str, PackList]:
+def _lists(r: Reader, value: object, path: str) -> dict[str, PackList]:
     lists: dict[str, PackList] = {}
-    for name, entries in r.table(value, "lists").items():
-        here = child("lists", name)
+    for name, entries in r.table(value, path).items():
+        here = child(path, name)
         if r.text(name, here, LIST_NAME, "a list name (lower-case letters, digits, - and _)"):
             lists[name] = PackList(name, _entries(r, entries, here))
     return lists

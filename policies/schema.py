@@ -9,7 +9,13 @@ from urllib.parse import urlsplit
 from policies._document import Reader, child, read_document
 from policies.errors import PolicyError, PolicyIssue
 from policies.forms import FormField, validate_form
-from policies.packs import PackRegistry, parse_reference
+from policies.packs import (
+    CUSTOM_PREFIX,
+    JurisdictionPack,
+    PackRegistry,
+    parse_reference,
+    read_pack,
+)
 from policies.units import format_duration
 from policies.vocab import (
     ApprovalMode,
@@ -253,6 +259,7 @@ class ReleasePolicy:
     agreements: dict[str, Agreement] = field(default_factory=dict)
     forms: dict[str, tuple[FormField, ...]] = field(default_factory=dict)
     upstream: Upstream | None = None
+    packs: tuple[JurisdictionPack, ...] = ()
 
     def tier(self, name: str) -> Tier | None:
         """The tier called `name`, or None."""
@@ -267,8 +274,20 @@ class ReleasePolicy:
             "forms": {key: [f.to_dict() for f in value] for key, value in self.forms.items()},
             "tiers": [tier.to_dict() for tier in self.tiers],
             "upstream": self.upstream.to_dict() if self.upstream else None,
+            "packs": [_pack_document(pack) for pack in self.packs],
         }
         return _compact(found)
+
+
+def _pack_document(pack: JurisdictionPack) -> dict[str, object]:
+    """A policy's own pack as its author would write it: unset keys left out."""
+    found = pack.to_dict()
+    lists = {name: [e.to_dict() for e in entries.entries] for name, entries in pack.lists.items()}
+    found["lists"] = {
+        name: [{k: v for k, v in e.items() if v not in (None, False)} for e in entries]
+        for name, entries in lists.items()
+    }
+    return {key: value for key, value in found.items() if value is not None}
 
 
 @dataclass
@@ -284,8 +303,11 @@ class _Context:
 def parse_policy(text: str, packs: PackRegistry | None = None) -> ReleasePolicy:
     """Parse and validate a release policy; raise PolicyError listing every issue found."""
     data, r = read_document(text)
-    m = r.mapping(data, "", ("model", "stage", "tiers"), ("agreements", "forms", "upstream"))
-    c = _Context(r, _agreements(r, m.get("agreements")), _forms(r, m.get("forms")), packs)
+    optional = ("agreements", "forms", "upstream", "packs")
+    m = r.mapping(data, "", ("model", "stage", "tiers"), optional)
+    custom = _custom_packs(r, m.get("packs"), packs)
+    registry = packs.with_custom(custom) if packs is not None else None
+    c = _Context(r, _agreements(r, m.get("agreements")), _forms(r, m.get("forms")), registry)
     policy = ReleasePolicy(
         model=r.text(m.get("model"), "model", _MODEL, "a model name written org/name") or "",
         stage=r.choice(Stage, m.get("stage"), "stage", "stage") or Stage.INTERNAL,
@@ -293,10 +315,32 @@ def parse_policy(text: str, packs: PackRegistry | None = None) -> ReleasePolicy:
         agreements=c.agreements,
         forms=c.forms,
         upstream=_upstream(r, m.get("upstream")),
+        packs=custom,
     )
     if r.issues:
         raise PolicyError(r.issues)
     return policy
+
+
+def _custom_packs(
+    r: Reader, value: object, shipped: PackRegistry | None
+) -> tuple[JurisdictionPack, ...]:
+    """A policy's own packs: the shipped schema, ids starting `custom-`, each id once."""
+    found: dict[str, JurisdictionPack] = {}
+    for here, item in r.items(value, "packs"):
+        pack, where = read_pack(r, item, here), child(here, "id")
+        if not pack.id:
+            continue
+        if shipped is not None and shipped.get(pack.id) is not None:
+            r.error(where, f"'{pack.id}' is a shipped pack; a policy's own pack cannot replace it")
+        elif not pack.id.startswith(CUSTOM_PREFIX):
+            message = f"a policy's own pack id must start with '{CUSTOM_PREFIX}', such as"
+            r.error(where, f"{message} '{CUSTOM_PREFIX}{pack.id}'")
+        elif pack.id in found:
+            r.error(where, f"pack '{pack.id}' is defined twice")
+        else:
+            found[pack.id] = pack
+    return tuple(found.values())
 
 
 def _names(r: Reader, value: object, path: str) -> dict[str, object]:

@@ -128,6 +128,45 @@ def test_explain_prints_the_decision_as_json(tmp_path: Path) -> None:
     assert code == 0 and json.loads(out)["effect"] == "allow"
 
 
+CUSTOM_PACK = """packs:
+  - id: custom-acme-embargo
+    version: "2026-01-15"
+    title: Countries Acme's counsel excludes
+    status: active
+    sources: [Acme legal memo 2026-01-15]
+    lists:
+      default: [GB]
+tiers:"""
+
+
+def test_explain_reports_a_policy_own_pack(tmp_path: Path) -> None:
+    policy, subject = tmp_path / "policy.yaml", tmp_path / "subject.json"
+    text = policy_text(REPO).replace("tiers:", CUSTOM_PACK, 1)
+    text = text.replace(
+        "deny: [pack:us-ofac-comprehensive]",
+        "deny: [pack:us-ofac-comprehensive, pack:custom-acme-embargo]",
+    )
+    policy.write_text(text)
+    subject.write_text(
+        json.dumps({"kyc_level": "identity", "nationality": "GB", "accepted_agreements": ["aup@1"]})
+    )
+    args = ("policy", "explain", str(policy), "--tier", "weights-auto", "--subject", str(subject))
+    code, out = cli(*args)
+    assert code == 0, out
+    decision = json.loads(out)
+    assert decision["effect"] == "deny"
+    denied = [r for r in decision["reasons"] if r["effect"] == "deny"]
+    assert [r["rule"] for r in denied] == ["tiers[weights-auto].requires.jurisdiction.deny[1]"]
+    assert "pack custom-acme-embargo version 2026-01-15" in denied[0]["message"]
+    used = {pack["id"]: pack for pack in decision["packs_used"]}
+    assert set(used) == {"custom-acme-embargo", "us-ofac-comprehensive"}
+    assert used["custom-acme-embargo"]["version"] == "2026-01-15"
+    assert len(used["custom-acme-embargo"]["content_hash"]) == 64
+    policy.write_text(text.replace("id: custom-acme-embargo", "id: eu"))
+    code, out = cli(*args)
+    assert code == 1 and "packs[0].id: 'eu' is a shipped pack" in out
+
+
 def test_explain_reports_every_problem_of_the_subject(tmp_path: Path) -> None:
     policy, subject = tmp_path / "policy.yaml", tmp_path / "subject.json"
     policy.write_text(policy_text(REPO))

@@ -1,6 +1,6 @@
 """Airlock's pure policy engine: release policies, jurisdiction packs and access decisions."""
 
-from policies.engine import Decision, Reason, Subject, evaluate
+from policies.engine import Decision, Reason, Subject, evaluate, kyc_too_old
 from policies.errors import PackError, PolicyError, PolicyIssue
 from policies.forms import FormField, validate_form
 from policies.packs import (
@@ -78,6 +78,7 @@ __all__ = [
     "evaluate",
     "format_duration",
     "kyc_at_least",
+    "kyc_too_old",
     "load_packs",
     "parse_byte_size",
     "parse_date",

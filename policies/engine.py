@@ -6,13 +6,14 @@ allow, and a decision allows only when at least one reason allows and none objec
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 
 from policies.forms import validate_form
 from policies.iso3166 import is_jurisdiction_code
 from policies.packs import ListRef, PackEntry, PackRegistry
 from policies.schema import Approval, JurisdictionRule, ReleasePolicy, Tier
+from policies.units import format_duration
 from policies.vocab import (
     ApprovalMode,
     Effect,
@@ -40,6 +41,7 @@ class Subject:
     user_id: str = ""
     kyc_level: KycLevel = KycLevel.NONE
     kyc_expires_at: datetime | None = None
+    kyc_verified_at: datetime | None = None
     sanctions_hit: bool | None = None
     nationality: str | None = None
     residence_country: str | None = None
@@ -53,8 +55,10 @@ class Subject:
     form: Mapping[str, object] | None = None
 
     def __post_init__(self) -> None:
-        if self.kyc_expires_at is not None and self.kyc_expires_at.tzinfo is None:
-            raise ValueError("kyc_expires_at must be timezone-aware")
+        for name in ("kyc_expires_at", "kyc_verified_at"):
+            instant = getattr(self, name)
+            if instant is not None and instant.tzinfo is None:
+                raise ValueError(f"{name} must be timezone-aware")
 
     def signal(self, signal: Signal) -> str | None:
         """The value of a jurisdiction signal; residence prefers the subdivision when known."""
@@ -240,9 +244,51 @@ def _kyc(q: _Request) -> list[Reason]:
     message = f"Identity verification at level '{need}' is required; the requester has '{have}'."
     if kyc_at_least(have, need):
         reasons.append(Reason(ReasonCode.KYC_LEVEL_MET, message, rule, Effect.ALLOW))
+        reasons += _kyc_age(q)
     else:
         reasons.append(Reason(ReasonCode.KYC_LEVEL_INSUFFICIENT, message, rule, Effect.DENY))
     return reasons
+
+
+def kyc_too_old(verified_at: datetime | None, limit: timedelta | None, now: datetime) -> bool:
+    """Whether a verification made at `verified_at` (None: unknown) is older than `limit`."""
+    return limit is not None and (verified_at is None or now - verified_at > limit)
+
+
+def _kyc_age(q: _Request) -> list[Reason]:
+    limit, verified = q.tier.requires.kyc_max_age, q.subject.kyc_verified_at
+    if limit is None or not kyc_too_old(verified, limit, q.now):
+        return []
+    rule, most = q.rule("requires.kyc_max_age"), f"at most {_words(limit)} old"
+    if verified is None:
+        message = "The date of the requester's identity verification is unknown, and this tier"
+        message += f" accepts a verification {most}; a reviewer must decide."
+    else:
+        day, age = f"{verified.astimezone(UTC):%Y-%m-%d}", _age(q.now - verified)
+        message = f"The requester's identity verification dates from {day} ({age} ago), and"
+        message += f" this tier accepts a verification {most}; it must be renewed, or a reviewer"
+        message += " must decide."
+    return [Reason(ReasonCode.KYC_TOO_OLD, message, rule, Effect.REVIEW)]
+
+
+_UNIT_WORDS = {"w": "week", "d": "day", "h": "hour", "m": "minute", "s": "second"}
+
+
+def _count(count: int, unit: str) -> str:
+    return f"{count} {unit}" + ("" if count == 1 else "s")
+
+
+def _words(limit: timedelta) -> str:
+    """A policy's duration in words: `365 days`, `2 weeks`, `12 hours`."""
+    text = format_duration(limit)
+    return _count(int(text[:-1]), _UNIT_WORDS[text[-1]])
+
+
+def _age(span: timedelta) -> str:
+    """An age in whole days, or in hours (at least one) when under a day."""
+    if span.days:
+        return _count(span.days, "day")
+    return _count(max(1, span // timedelta(hours=1)), "hour")
 
 
 def _sanctions(q: _Request) -> list[Reason]:

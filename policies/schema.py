@@ -148,6 +148,7 @@ class Requirements:
     """What a requester must satisfy; `explicit_empty` marks a deliberate `requires: {}`."""
 
     kyc: KycLevel = KycLevel.NONE
+    kyc_max_age: timedelta | None = None
     agreement: AgreementRef | None = None
     form: str | None = None
     approval: Approval = field(default_factory=Approval)
@@ -162,6 +163,7 @@ class Requirements:
         jurisdiction, affiliation = self.jurisdiction, self.affiliation
         found: dict[str, object] = {
             "kyc": self.kyc.value,
+            "kyc_max_age": format_duration(self.kyc_max_age) if self.kyc_max_age else None,
             "agreement": str(self.agreement) if self.agreement else None,
             "form": self.form,
             "approval": self.approval.to_dict(),
@@ -491,15 +493,28 @@ def _signed_url_ttl(r: Reader, value: object, path: str) -> timedelta:
     return ttl
 
 
-_REQUIREMENTS = ("kyc", "agreement", "form", "approval", "jurisdiction", "affiliation")
+_REQUIREMENTS = (
+    "kyc",
+    "kyc_max_age",
+    "agreement",
+    "form",
+    "approval",
+    "jurisdiction",
+    "affiliation",
+)
 
 
 def _requirements(c: _Context, value: object, path: str) -> Requirements:
     if value == {}:
         return Requirements(explicit_empty=True)
     m = c.r.mapping(value, path, optional=_REQUIREMENTS) if value is not None else {}
+    kyc = c.r.choice(KycLevel, m.get("kyc"), child(path, "kyc"), "KYC level") or KycLevel.NONE
+    max_age = c.r.duration(m.get("kyc_max_age"), child(path, "kyc_max_age"))
+    if max_age is not None and kyc is KycLevel.NONE:
+        c.r.error(child(path, "kyc_max_age"), "kyc_max_age needs a kyc level other than none")
     return Requirements(
-        kyc=c.r.choice(KycLevel, m.get("kyc"), child(path, "kyc"), "KYC level") or KycLevel.NONE,
+        kyc=kyc,
+        kyc_max_age=max_age,
         agreement=_agreement_ref(c, m.get("agreement"), child(path, "agreement")),
         form=_form_ref(c, m.get("form"), child(path, "form")),
         approval=_approval(c.r, m.get("approval"), child(path, "approval")),

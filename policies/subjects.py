@@ -15,6 +15,7 @@ _TEXTS = ("user_id", "affiliation_org", "email")
 SUBJECT_KEYS = (
     "kyc_level",
     "kyc_expires_at",
+    "kyc_verified_at",
     "sanctions_hit",
     *_COUNTRIES,
     "residence_subdivision",
@@ -33,6 +34,7 @@ def parse_subject(data: object) -> Subject:
         "kyc_level": r.choice(KycLevel, m.get("kyc_level"), "kyc_level", "KYC level")
         or KycLevel.NONE,
         "kyc_expires_at": _instant(r, m.get("kyc_expires_at"), "kyc_expires_at"),
+        "kyc_verified_at": _instant(r, m.get("kyc_verified_at"), "kyc_verified_at"),
         "sanctions_hit": _flag(r, m.get("sanctions_hit"), "sanctions_hit"),
         "residence_subdivision": _code(r, m.get("residence_subdivision"), "residence_subdivision"),
         "request_country": _code(r, m.get("request_country"), "request_country"),

@@ -92,6 +92,7 @@ class ReasonCode(StrEnum):
     KYC_EXPIRED = "kyc_expired"
     KYC_LEVEL_INSUFFICIENT = "kyc_level_insufficient"
     KYC_LEVEL_MET = "kyc_level_met"
+    KYC_TOO_OLD = "kyc_too_old"
     MODEL_FROZEN = "model_frozen"
     NO_REQUIREMENTS = "no_requirements"
     PACK_UNAVAILABLE = "pack_unavailable"

@@ -43,6 +43,7 @@ from policies import (
     Stage,
     Subject,
     evaluate,
+    kyc_too_old,
 )
 
 
@@ -56,11 +57,13 @@ def reasons_json(decision: Decision) -> list[dict[str, Any]]:
 
 # -- memoized decisions --------------------------------------------------------------------------
 # `evaluate` is a pure function of (policy, tier, subject, now, packs, model_frozen). Of `now` it
-# uses only the UTC date (jurisdiction packs' effective dates) and whether the KYC expiry has
-# passed. The packs never change in a process. So a decision is reused only for the same parsed
-# policy object, tier, every subject field, freeze state, UTC date and KYC-expired flag: the
-# authorization state itself (token, grants, policy version, KYC, freeze, vetting) is still read
-# from the database on every request by the caller; only the pure computation on it is reused.
+# uses only the UTC date (jurisdiction packs' effective dates), whether the KYC expiry has passed
+# and whether the verification is older than the tier's kyc_max_age. The packs never change in a
+# process (a policy's own packs are part of the policy object). So a decision is reused only for
+# the same parsed policy object, tier, every subject field, freeze state, UTC date and the
+# KYC-expired and KYC-too-old flags: the authorization state itself (token, grants, policy
+# version, KYC, freeze, vetting) is still read from the database on every request by the caller;
+# only the pure computation on it is reused.
 SUBJECT_FIELDS = tuple(f.name for f in dataclass_fields(Subject))
 _KEYED = tuple(name for name in SUBJECT_FIELDS if name != "form")
 if set(_KEYED) | {"form"} != set(SUBJECT_FIELDS):  # pragma: no cover - a new field not keyed
@@ -77,8 +80,12 @@ def decision_key(
         return None
     expires = subject.kyc_expires_at
     expired = expires is not None and expires <= now
+    found = policy.tier(tier)
+    limit = found.requires.kyc_max_age if found is not None else None
+    too_old = kyc_too_old(subject.kyc_verified_at, limit, now)
     facts = tuple(getattr(subject, name) for name in _KEYED)
-    return (id(policy), tier, facts, repr(form), frozen, now.astimezone(UTC).date(), expired)
+    day = now.astimezone(UTC).date()
+    return (id(policy), tier, facts, repr(form), frozen, day, expired, too_old)
 
 
 def _plain_json(value: object, depth: int = 0) -> bool:
@@ -144,6 +151,7 @@ def kyc_row(kyc: KycVerification) -> KycRow:
         kyc.residence_country,
         kyc.residence_subdivision,
         kyc.document_country,
+        kyc.verified_at,
     )
 
 
@@ -167,6 +175,7 @@ def subject_of(
         user_id=str(facts.user_id),
         kyc_level=KycLevel(kyc.level) if kyc else KycLevel.NONE,
         kyc_expires_at=kyc.expires_at if kyc else None,
+        kyc_verified_at=kyc.verified_at if kyc else None,
         sanctions_hit=kyc.sanctions_hit if kyc else None,
         nationality=kyc.nationality if kyc else None,
         residence_country=kyc.residence_country if kyc else None,

@@ -338,15 +338,16 @@ class ReevaluationService:
         model_id: int,
         cause: dict[str, Any],
         user_ids: Sequence[int] | None = None,
+        at: datetime | None = None,
     ) -> Assessment | None:
-        """Re-judge a model's live grants and pending requests under its policy in force and
-        apply the verdicts (audited, one transaction). Safe to run twice."""
+        """Re-judge a model's live grants and pending requests under its policy in force (as of
+        `at`, default now) and apply the verdicts (audited, one transaction). Safe to run twice."""
         model = session.get(Model, model_id)
         policy = self.policies.current(model) if model is not None else None
         if model is None or policy is None or model.policy_version is None:
             session.rollback()
             return None
-        now = utcnow()
+        now = at or utcnow()
         found = self.assess(
             session, model=model, policy=policy, now=now, user_ids=user_ids, lock=True
         )
@@ -459,6 +460,10 @@ _GRANT_CHANGES = {
 }
 
 
+# Review reasons no approval settles: a verification only ages, and renewing it is the remedy.
+UNSETTLED = frozenset({ReasonCode.KYC_TOO_OLD})
+
+
 def _settled(request: AccessRequest | None) -> frozenset[tuple[str, str]]:
     """Review reasons a reviewer already weighed when approving the request behind a grant."""
     if request is None or not request.reviews:
@@ -466,7 +471,9 @@ def _settled(request: AccessRequest | None) -> frozenset[tuple[str, str]]:
     return frozenset(
         (str(r.get("code")), str(r.get("rule")))
         for r in request.reasons
-        if isinstance(r, dict) and r.get("effect") == Effect.REVIEW
+        if isinstance(r, dict)
+        and r.get("effect") == Effect.REVIEW
+        and r.get("code") not in UNSETTLED
     )
 
 

@@ -141,6 +141,7 @@ class KycRow:
     residence_country: str | None
     residence_subdivision: str | None
     document_country: str | None
+    verified_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +283,7 @@ _FACT_COLUMNS = (
     _kyc.residence_country,
     _kyc.residence_subdivision,
     _kyc.document_country,
+    _kyc.verified_at,
 )
 _G = len(_MODEL_COLUMNS)
 _F = _G + len(_GRANT_COLUMNS)
@@ -378,7 +380,7 @@ def load_access(
     grants = tuple(GrantRow(*row[_G:_F]) for row in rows if row[_G] is not None)
     facts = None
     if first[_F] is not None:
-        kyc = KycRow(*first[_F + 5 : _F + 12]) if first[_F + 4] is not None else None
+        kyc = KycRow(*first[_F + 5 : _F + 13]) if first[_F + 4] is not None else None
         facts = UserFacts(first[_F], first[_F + 1], first[_F + 2], first[_F + 3], kyc)
     return ModelAccess(model, grants, facts, vetting)
 

@@ -8,7 +8,7 @@ write transaction would hold the database lock for the whole run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -123,9 +123,11 @@ def reevaluate_user(airlock: Airlock, *, user_id: int) -> None:
         airlock.reevaluation.reevaluate_user(session, user_id=user_id, cause={"kind": "kyc_change"})
 
 
-def rescreen_grants(airlock: Airlock, *, pack_id: str | None = None) -> None:
-    """Daily: judge every live grant again (lapsed KYC, pack entries coming into effect); with
-    `pack_id`, only models whose policy references that pack (a changed pack was deployed)."""
+def rescreen_grants(airlock: Airlock, *, pack_id: str | None = None, at: str | None = None) -> None:
+    """Daily: judge every live grant again (lapsed or too old KYC, pack entries coming into
+    effect); with `pack_id`, only models whose policy references that pack (a changed pack was
+    deployed). `at` (ISO 8601 with a zone) judges as of that instant instead of now."""
+    instant = _instant(at) if at is not None else None
     with airlock.db.session() as session:
         begin_read_only(session)
         model_ids = airlock.reevaluation.models_to_rescreen(session, pack_id=pack_id)
@@ -136,7 +138,16 @@ def rescreen_grants(airlock: Airlock, *, pack_id: str | None = None) -> None:
         cause = {"kind": "pack_change", "pack": pack.id, "version": pack.version}
     for model_id in model_ids:
         with airlock.db.session() as session:
-            airlock.reevaluation.reevaluate_model(session, model_id=model_id, cause=cause)
+            airlock.reevaluation.reevaluate_model(
+                session, model_id=model_id, cause=cause, at=instant
+            )
+
+
+def _instant(text: str) -> datetime:
+    found = datetime.fromisoformat(text)
+    if found.tzinfo is None:
+        raise ValueError(f"'{text}' names no time zone; write it as 2026-01-01T00:00:00Z")
+    return found
 
 
 JOBS: dict[str, Callable[..., Any]] = {

@@ -105,6 +105,10 @@ tiers:
       kyc: email
       affiliation: {orgs: [acme, mit], email_domains: [edu, ox.ac.uk]}
     opens_in: [limited]
+  - name: kyc-fresh
+    grants: [metadata]
+    requires: {kyc: identity, kyc_max_age: 365d}
+    opens_in: [limited]
 """
 
 POLICY = parse_policy(POLICY_YAML, packs=PACKS)
@@ -114,6 +118,7 @@ GOOD = Subject(
     user_id="u-1",
     kyc_level=KycLevel.INSTITUTION,
     kyc_expires_at=datetime(2027, 1, 1, tzinfo=UTC),
+    kyc_verified_at=datetime(2025, 6, 1, 9, 30, tzinfo=UTC),
     sanctions_hit=False,
     nationality="DE",
     residence_country="DE",
@@ -168,8 +173,53 @@ EXPIRED = NOW - timedelta(days=1)
 OFAC_DENIED = {R.KYC_LEVEL_MET, R.AGREEMENT_ACCEPTED, R.FORM_COMPLETE, R.JURISDICTION_DENIED}
 API_REVIEW = API_OK | {R.JURISDICTION_REVIEW}
 
+VERIFIED = GOOD.kyc_verified_at or NOW
+YEAR = timedelta(days=365)
+KYC_AGE = [
+    Case("kyc-fresh", "kyc-fresh", {}, Effect.ALLOW, MET),
+    Case("kyc-age-at-limit", "kyc-fresh", {}, Effect.ALLOW, MET, now=VERIFIED + YEAR),
+    Case(
+        "kyc-too-old",
+        "kyc-fresh",
+        {},
+        Effect.REVIEW,
+        {R.KYC_LEVEL_MET, R.KYC_TOO_OLD},
+        now=VERIFIED + YEAR + timedelta(seconds=1),
+    ),
+    Case(
+        "kyc-verified-long-ago",
+        "kyc-fresh",
+        {"kyc_verified_at": NOW - timedelta(days=400)},
+        Effect.REVIEW,
+        {R.KYC_LEVEL_MET, R.KYC_TOO_OLD},
+    ),
+    Case(
+        "kyc-verified-when-unknown",
+        "kyc-fresh",
+        {"kyc_verified_at": None},
+        Effect.REVIEW,
+        {R.KYC_LEVEL_MET, R.KYC_TOO_OLD},
+    ),
+    Case(  # lapsed counts as none: the level falls short, and its age no longer matters
+        "kyc-old-and-expired",
+        "kyc-fresh",
+        {"kyc_verified_at": NOW - timedelta(days=400), "kyc_expires_at": EXPIRED},
+        Effect.DENY,
+        {R.KYC_EXPIRED, R.KYC_LEVEL_INSUFFICIENT},
+    ),
+    Case(
+        "kyc-old-and-too-low",
+        "kyc-fresh",
+        {"kyc_verified_at": NOW - timedelta(days=400), "kyc_level": KycLevel.EMAIL},
+        Effect.DENY,
+        {R.KYC_LEVEL_INSUFFICIENT},
+    ),
+    Case("kyc-age-unlimited", "kyc-identity", {"kyc_verified_at": None}, Effect.ALLOW, MET),
+]
+
 CASES = [
     *KYC_MATRIX,
+    *KYC_AGE,
     # Availability: unknown tier, stage, freeze, explicit empty requirements.
     Case("unknown-tier", "enterprise", {}, Effect.DENY, {R.TIER_UNKNOWN}),
     Case("card-anyone", "card", {}, Effect.ALLOW, {R.NO_REQUIREMENTS}, base=NOBODY),

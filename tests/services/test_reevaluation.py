@@ -310,3 +310,72 @@ def test_a_suspended_grant_is_not_reinstated_beside_a_new_one(setup: Setup) -> N
         ("suspended", "keep"),
         ("active", "keep"),
     ]
+
+
+KYC_WEEK = variant("kyc: identity\n", "kyc: identity\n      kyc_max_age: 7d\n")
+
+
+def test_kyc_older_than_the_policy_allows_suspends_at_the_daily_rescreen(setup: Setup) -> None:
+    ann = setup.researcher("ann", "GB")
+    setup.researcher("eva", "DE")
+    with setup.airlock.db.session() as s:  # ann verified five days ago, eva just now
+        s.execute(
+            update(KycVerification)
+            .where(KycVerification.user_id == ann.user.id)
+            .values(verified_at=utcnow() - timedelta(days=5))
+        )
+        s.commit()
+    setup.apply(KYC_WEEK)  # both verifications are younger than a week: nothing changes
+    jobs.rescreen_grants(setup.airlock)
+    assert setup.grants() == {"ann/weights-auto": "active", "eva/weights-auto": "active"}
+    assert setup.events("grant:suspend") == []
+    later = (utcnow() + timedelta(days=3)).isoformat()  # ann's is now 8 days old, eva's 3
+    for _ in range(2):  # safe to run twice
+        jobs.rescreen_grants(setup.airlock, at=later)
+        assert setup.grants() == {"ann/weights-auto": "suspended", "eva/weights-auto": "active"}
+    [event] = setup.events("grant:suspend")
+    assert event.payload["cause"]["kind"] == "daily_rescreen"
+    [reason] = event.payload["reasons"]
+    assert reason["code"] == "kyc_too_old" and reason["effect"] == "review"
+    assert "(8 days ago)" in reason["message"] and "at most 1 week old" in reason["message"]
+    with setup.airlock.db.session() as s:
+        grant = s.scalars(select(Grant).where(Grant.user_id == ann.user.id)).one()
+        assert grant.end_reason is not None and "must be renewed" in grant.end_reason
+    # A renewed verification re-evaluates ann at once and reinstates the grant.
+    setup.world.kyc(setup.reviewer, ann, country="GB", level=KycLevel.IDENTITY)
+    assert setup.grants() == {"ann/weights-auto": "active", "eva/weights-auto": "active"}
+
+
+def test_a_reviewer_approval_does_not_settle_an_old_verification(setup: Setup) -> None:
+    """Approving a request despite an old verification lets the grant start, but the age keeps
+    growing: the next re-screen past the limit suspends it like any other."""
+    setup.apply(KYC_WEEK)
+    ann = setup.world.actor("ann")
+    setup.world.kyc(setup.reviewer, ann, country="GB", level=KycLevel.IDENTITY)
+    with setup.airlock.db.session() as s:
+        s.execute(
+            update(KycVerification)
+            .where(KycVerification.user_id == ann.user.id)
+            .values(verified_at=utcnow() - timedelta(days=10))
+        )
+        s.commit()
+    with setup.airlock.db.session() as s:
+        outcome = setup.airlock.access.request_access(
+            s,
+            principal=ann.principal,
+            model=setup.airlock.publishing.get_model(s, REPO),
+            tier="weights-auto",
+            form={"intended_use": "evaluation"},
+            agreement="aup@1",
+            request_country=None,
+        )
+        assert outcome.grant is None, outcome.decision.to_dict()
+        assert outcome.decision.effect == "review"
+        request_id = outcome.request.id
+    with setup.airlock.db.session() as s:
+        setup.airlock.access.review(
+            s, principal=setup.reviewer.principal, request_id=request_id, approve=True, note="seen"
+        )
+    assert setup.grants() == {"ann/weights-auto": "active"}
+    jobs.rescreen_grants(setup.airlock)
+    assert setup.grants() == {"ann/weights-auto": "suspended"}

@@ -1,4 +1,4 @@
-"""Sweeps: expire grants past their time, delete copies nobody may fetch, resend lost tasks."""
+"""Sweeps: expire grants, delete copies nobody may fetch, resend lost tasks, purge old events."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from sqlalchemy import CursorResult, delete, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
-from gateway.db.models import Grant, GrantStatus, Model, Revision, StagedFile, VettingStatus
+from gateway.db.models import (
+    Grant,
+    GrantStatus,
+    KycWebhookEvent,
+    Model,
+    Revision,
+    StagedFile,
+    VettingStatus,
+)
 from gateway.services.provisioning import lock_grant, temp_key
 from gateway.storage import Storage
 from gateway.tasks import TaskRunner
@@ -24,6 +32,10 @@ MARGIN = timedelta(minutes=10)
 VET_LOST_AFTER = timedelta(seconds=SPECS[VET_TASK].time_limit) + MARGIN
 PROVISION_LOST_AFTER = timedelta(seconds=SPECS[PROVISION_TASK].time_limit) + MARGIN
 ENDED = (GrantStatus.REVOKED, GrantStatus.EXPIRED)
+# A processed KYC webhook event is kept only to drop its redeliveries: keep it well past every
+# provider's retry window (Stripe's is three days), then let it go.
+KYC_EVENT_RETENTION = timedelta(days=14)
+PURGE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,30 @@ class SweepService:
             )
         session.commit()
         return result.rowcount
+
+    def purge_kyc_events(self, session: Session, *, now: datetime) -> int:
+        """Delete processed KYC webhook events received over 14 days ago, in batches; events
+        still unprocessed stay (their work is not done)."""
+        purged = 0
+        while True:
+            batch = (
+                select(KycWebhookEvent.id)
+                .where(
+                    KycWebhookEvent.processed_at.is_not(None),
+                    KycWebhookEvent.received_at < now - KYC_EVENT_RETENTION,
+                )
+                .limit(PURGE_BATCH)
+            )
+            result = cast(
+                CursorResult[Any],
+                session.execute(
+                    delete(KycWebhookEvent).where(KycWebhookEvent.id.in_(batch.scalar_subquery()))
+                ),
+            )
+            session.commit()
+            purged += result.rowcount
+            if result.rowcount < PURGE_BATCH:
+                return purged
 
     def resend_lost_work(self, session: Session, *, now: datetime) -> int:
         """Send again the tasks of revisions still unvetted and grants still unprovisioned."""

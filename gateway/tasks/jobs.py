@@ -73,7 +73,8 @@ def provision_download(airlock: Airlock, *, grant_id: int, revision_id: int | No
 
 def sweep_grants(airlock: Airlock) -> None:
     """Expire grants, delete copies of ended grants and frozen models, resend lost tasks,
-    abort multipart uploads abandoned for longer than the upload expiry."""
+    abort multipart uploads abandoned for longer than the upload expiry, delete processed KYC
+    webhook events older than their de-duplication window."""
     sweeps, now = airlock.sweeps, utcnow()
     with airlock.db.session() as session:
         sweeps.expire_grants(session, now=now)
@@ -90,6 +91,8 @@ def sweep_grants(airlock: Airlock) -> None:
     abandoned = now - timedelta(hours=airlock.settings.upload_expiry_hours)
     with airlock.db.session() as session:
         airlock.publishing.expire_uploads(session, older_than=abandoned)
+    with airlock.db.session() as session:
+        sweeps.purge_kyc_events(session, now=now)
 
 
 def apply_kyc_event(airlock: Airlock, *, event_id: int) -> None:

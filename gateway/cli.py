@@ -62,6 +62,18 @@ def serve(host: str, port: int) -> None:
     _serve(create_app(), host, port)
 
 
+@main.command("dev-upstream")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8100, show_default=True, type=int)
+def dev_upstream(host: str, port: int) -> None:
+    """Serve the reference OpenAI-compatible upstream (a development tool, not a model)."""
+    from gateway.devtools.upstream import ReferenceUpstream
+
+    upstream = ReferenceUpstream(host, port)
+    click.echo(f"reference upstream at {upstream.base_url}")
+    upstream.server.serve_forever()
+
+
 def _serve(app: Any, host: str, port: int) -> None:
     from werkzeug.serving import run_simple
 

@@ -30,7 +30,7 @@ STAGES = (
     ("    publishing.get_model", "gateway/services/publishing.py", "get_model"),
     ("    downloads.weights_access", "gateway/services/downloads.py", "weights_access"),
     ("      access.require_visible", "gateway/services/access.py", "require_visible"),
-    ("      downloads._usable_grants", "gateway/services/downloads.py", "_usable_grants"),
+    ("      downloads.usable_grants", "gateway/services/downloads.py", "usable_grants"),
     ("      downloads._recheck", "gateway/services/downloads.py", "_recheck"),
     ("        access.subject", "gateway/services/access.py", "subject"),
     ("        access.decide (policy engine)", "gateway/services/access.py", "decide"),

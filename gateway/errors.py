@@ -171,3 +171,14 @@ class KycProviderUnavailable(ServiceUnavailable):
 
     code = "kyc_provider_unavailable"
     title = "KYC provider unavailable"
+
+
+class UpstreamFailed(AirlockError):
+    """A model's inference upstream failed; `status` is what we answer (502, 503 or 504)."""
+
+    code = "upstream_error"
+    title = "Upstream failed"
+
+    def __init__(self, detail: str, *, status: int = 502) -> None:
+        super().__init__(detail)
+        self.status = status

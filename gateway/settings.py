@@ -10,6 +10,9 @@ from pathlib import Path
 
 DEFAULT_DATA_DIR = "./var/airlock"
 LOG_FORMATS = ("json", "text")
+# Inference upstreams' credentials: a model names one of these variables, never holds the value,
+# and cannot name any other variable (such as AIRLOCK_SECRET_KEY).
+UPSTREAM_KEY_PREFIX = "AIRLOCK_UPSTREAM_KEY_"
 KYC_PROVIDERS = {  # name: (environment prefix, default API base URL)
     "persona": ("AIRLOCK_KYC_PERSONA_", "https://withpersona.com/api/v1"),
     "stripe_identity": ("AIRLOCK_KYC_STRIPE_", "https://api.stripe.com"),
@@ -64,6 +67,8 @@ class Settings:
     kyc_providers: tuple[KycProviderSettings, ...] = ()
     kyc_http_timeout: float = 10.0
     kyc_validity_days: int = 365
+    upstream_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    upstream_timeout: float = 60.0
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced (for tests and the demo)."""
@@ -111,6 +116,8 @@ def load_settings(
         kyc_providers=_kyc_providers(env),
         kyc_http_timeout=int(env.get("AIRLOCK_KYC_HTTP_TIMEOUT_MS", 10000)) / 1000,
         kyc_validity_days=int(env.get("AIRLOCK_KYC_VALIDITY_DAYS", 365)),
+        upstream_keys={k: v for k, v in env.items() if k.startswith(UPSTREAM_KEY_PREFIX) and v},
+        upstream_timeout=int(env.get("AIRLOCK_UPSTREAM_TIMEOUT_MS", 60000)) / 1000,
     )
 
 

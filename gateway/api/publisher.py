@@ -293,6 +293,27 @@ def freeze(org: str, name: str, body: s.FreezeIn) -> s.ModelOut:
 
 @endpoint(
     bp,
+    MODEL + "/upstream",
+    "PUT",
+    summary="Set the model's OpenAI-compatible inference upstream and credential reference",
+    body=s.UpstreamIn,
+    response=s.UpstreamOut,
+    scopes=("models:write",),
+)
+def set_upstream(org: str, name: str, body: s.UpstreamIn) -> s.UpstreamOut:
+    model = airlock().inference.set_upstream(
+        db(),
+        principal=principal(),
+        model=visible_model(org, name),
+        url=body.url,
+        key_ref=body.key_ref,
+    )
+    ref = model.upstream_key_ref
+    return s.UpstreamOut(repo_id=model.repo_id, url=model.upstream_url, key_ref=ref)
+
+
+@endpoint(
+    bp,
     MODEL + "/grants",
     "GET",
     summary="Grants of a model",

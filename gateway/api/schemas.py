@@ -267,6 +267,22 @@ class FreezeIn(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class UpstreamIn(BaseModel):
+    """A model's OpenAI-compatible upstream and the variable holding its credential."""
+
+    model_config = Strict
+    url: str | None = Field(default=None, max_length=2000)
+    key_ref: str | None = Field(default=None, max_length=128)
+
+
+class UpstreamOut(BaseModel):
+    """A model's inference upstream (the credential's variable name, never its value)."""
+
+    repo_id: str
+    url: str | None
+    key_ref: str | None
+
+
 class AccessRequestIn(BaseModel):
     """Ask for one tier of a model."""
 

@@ -179,6 +179,8 @@ class Model(Base):
     )
     frozen_at: Mapped[datetime | None]
     frozen_reason: Mapped[str | None] = mapped_column(Text)
+    upstream_url: Mapped[str | None] = mapped_column(String(2000))
+    upstream_key_ref: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     org: Mapped[Organization] = relationship()

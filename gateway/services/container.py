@@ -15,6 +15,7 @@ from gateway.ratelimit import Limiter, limiter_from_url
 from gateway.services.access import AccessService
 from gateway.services.downloads import DownloadService
 from gateway.services.identity import IdentityService
+from gateway.services.inference import InferenceService
 from gateway.services.kyc import KycService
 from gateway.services.policy import PolicyService
 from gateway.services.provisioning import ProvisioningService
@@ -22,6 +23,7 @@ from gateway.services.publishing import PublishingService
 from gateway.services.reevaluation import ReevaluationService
 from gateway.services.signing import BlobSigner
 from gateway.services.sweeps import SweepService
+from gateway.services.upstream import HttpUpstream
 from gateway.settings import Settings
 from gateway.storage import Storage, storage_from_settings
 from gateway.tasks import InProcessRunner, TaskRunner
@@ -61,6 +63,18 @@ class Airlock:
             policies=self.policies,
             publishing=self.publishing,
             runner=self.runner,
+        )
+
+    @cached_property
+    def inference(self) -> InferenceService:
+        """Authorizes and relays OpenAI-style requests to each model's upstream."""
+        return InferenceService(
+            audit=self.audit,
+            access=self.access,
+            policies=self.policies,
+            upstream=HttpUpstream(timeout=self.settings.upstream_timeout),
+            keys=self.settings.upstream_keys,
+            sessions=self.db.sessionmaker,
         )
 
     def close(self) -> None:

@@ -241,7 +241,7 @@ class DownloadService:
                 authenticated=False,
             )
         user_id = principal.require_user()
-        usable = _usable_grants(found.grants, policy)
+        usable = usable_grants(found.grants, policy)
         if Scope.MODELS_READ not in principal.scopes:
             self._deny(
                 session,
@@ -688,10 +688,10 @@ class DownloadService:
         session.commit()
 
 
-def _usable_grants(
-    grants: Sequence[GrantRow], policy: ReleasePolicy | None
+def usable_grants(
+    grants: Sequence[GrantRow], policy: ReleasePolicy | None, kind: GrantKind = GrantKind.WEIGHTS
 ) -> list[tuple[GrantRow, Tier]]:
-    """Active grants not yet past their expiry whose tier in the live policy gives weights."""
+    """Active grants not yet past their expiry whose tier in the live policy gives `kind`."""
     if policy is None:
         return []
     now = utcnow()
@@ -700,7 +700,7 @@ def _usable_grants(
         tier = policy.tier(grant.tier)
         if (
             tier is not None
-            and GrantKind.WEIGHTS in tier.grants
+            and kind in tier.grants
             and (grant.expires_at is None or grant.expires_at > now)
         ):
             usable.append((grant, tier))

@@ -1,0 +1,86 @@
+"""The OpenAI-compatible surface (/v1): list models, chat completions, completions, embeddings.
+
+The wire contract is the shared protocol note `openai.md`; errors are OpenAI's
+`{"error": {...}}` bodies (rendered in `gateway.api.errors`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from gateway.api.context import airlock, db, principal, request_country
+from gateway.db.engine import begin_read_only
+from gateway.errors import InvalidInput
+from gateway.services.inference import Admission
+
+bp = Blueprint("inference", __name__, url_prefix="/v1")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    begin_read_only(db())
+    models = airlock().inference.permitted_models(
+        db(), principal=principal(), request_country=request_country()
+    )
+    data = [
+        {
+            "id": m.repo_id,
+            "object": "model",
+            "created": int(m.created_at.timestamp()),
+            "owned_by": m.org_slug,
+        }
+        for m in models
+    ]
+    return jsonify({"object": "list", "data": data})
+
+
+@bp.post("/chat/completions")
+def chat_completions() -> Response:
+    return _relay("/chat/completions", streams=True)
+
+
+@bp.post("/completions")
+def completions() -> Response:
+    return _relay("/completions", streams=True)
+
+
+@bp.post("/embeddings")
+def embeddings() -> Response:
+    return _relay("/embeddings", streams=False)
+
+
+def _relay(path: str, *, streams: bool) -> Response:
+    body = _body()
+    admission = _admit(body)
+    service = airlock().inference
+    if streams and body.get("stream") is True:
+        events = service.open_stream(admission, path, body)
+        return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
+    return jsonify(service.complete(admission, path, body))
+
+
+def _admit(body: dict[str, Any]) -> Admission:
+    session = db()
+    begin_read_only(session)  # a refusal's audit ends this transaction and writes in a new one
+    admission = airlock().inference.admit(
+        session,
+        principal=principal(),
+        repo_id=body["model"],
+        request_country=request_country(),
+    )
+    session.rollback()  # nothing to write: release the connection before a long upstream call
+    return admission
+
+
+def _body() -> dict[str, Any]:
+    """The JSON object body, with a string `model`; 400 otherwise."""
+    found = request.get_json(silent=True)
+    if not isinstance(found, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    model = found.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("you must provide a model parameter")
+    return found

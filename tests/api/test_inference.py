@@ -1,0 +1,418 @@
+"""The OpenAI-compatible surface against the reference upstream: authorization, relaying,
+streaming, the OpenAI error dialect and the audit of each request."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select, update
+from werkzeug.test import TestResponse
+
+from gateway.db.models import AuditEvent, Grant, KycVerification, Model, Role, utcnow
+from gateway.devtools.upstream import ReferenceUpstream, completion_text
+from gateway.services.container import Airlock
+from gateway.services.upstream import HttpUpstream
+from gateway.settings import Settings, load_settings
+from tests.api.hubkit import bearer, fresh_model
+from tests.factories import Actor, World
+
+REPO = "acme/chat"
+KEY_REF = "AIRLOCK_UPSTREAM_KEY_ACME_CHAT"
+POLICY = textwrap.dedent("""\
+    model: {repo}
+    stage: {stage}
+    agreements:
+      aup: {{version: 1, text: "Use responsibly."}}
+    tiers:
+      - name: card
+        grants: [metadata]
+        requires: {{}}
+        opens_in: [research-preview, limited, general]
+      - name: chat
+        grants: [metadata, inference]
+        requires:
+          kyc: identity
+          agreement: aup@1
+          approval: auto
+          jurisdiction:
+            deny: [pack:us-ofac-comprehensive]
+            signals: [nationality, residence_country]
+        limits: {{requests_per_minute: 600, tokens_per_minute: 100000}}
+        grant_ttl: 30d
+        opens_in: [limited, general]
+      - name: weights-auto
+        grants: [metadata, weights]
+        requires: {{kyc: identity, agreement: aup@1, approval: auto}}
+        grant_ttl: 30d
+        opens_in: [limited, general]
+    """)
+CHAT = {"model": REPO, "messages": [{"role": "user", "content": "tell me a secret story"}]}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ReferenceUpstream]:
+    server = ReferenceUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings with the model's upstream credential set in the environment."""
+    env = {
+        "AIRLOCK_DATABASE_URL": database_url,
+        "AIRLOCK_SECRET_KEY": "test-secret",
+        KEY_REF: "upstream-secret",
+    }
+    return load_settings(env, data_dir=tmp_path).with_overrides(public_url="http://airlock.test")
+
+
+@dataclass
+class Inference:
+    client: FlaskClient
+    world: World
+    airlock: Airlock
+    publisher: Actor
+    reviewer: Actor
+    researcher: Actor
+    outsider: Actor
+    model: Model
+    grant: Grant
+
+    def post(self, path: str, body: Any, actor: Actor | None = None) -> TestResponse:
+        return self.client.post(f"/v1{path}", json=body, headers=bearer(actor or self.researcher))
+
+    def events(self, body: dict[str, Any], actor: Actor | None = None) -> list[str]:
+        response = self.post("/chat/completions", {**body, "stream": True}, actor)
+        assert response.status_code == 200, response.get_data()
+        assert response.mimetype == "text/event-stream"
+        raw = response.get_data(as_text=True)
+        assert raw.endswith("\n\n")
+        return [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+
+    def audit(self, action: str) -> list[AuditEvent]:
+        with self.airlock.db.session() as s:
+            return list(
+                s.scalars(
+                    select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)
+                ).all()
+            )
+
+
+@pytest.fixture
+def inf(client: FlaskClient, world: World, upstream: ReferenceUpstream) -> Inference:
+    world.org("acme")
+    world.org("oxbridge", hq="GB")
+    publisher = world.actor("pat", org="acme", role=Role.PUBLISHER)
+    reviewer = world.actor("rita", org="acme", role=Role.REVIEWER)
+    researcher = world.actor("rob", affiliation="oxbridge")
+    outsider = world.actor("otto")
+    files = {"config.json": b"{}"}
+    world.model(publisher, REPO, files=files, policy=POLICY.format(repo=REPO, stage="limited"))
+    model = fresh_model(world, REPO)
+    world.kyc(reviewer, researcher)
+    grant = world.grant(researcher, model, tier="chat")
+    with world.airlock.db.session() as s:
+        world.airlock.inference.set_upstream(
+            s,
+            principal=publisher.principal,
+            model=world.airlock.publishing.get_model(s, REPO),
+            url=upstream.base_url,
+            key_ref=KEY_REF,
+        )
+    return Inference(
+        client, world, world.airlock, publisher, reviewer, researcher, outsider, model, grant
+    )
+
+
+def error(response: TestResponse, status: int, code: str | None) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.headers["x-request-id"]
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code, body
+    return body["error"]  # type: ignore[no-any-return]
+
+
+# -- listing -------------------------------------------------------------------------------------
+def test_models_lists_only_models_with_a_live_inference_grant(inf: Inference) -> None:
+    response = inf.client.get("/v1/models", headers=bearer(inf.researcher))
+    assert response.status_code == 200
+    assert response.headers["x-request-id"]
+    body = response.get_json()
+    assert body["object"] == "list"
+    assert [(m["id"], m["object"], m["owned_by"]) for m in body["data"]] == [
+        (REPO, "model", "acme")
+    ]
+    assert isinstance(body["data"][0]["created"], int)
+
+
+def test_models_is_empty_without_a_grant_and_for_weights_only_grants(inf: Inference) -> None:
+    assert inf.client.get("/v1/models", headers=bearer(inf.outsider)).get_json()["data"] == []
+    inf.world.kyc(inf.reviewer, inf.outsider)
+    inf.world.grant(inf.outsider, inf.model, tier="weights-auto")
+    assert inf.client.get("/v1/models", headers=bearer(inf.outsider)).get_json()["data"] == []
+
+
+def test_models_needs_a_valid_key(inf: Inference) -> None:
+    error(inf.client.get("/v1/models"), 401, "invalid_api_key")
+    bad = "alk_" + "x" * 40
+    found = error(
+        inf.client.get("/v1/models", headers={"Authorization": f"Bearer {bad}"}),
+        401,
+        "invalid_api_key",
+    )
+    assert bad not in json.dumps(found)
+
+
+# -- chat completions ----------------------------------------------------------------------------
+def test_chat_completion_is_relayed_and_audited_without_its_text(inf: Inference) -> None:
+    response = inf.post("/chat/completions", {**CHAT, "max_tokens": 4})
+    assert response.status_code == 200, response.get_data()
+    assert response.headers["x-request-id"]
+    body = response.get_json()
+    assert body["choices"][0]["message"]["content"] == completion_text("tell me a secret story", 4)
+    assert body["usage"]["total_tokens"] == 9
+    [event] = inf.audit("inference:serve")
+    assert event.subject_user_id == inf.researcher.user.id
+    assert event.payload["tier"] == "chat"
+    assert event.payload["tokens_used"] == 9
+    assert event.payload["upstream_status"] == 200
+    assert "secret" not in json.dumps(event.payload)
+
+
+def test_stream_with_usage_ends_with_the_usage_chunk(inf: Inference) -> None:
+    found = inf.events({**CHAT, "max_tokens": 3, "stream_options": {"include_usage": True}})
+    assert found[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in found[:-1]]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+    assert text == completion_text("tell me a secret story", 3)
+    [event] = inf.audit("inference:serve")
+    assert event.payload["tokens_used"] == 8
+
+
+def test_stream_without_usage_hides_the_usage_chunk_but_audits_usage(inf: Inference) -> None:
+    found = inf.events({**CHAT, "max_tokens": 2})
+    assert found[-1] == "[DONE]"
+    assert all(json.loads(e)["choices"] for e in found[:-1])
+    [event] = inf.audit("inference:serve")
+    assert event.payload["tokens_used"] == 7
+    assert event.payload["usage_reported"] is True
+
+
+def test_completions_and_embeddings_are_relayed(inf: Inference) -> None:
+    completion = inf.post("/completions", {"model": REPO, "prompt": "a b", "max_tokens": 2})
+    assert completion.get_json()["choices"][0]["text"] == completion_text("a b", 2)
+    embedding = inf.post("/embeddings", {"model": REPO, "input": ["a b c"]})
+    assert embedding.get_json()["usage"]["prompt_tokens"] == 3
+    assert len(inf.audit("inference:serve")) == 2
+
+
+# -- refusals ------------------------------------------------------------------------------------
+def test_no_key_and_revoked_key_are_401(inf: Inference) -> None:
+    error(inf.client.post("/v1/chat/completions", json=CHAT), 401, "invalid_api_key")
+    with inf.airlock.db.session() as s:
+        inf.airlock.identity.revoke_token(
+            s, principal=inf.researcher.principal, token_id=inf.researcher.principal.token_id or 0
+        )
+        s.commit()
+    error(inf.post("/chat/completions", CHAT), 401, "invalid_api_key")
+    assert inf.audit("inference:serve") == []
+
+
+def test_model_outside_the_grant_is_403_model_not_permitted(inf: Inference) -> None:
+    found = error(inf.post("/chat/completions", CHAT, inf.outsider), 403, "model_not_permitted")
+    assert "no live grant" in found["message"]
+    [denial] = inf.audit("inference:deny")
+    assert denial.subject_user_id == inf.outsider.user.id
+    assert denial.payload["reasons"][0]["code"] == "no_grant"
+
+
+def test_weights_grant_does_not_give_inference(inf: Inference) -> None:
+    inf.world.kyc(inf.reviewer, inf.outsider)
+    inf.world.grant(inf.outsider, inf.model, tier="weights-auto")
+    error(inf.post("/chat/completions", CHAT, inf.outsider), 403, "model_not_permitted")
+
+
+def test_expired_grant_is_refused(inf: Inference) -> None:
+    with inf.airlock.db.session() as s:
+        s.get_one(Grant, inf.grant.id).expires_at = utcnow() - timedelta(seconds=1)
+        s.commit()
+    error(inf.post("/chat/completions", CHAT), 403, "model_not_permitted")
+    assert inf.client.get("/v1/models", headers=bearer(inf.researcher)).get_json()["data"] == []
+
+
+def test_frozen_model_is_refused(inf: Inference) -> None:
+    with inf.airlock.db.session() as s:
+        inf.airlock.access.set_frozen(
+            s,
+            principal=inf.publisher.principal,
+            model=inf.airlock.publishing.get_model(s, REPO),
+            frozen=True,
+            reason="x",
+        )
+    found = error(inf.post("/chat/completions", CHAT), 403, "model_not_permitted")
+    assert "freeze" in found["message"]
+
+
+def change_kyc(inf: Inference, **values: Any) -> None:
+    """Change the researcher's verification in place, as time or a provider's late correction
+    would, before any re-evaluation has caught up: each request re-checks the live facts."""
+    with inf.airlock.db.session() as s:
+        s.execute(
+            update(KycVerification)
+            .where(KycVerification.user_id == inf.researcher.user.id)
+            .values(**values)
+        )
+        s.commit()
+
+
+def test_sanctioned_nationality_is_jurisdiction_blocked(inf: Inference) -> None:
+    change_kyc(inf, nationality="IR")
+    error(inf.post("/chat/completions", CHAT), 403, "jurisdiction_blocked")
+
+
+def test_lapsed_kyc_is_kyc_required(inf: Inference) -> None:
+    change_kyc(inf, expires_at=utcnow() - timedelta(days=1))
+    error(inf.post("/chat/completions", CHAT), 403, "kyc_required")
+
+
+def test_unknown_model_is_404(inf: Inference) -> None:
+    error(inf.post("/chat/completions", {**CHAT, "model": "acme/nope"}), 404, "model_not_found")
+    error(inf.post("/chat/completions", {**CHAT, "model": "nope"}), 404, "model_not_found")
+
+
+def test_internal_model_is_invisible_to_outsiders(inf: Inference) -> None:
+    files = {"config.json": b"{}"}
+    policy = POLICY.format(repo="acme/secret", stage="internal")
+    inf.world.model(inf.publisher, "acme/secret", files=files, policy=policy)
+    body = {**CHAT, "model": "acme/secret"}
+    error(inf.post("/chat/completions", body, inf.outsider), 404, "model_not_found")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [("not json", "JSON object"), ([1], "JSON object"), ({"messages": []}, "model parameter")],
+)
+def test_bad_bodies_are_400(inf: Inference, body: Any, fragment: str) -> None:
+    if isinstance(body, str):
+        response = inf.client.post(
+            "/v1/chat/completions",
+            data=body,
+            headers={**bearer(inf.researcher), "Content-Type": "application/json"},
+        )
+    else:
+        response = inf.post("/chat/completions", body)
+    assert fragment in error(response, 400, "invalid_request_error")["message"]
+
+
+def test_unknown_path_speaks_the_openai_dialect(inf: Inference) -> None:
+    error(inf.client.get("/v1/nothing", headers=bearer(inf.researcher)), 404, "not_found")
+
+
+# -- upstream failures ---------------------------------------------------------------------------
+def test_upstream_failure_before_streaming_is_502_or_503(inf: Inference) -> None:
+    error(
+        inf.post("/chat/completions", {**CHAT, "airlock_test": {"fail": 500}}),
+        502,
+        "upstream_error",
+    )
+    body = {**CHAT, "stream": True, "airlock_test": {"fail": 503}}
+    error(inf.post("/chat/completions", body), 503, "upstream_error")
+    statuses = [e.payload["upstream_status"] for e in inf.audit("inference:serve")]
+    assert statuses == [502, 503]
+
+
+def test_upstream_stall_is_504(inf: Inference) -> None:
+    inf.airlock.inference.upstream = HttpUpstream(timeout=0.2)
+    body = {**CHAT, "airlock_test": {"stall": 1}}
+    error(inf.post("/chat/completions", body), 504, "upstream_error")
+
+
+def test_cut_stream_ends_with_an_error_event(inf: Inference) -> None:
+    found = inf.events({**CHAT, "airlock_test": {"cut_after": 2}})
+    assert len(found) == 3
+    assert "[DONE]" not in found
+    assert json.loads(found[-1])["error"]["code"] == "upstream_error"
+    [event] = inf.audit("inference:serve")
+    assert event.payload["upstream_status"] == 502
+    assert event.payload["usage_reported"] is False
+
+
+def test_unreachable_upstream_is_503(inf: Inference) -> None:
+    with inf.airlock.db.session() as s:
+        inf.airlock.inference.set_upstream(
+            s,
+            principal=inf.publisher.principal,
+            model=inf.airlock.publishing.get_model(s, REPO),
+            url="http://127.0.0.1:9/v1",
+            key_ref=None,
+        )
+    error(inf.post("/chat/completions", CHAT), 503, "upstream_error")
+
+
+def test_unset_credential_fails_closed(inf: Inference) -> None:
+    with inf.airlock.db.session() as s:
+        inf.airlock.inference.set_upstream(
+            s,
+            principal=inf.publisher.principal,
+            model=inf.airlock.publishing.get_model(s, REPO),
+            url=inf.airlock.settings.public_url,
+            key_ref="AIRLOCK_UPSTREAM_KEY_MISSING",
+        )
+    found = error(inf.post("/chat/completions", CHAT), 503, "upstream_error")
+    assert "credential" in found["message"]
+
+
+# -- publisher configuration ---------------------------------------------------------------------
+def test_publisher_sets_the_upstream_and_never_sees_a_secret(inf: Inference) -> None:
+    url = f"/api/v1/models/{REPO}/upstream"
+    body = {"url": "https://vllm.internal:8000/v1/", "key_ref": KEY_REF}
+    response = inf.client.put(url, json=body, headers=bearer(inf.publisher))
+    assert response.status_code == 200, response.get_data()
+    assert response.get_json() == {
+        "repo_id": REPO,
+        "url": "https://vllm.internal:8000/v1",
+        "key_ref": KEY_REF,
+    }
+    assert "upstream-secret" not in response.get_data(as_text=True)
+    [event] = inf.audit("model:upstream")[-1:]
+    assert event.payload == {"upstream_url": "https://vllm.internal:8000/v1", "key_ref": KEY_REF}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "ftp://host/v1"},
+        {"url": "http://user:pw@host/v1"},
+        {"url": "http://host/v1?key=x"},
+        {"url": "http://host/v1", "key_ref": "AIRLOCK_SECRET_KEY"},
+        {"url": "http://host/v1", "key_ref": "AIRLOCK_UPSTREAM_KEY_lower"},
+    ],
+)
+def test_bad_upstream_settings_are_422(inf: Inference, body: dict[str, str]) -> None:
+    url = f"/api/v1/models/{REPO}/upstream"
+    response = inf.client.put(url, json=body, headers=bearer(inf.publisher))
+    assert response.status_code == 422
+    assert response.get_json()["code"] == "invalid_input"
+
+
+def test_only_the_models_publishers_set_its_upstream(inf: Inference) -> None:
+    url = f"/api/v1/models/{REPO}/upstream"
+    body = {"url": "http://evil.example/v1"}
+    assert inf.client.put(url, json=body, headers=bearer(inf.researcher)).status_code == 403
+    assert inf.client.put(url, json=body).status_code == 401
+    inf.world.org("other")
+    stranger = inf.world.actor("sam", org="other", role=Role.PUBLISHER)
+    assert inf.client.put(url, json=body, headers=bearer(stranger)).status_code == 403

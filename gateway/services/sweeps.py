@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.db.models import (
+    AuditEvent,
     Grant,
     GrantStatus,
     KycWebhookEvent,
@@ -22,8 +23,9 @@ from gateway.db.models import (
 )
 from gateway.services.provisioning import lock_grant, temp_key
 from gateway.storage import Storage
-from gateway.tasks import TaskRunner
-from gateway.tasks.catalog import PROVISION_TASK, SPECS, VET_TASK
+from gateway.tasks import TaskRunner, enqueue_after_commit
+from gateway.tasks.catalog import PROVISION_TASK, RESCREEN_TASK, SPECS, VET_TASK
+from policies.packs import PackRegistry
 
 BATCH = 200
 # Work is presumed lost (its task never reached the broker) only once a run would have hit its
@@ -183,3 +185,39 @@ class SweepService:
         for revision_id in revisions:
             self.runner.send(VET_TASK, {"revision_id": revision_id})
         return len(grants) + len(revisions)
+
+
+def notice_pack_changes(
+    session: Session, *, packs: PackRegistry, audit: AuditRecorder, runner: TaskRunner
+) -> list[str]:
+    """Record each jurisdiction pack whose content differs from the last one recorded as a
+    `pack:deploy` audit event, and re-screen the grants of models whose policy uses it.
+
+    Packs ship with the code, so a new version arrives with a deployment: the first sweep that
+    runs on it notices and records it (the audit log is the record of which rules were in force
+    when), then the re-screen judges every affected grant and pending request again. Returns
+    the ids of the packs that changed.
+    """
+    recorded = session.execute(
+        select(AuditEvent.payload)
+        .where(AuditEvent.action == str(AuditAction.PACK_DEPLOY))
+        .order_by(AuditEvent.seq)
+    ).scalars()
+    last = {p["pack"]: p["content_hash"] for p in recorded}
+    changed = [pack for pack in packs if last.get(pack.id) != pack.content_hash]
+    for pack in changed:
+        audit.record(
+            session,
+            AuditAction.PACK_DEPLOY,
+            actor_id=None,
+            payload={
+                "pack": pack.id,
+                "version": pack.version,
+                "content_hash": pack.content_hash,
+                "previous_hash": last.get(pack.id),
+            },
+        )
+        if pack.id in last:  # a first sighting (a new deployment) has no grants judged under it
+            enqueue_after_commit(session, runner, RESCREEN_TASK, {"pack_id": pack.id})
+    session.commit()
+    return [pack.id for pack in changed]

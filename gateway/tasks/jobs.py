@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from gateway.db.engine import begin_read_only
 from gateway.db.models import Revision, utcnow
+from gateway.services.sweeps import notice_pack_changes
 from gateway.services.vetting import vetting_report
 from gateway.tasks.catalog import (
     KYC_TASK,
@@ -74,7 +75,7 @@ def provision_download(airlock: Airlock, *, grant_id: int, revision_id: int | No
 def sweep_grants(airlock: Airlock) -> None:
     """Expire grants, delete copies of ended grants and frozen models, resend lost tasks,
     abort multipart uploads abandoned for longer than the upload expiry, delete processed KYC
-    webhook events older than their de-duplication window."""
+    webhook events older than their de-duplication window, and notice deployed pack changes."""
     sweeps, now = airlock.sweeps, utcnow()
     with airlock.db.session() as session:
         sweeps.expire_grants(session, now=now)
@@ -93,6 +94,10 @@ def sweep_grants(airlock: Airlock) -> None:
         airlock.publishing.expire_uploads(session, older_than=abandoned)
     with airlock.db.session() as session:
         sweeps.purge_kyc_events(session, now=now)
+    with airlock.db.session() as session:
+        notice_pack_changes(
+            session, packs=airlock.packs, audit=airlock.audit, runner=airlock.runner
+        )
 
 
 def apply_kyc_event(airlock: Airlock, *, event_id: int) -> None:

@@ -3,6 +3,8 @@ thing (after a policy apply, a KYC change, and the daily re-screen) judge alike.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from datetime import timedelta
 from typing import Any
 
@@ -11,8 +13,9 @@ from sqlalchemy import select, update
 
 from gateway.db.models import AccessRequest, AuditEvent, Grant, KycVerification, Role, utcnow
 from gateway.services.container import Airlock
+from gateway.services.sweeps import notice_pack_changes
 from gateway.tasks import jobs
-from policies import KycLevel
+from policies import KycLevel, PackRegistry
 from tests.factories import Actor, World, policy_text
 
 REPO = "acme/tiny"
@@ -379,3 +382,33 @@ def test_a_reviewer_approval_does_not_settle_an_old_verification(setup: Setup) -
     assert setup.grants() == {"ann/weights-auto": "active"}
     jobs.rescreen_grants(setup.airlock)
     assert setup.grants() == {"ann/weights-auto": "suspended"}
+
+
+def test_a_deployed_pack_change_is_recorded_once_and_rescreens_its_models(setup: Setup) -> None:
+    ann = setup.researcher("ann", "GB")
+    lapse_kyc(setup, ann)  # what the re-screen will find, if it runs
+    shipped = setup.airlock.packs
+    notice = functools.partial(
+        notice_pack_changes, audit=setup.airlock.audit, runner=setup.airlock.runner
+    )
+    with setup.airlock.db.session() as s:
+        assert sorted(notice(s, packs=shipped)) == sorted(p.id for p in shipped)
+    assert setup.grants() == {"ann/weights-auto": "active"}  # a first sighting judges nothing
+    with setup.airlock.db.session() as s:
+        assert notice(s, packs=shipped) == []
+    ofac = shipped.get("us-ofac-comprehensive")
+    assert ofac is not None
+    redeployed = PackRegistry(
+        dataclasses.replace(p, version="2099-01-01") if p is ofac else p for p in shipped
+    )
+    with setup.airlock.db.session() as s:
+        assert notice(s, packs=redeployed) == ["us-ofac-comprehensive"]
+    with setup.airlock.db.session() as s:
+        assert notice(s, packs=redeployed) == []
+    deployed = setup.events("pack:deploy")
+    assert len(deployed) == len(shipped) + 1
+    assert deployed[-1].payload["version"] == "2099-01-01"
+    assert deployed[-1].payload["previous_hash"] == ofac.content_hash
+    assert setup.grants() == {"ann/weights-auto": "suspended"}
+    [event] = setup.events("grant:suspend")
+    assert event.payload["cause"]["kind"] == "pack_change"

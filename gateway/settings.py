@@ -69,6 +69,8 @@ class Settings:
     kyc_validity_days: int = 365
     upstream_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     upstream_timeout: float = 60.0
+    inference_max_tokens: int = 1024
+    inference_lease_seconds: int = 900
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced (for tests and the demo)."""
@@ -118,6 +120,8 @@ def load_settings(
         kyc_validity_days=int(env.get("AIRLOCK_KYC_VALIDITY_DAYS", 365)),
         upstream_keys={k: v for k, v in env.items() if k.startswith(UPSTREAM_KEY_PREFIX) and v},
         upstream_timeout=int(env.get("AIRLOCK_UPSTREAM_TIMEOUT_MS", 60000)) / 1000,
+        inference_max_tokens=int(env.get("AIRLOCK_INFERENCE_MAX_TOKENS", 1024)),
+        inference_lease_seconds=int(env.get("AIRLOCK_INFERENCE_LEASE_SECONDS", 900)),
     )
 
 

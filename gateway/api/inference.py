@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 from gateway.api.context import airlock, db, principal, request_country
 from gateway.db.engine import begin_read_only
 from gateway.errors import InvalidInput
-from gateway.services.inference import Admission
+from gateway.services.inference import Admission, openai_ratelimit_headers
 
 bp = Blueprint("inference", __name__, url_prefix="/v1")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -54,25 +54,29 @@ def embeddings() -> Response:
 
 def _relay(path: str, *, streams: bool) -> Response:
     body = _body()
-    admission = _admit(body)
+    admission, sent = _admit(path, body)
     service = airlock().inference
+    limits = openai_ratelimit_headers(admission.limit)
     if streams and body.get("stream") is True:
-        events = service.open_stream(admission, path, body)
-        return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
-    return jsonify(service.complete(admission, path, body))
+        events = service.open_stream(admission, path, sent)
+        headers = {**SSE_HEADERS, **limits}
+        return Response(events, mimetype="text/event-stream", headers=headers)
+    response = jsonify(service.complete(admission, path, sent))
+    response.headers.update(limits)
+    return response
 
 
-def _admit(body: dict[str, Any]) -> Admission:
+def _admit(path: str, body: dict[str, Any]) -> tuple[Admission, dict[str, Any]]:
+    """Authorize the body's model and charge its limits; the body to send upstream."""
     session = db()
     begin_read_only(session)  # a refusal's audit ends this transaction and writes in a new one
-    admission = airlock().inference.admit(
-        session,
-        principal=principal(),
-        repo_id=body["model"],
-        request_country=request_country(),
+    service = airlock().inference
+    admission = service.admit(
+        session, principal=principal(), repo_id=body["model"], request_country=request_country()
     )
+    charged = service.charge(session, admission, path, body)
     session.rollback()  # nothing to write: release the connection before a long upstream call
-    return admission
+    return charged
 
 
 def _body() -> dict[str, Any]:

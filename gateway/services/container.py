@@ -75,6 +75,9 @@ class Airlock:
             upstream=HttpUpstream(timeout=self.settings.upstream_timeout),
             keys=self.settings.upstream_keys,
             sessions=self.db.sessionmaker,
+            limiter=self.limiter,
+            output_cap=self.settings.inference_max_tokens,
+            lease_ttl=self.settings.inference_lease_seconds,
         )
 
     def close(self) -> None:

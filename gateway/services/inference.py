@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,8 +30,10 @@ from gateway.errors import (
     AuthenticationRequired,
     InvalidInput,
     NotFound,
+    RateLimited,
     UpstreamFailed,
 )
+from gateway.ratelimit import Dimension, Lease, Limiter, LimiterUnavailable, LimitResult
 from gateway.services.access import AccessService, reasons_json, subject_of, visible_to
 from gateway.services.downloads import usable_grants, with_request_facts
 from gateway.services.policy import PolicyService
@@ -37,10 +41,13 @@ from gateway.services.principal import Principal
 from gateway.services.rows import GrantRow, ModelAccess, ModelRow, load_access
 from gateway.services.upstream import Upstream, UpstreamReply, UpstreamTarget
 from gateway.settings import UPSTREAM_KEY_PREFIX
-from policies import GrantKind, Tier
+from policies import GrantKind, Limits, Tier
 
 log = logging.getLogger(__name__)
 
+DAY = 86400
+MINUTE = 60
+LEASE_TTL_MARGIN = 60  # a crashed process's lease outlives the longest upstream wait by this
 KEY_REF = re.compile(re.escape(UPSTREAM_KEY_PREFIX) + r"[A-Z0-9_]{1,100}")
 DONE = b"data: [DONE]\n\n"
 
@@ -55,6 +62,10 @@ class Admission:
     tier: Tier
     target: UpstreamTarget
     started: float
+    reserved: int = 0
+    token_dims: tuple[Dimension, ...] = ()
+    lease: Lease | None = None
+    limit: LimitResult | None = None
 
 
 class InferenceService:
@@ -69,7 +80,13 @@ class InferenceService:
         upstream: Upstream,
         keys: Mapping[str, str],
         sessions: Callable[[], Session],
+        limiter: Limiter,
+        output_cap: int,
+        lease_ttl: float,
     ) -> None:
+        self.limiter = limiter
+        self.output_cap = output_cap
+        self.lease_ttl = lease_ttl
         self.audit = audit
         self.access = access
         self.policies = policies
@@ -182,6 +199,13 @@ class InferenceService:
     def _deny(
         self, session: Session, user_id: int, model: ModelRow, reasons: list[dict[str, str]]
     ) -> None:
+        self._audit_deny(session, user_id, model, reasons)
+        summary = " ".join(r["message"] for r in reasons)
+        raise AccessDenied(f"You may not use the model {model.repo_id}. {summary}", reasons=reasons)
+
+    def _audit_deny(
+        self, session: Session, user_id: int, model: ModelRow, reasons: list[dict[str, str]]
+    ) -> None:
         session.rollback()  # a fresh transaction for the audit (see DownloadService._deny)
         self.audit.record(
             session,
@@ -194,8 +218,6 @@ class InferenceService:
             payload={"reasons": reasons},
         )
         session.commit()
-        summary = " ".join(r["message"] for r in reasons)
-        raise AccessDenied(f"You may not use the model {model.repo_id}. {summary}", reasons=reasons)
 
     def _target(self, session: Session, model: ModelRow) -> UpstreamTarget:
         """The model's upstream and credential; 503 when either is not configured."""
@@ -208,6 +230,85 @@ class InferenceService:
             log.error("upstream credential %s of %s is not set", ref, model.repo_id)
             raise UpstreamFailed(f"{model.repo_id}'s upstream credential is not set", status=503)
         return UpstreamTarget(url, self.keys.get(ref) if ref else None)
+
+    # -- limits ------------------------------------------------------------------------------
+    def charge(
+        self, session: Session, admission: Admission, path: str, body: dict[str, Any]
+    ) -> tuple[Admission, dict[str, Any]]:
+        """Reserve the request's worst case at once (requests, prompt estimate + output cap,
+        a concurrency lease) or refuse it, consuming nothing; the body as it is sent upstream
+        (with the cap injected as `max_tokens` when the client set none)."""
+        limits = admission.tier.limits
+        token_limits = [q for q in (limits.tokens_per_minute, limits.tokens_per_day) if q]
+        sent, output, prompt = body, 0, estimate_prompt_tokens(body)
+        if path != "/embeddings":
+            asked = _output_cap(body)
+            room = [q - prompt for q in token_limits]  # the cap leaves room for the prompt
+            output = asked if asked is not None else max(1, min([self.output_cap, *room]))
+            if asked is None and token_limits:
+                sent = {**body, "max_tokens": output}
+        reserved = prompt + output
+        grant = admission.grant.id
+        gcra = _gcra_dimensions(grant, limits, reserved)
+        lease = None
+        if limits.concurrent_requests is not None:
+            lease = Lease(
+                key=f"inf:{grant}:concurrent",
+                name="concurrent",
+                quota=limits.concurrent_requests,
+                window=self.lease_ttl,
+                id=secrets.token_hex(8),
+            )
+        dims = [*gcra, *([lease] if lease else [])]
+        if not dims:
+            return admission, sent
+        result = self._acquire(session, admission, dims)
+        token_dims = tuple(d for d in gcra if d.unit == "tokens")
+        charged = replace(
+            admission, reserved=reserved, token_dims=token_dims, lease=lease, limit=result
+        )
+        return charged, sent
+
+    def _acquire(
+        self, session: Session, admission: Admission, dims: list[Dimension]
+    ) -> LimitResult:
+        rule = f"tiers[{admission.tier.name}].limits"
+        try:
+            result = self.limiter.acquire(dims)
+        except LimiterUnavailable:
+            reason = _reason("rate_limiter_unavailable", rule, LIMITER_DOWN_MESSAGE)
+            self._audit_deny(session, admission.user_id, admission.model, [reason])
+            raise
+        if result.allowed:
+            return result
+        refused = result.refused
+        assert refused is not None
+        never = result.retry_after == float("inf")
+        message = _refusal_message(admission.model.repo_id, refused, result, never)
+        reason = _reason(
+            "concurrent_requests_exceeded" if isinstance(refused, Lease) else "rate_limited",
+            f"{rule}.{refused.name}",
+            message,
+        )
+        self._audit_deny(session, admission.user_id, admission.model, [reason])
+        wait = DAY if never else max(result.retry_after, 0.001)
+        headers = openai_ratelimit_headers(result)
+        headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+        if never:
+            headers["x-should-retry"] = "false"
+        raise RateLimited(message, retry_after=max(1, math.ceil(wait)), headers=headers)
+
+    def _settle(self, admission: Admission, used: dict[str, Any] | None) -> None:
+        """Charge what was really used instead of the reservation; free the lease."""
+        try:
+            total = _total(used)
+            if total is not None and total != admission.reserved:
+                for dim in admission.token_dims:
+                    self.limiter.adjust(dim, total - admission.reserved)
+            if admission.lease is not None:
+                self.limiter.release(admission.lease)
+        except LimiterUnavailable:
+            log.error("could not settle an inference request's limits; its lease will expire")
 
     # -- proxying ----------------------------------------------------------------------------
     def complete(self, admission: Admission, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -239,11 +340,17 @@ class InferenceService:
         except UpstreamFailed as exc:
             self._finish(admission, path, exc.status, None)
             raise
-        return self._relay(admission, path, reply, wants_usage)
+        events = self._relay(admission, path, reply, wants_usage)
+        return Relay(events, lambda: self._abandon(admission, path, reply))
+
+    def _abandon(self, admission: Admission, path: str, reply: UpstreamReply) -> None:
+        """A stream closed before its first event was asked for: end and settle it anyway."""
+        reply.close()
+        self._finish(admission, path, "client_disconnected", None)
 
     def _relay(
         self, admission: Admission, path: str, reply: UpstreamReply, wants_usage: bool
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes]:
         status: int | str = 200
         used: dict[str, Any] | None = None
         try:
@@ -271,8 +378,11 @@ class InferenceService:
     def _finish(
         self, admission: Admission, path: str, status: int | str, used: dict[str, Any] | None
     ) -> None:
-        """The request's one audit event, in its own transaction (the request's may be gone)."""
+        """Settle the limits, then write the request's one audit event in its own transaction
+        (the request's may be gone)."""
+        self._settle(admission, used)
         payload = {
+            "tokens_reserved": admission.reserved,
             "endpoint": path,
             "grant_id": admission.grant.id,
             "tier": admission.tier.name,
@@ -300,8 +410,37 @@ class InferenceService:
             session.close()
 
 
+LIMITER_DOWN_MESSAGE = (
+    "The rate limiter could not be reached, so the request was refused rather than let "
+    "through uncounted; try again shortly."
+)
 SCOPE_MESSAGE = "The API token lacks the 'models:read' scope inference needs."
 NO_GRANT_MESSAGE = "You hold no live grant for a tier of this model that includes inference."
+
+
+class Relay:
+    """A relayed stream whose `close` settles the request even if it never started (a
+    generator closed before its first `next` skips its own `finally`)."""
+
+    def __init__(self, events: Generator[bytes], abandon: Callable[[], None]) -> None:
+        self.events = events
+        self.abandon = abandon
+        self.started = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        self.started = True
+        return next(self.events)
+
+    def close(self) -> None:
+        """End the upstream request (the WSGI server calls this, also on disconnects)."""
+        if self.started:
+            self.events.close()
+        else:
+            self.started = True
+            self.abandon()
 
 
 def error_event(exc: UpstreamFailed) -> bytes:
@@ -361,3 +500,109 @@ def _checked_ref(ref: str) -> str:
             "<NAME> (capitals, digits, underscores)"
         )
     return ref
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """An estimate of the prompt's tokens: its text's UTF-8 bytes / 4, rounded up, at least 1."""
+    parts: list[str] = []
+    for key in ("messages", "prompt", "input"):
+        _texts(body.get(key), parts)
+    return max(1, math.ceil(sum(len(p.encode()) for p in parts) / 4))
+
+
+def _texts(value: Any, into: list[str]) -> None:
+    if isinstance(value, str):
+        into.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _texts(item, into)
+    elif isinstance(value, dict):
+        for key in ("content", "text"):
+            _texts(value.get(key), into)
+
+
+def _output_cap(body: dict[str, Any]) -> int | None:
+    """The client's output cap, if any; 400 unless a positive integer."""
+    found = body.get("max_completion_tokens", body.get("max_tokens"))
+    if found is None:
+        return None
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise InvalidInput("max_tokens must be a positive integer")
+    return found
+
+
+def _gcra_dimensions(grant: int, limits: Limits, tokens: int) -> list[Dimension]:
+    """Requests per minute, then tokens per minute and per day (charged the reservation)."""
+    dims = []
+    if limits.requests_per_minute:
+        rpm = limits.requests_per_minute
+        dims.append(Dimension(f"inf:{grant}:rpm", "requests", rpm, MINUTE))
+    if limits.tokens_per_minute:
+        dims.append(
+            Dimension(
+                f"inf:{grant}:tpm", "tokens", limits.tokens_per_minute, MINUTE, tokens, "tokens"
+            )
+        )
+    if limits.tokens_per_day:
+        dims.append(
+            Dimension(
+                f"inf:{grant}:tpd", "tokens-day", limits.tokens_per_day, DAY, tokens, "tokens"
+            )
+        )
+    return dims
+
+
+def _refusal_message(repo_id: str, refused: Dimension, result: LimitResult, never: bool) -> str:
+    """OpenAI's wording, which clients grep: 'Rate limit reached for <model> ...'."""
+    if isinstance(refused, Lease):
+        return (
+            f"Rate limit reached for {repo_id} on concurrent requests: Limit {refused.quota}. "
+            "Please try again when one of your requests has finished."
+        )
+    unit = "tokens per min (TPM)" if refused.window == MINUTE else "tokens per day (TPD)"
+    if refused.unit == "requests":
+        unit = "requests per min (RPM)"
+    if never:
+        return (
+            f"Request too large for {repo_id} on {unit}: Limit {refused.quota}, "
+            f"Requested {refused.cost}. Lower max_tokens or shorten the prompt."
+        )
+    state = next(st for st in result.states if st.dimension == refused)
+    used = refused.quota - state.remaining
+    return (
+        f"Rate limit reached for {repo_id} on {unit}: Limit {refused.quota}, Used {used}, "
+        f"Requested {refused.cost}. Please try again in {go_duration(result.retry_after)}."
+    )
+
+
+def openai_ratelimit_headers(result: LimitResult | None) -> dict[str, str]:
+    """The six `x-ratelimit-*` headers (requests per minute and tokens per minute)."""
+    headers: dict[str, str] = {}
+    if result is None:
+        return headers
+    for state in result.states:
+        dim = state.dimension
+        kind = {"requests": "requests", "tokens": "tokens"}.get(dim.name)
+        if kind is None or isinstance(dim, Lease):
+            continue
+        headers[f"x-ratelimit-limit-{kind}"] = str(dim.quota)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, state.remaining))
+        headers[f"x-ratelimit-reset-{kind}"] = go_duration(state.reset_after)
+    return headers
+
+
+def go_duration(seconds: float) -> str:
+    """A Go duration string: `0s`, `12ms`, `2.844s`, `6m0s`, `1h0m0s`."""
+    if seconds <= 0:
+        return "0s"
+    ms = max(1, math.ceil(round(seconds * 1000, 3)))  # float noise must not add a millisecond
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    if minutes:
+        return f"{minutes}m{secs}"
+    return secs

@@ -19,6 +19,7 @@ from werkzeug.test import TestResponse
 from gateway.db.models import AuditEvent, Grant, KycVerification, Model, Role, utcnow
 from gateway.devtools.upstream import ReferenceUpstream, completion_text
 from gateway.services.container import Airlock
+from gateway.services.inference import go_duration
 from gateway.services.upstream import HttpUpstream
 from gateway.settings import Settings, load_settings
 from tests.api.hubkit import bearer, fresh_model
@@ -416,3 +417,96 @@ def test_only_the_models_publishers_set_its_upstream(inf: Inference) -> None:
     inf.world.org("other")
     stranger = inf.world.actor("sam", org="other", role=Role.PUBLISHER)
     assert inf.client.put(url, json=body, headers=bearer(stranger)).status_code == 403
+
+
+# -- limits --------------------------------------------------------------------------------------
+def set_limits(inf: Inference, limits: str) -> None:
+    """Apply a new version of the policy with the chat tier's limits replaced."""
+    source = POLICY.format(repo=REPO, stage="limited").replace(
+        "{requests_per_minute: 600, tokens_per_minute: 100000}", limits
+    )
+    with inf.airlock.db.session() as s:
+        inf.airlock.policies.apply(s, principal=inf.publisher.principal, source=source)
+
+
+def test_success_carries_the_six_ratelimit_headers(inf: Inference) -> None:
+    response = inf.post("/chat/completions", {**CHAT, "max_tokens": 4})
+    assert response.headers["x-ratelimit-limit-requests"] == "600"
+    assert response.headers["x-ratelimit-remaining-requests"] == "599"
+    assert response.headers["x-ratelimit-reset-requests"] == "100ms"
+    assert response.headers["x-ratelimit-limit-tokens"] == "100000"
+    reserved = int(response.headers["x-ratelimit-limit-tokens"]) - int(
+        response.headers["x-ratelimit-remaining-tokens"]
+    )
+    [event] = inf.audit("inference:serve")
+    assert reserved == event.payload["tokens_reserved"] == 6 + 4  # 22 bytes / 4 + max_tokens
+    assert response.headers["x-ratelimit-reset-tokens"].endswith("ms")
+
+
+def test_requests_over_the_minute_limit_are_429_and_consume_nothing(inf: Inference) -> None:
+    set_limits(inf, "{requests_per_minute: 2}")
+    assert inf.post("/chat/completions", CHAT).status_code == 200
+    assert inf.post("/chat/completions", CHAT).status_code == 200
+    refused = inf.post("/chat/completions", CHAT)
+    found = error(refused, 429, "rate_limit_exceeded")
+    assert found["message"].startswith(f"Rate limit reached for {REPO} on requests per min (RPM)")
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert int(refused.headers["retry-after-ms"]) > 0
+    assert "x-should-retry" not in refused.headers
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    [denial] = inf.audit("inference:deny")
+    assert denial.payload["reasons"][0]["code"] == "rate_limited"
+    assert len(inf.audit("inference:serve")) == 2
+
+
+def test_request_larger_than_the_whole_limit_is_told_not_to_retry(inf: Inference) -> None:
+    set_limits(inf, "{tokens_per_minute: 50}")
+    refused = inf.post("/chat/completions", {**CHAT, "max_tokens": 100})
+    found = error(refused, 429, "rate_limit_exceeded")
+    assert found["message"].startswith("Request too large")
+    assert refused.headers["x-should-retry"] == "false"
+    assert inf.post("/chat/completions", {**CHAT, "max_tokens": 4}).status_code == 200
+
+
+def test_the_cap_is_injected_and_usage_reconciles_the_reservation(inf: Inference) -> None:
+    set_limits(inf, "{tokens_per_minute: 200}")
+    first = inf.post("/chat/completions", CHAT)
+    assert first.status_code == 200
+    [event] = inf.audit("inference:serve")
+    assert event.payload["tokens_reserved"] == 200  # the prompt estimate + the injected cap
+    assert event.payload["tokens_used"] == 5 + 16
+    # Without reconciliation the whole minute's budget would still be reserved.
+    second = inf.post("/chat/completions", {**CHAT, "stream": True, "max_tokens": 100})
+    assert second.status_code == 200, second.get_data()
+    second.get_data()
+    assert inf.audit("inference:serve")[-1].payload["tokens_used"] == 5 + 16
+
+
+def test_concurrent_requests_are_leases_freed_when_a_stream_is_dropped(inf: Inference) -> None:
+    set_limits(inf, "{concurrent_requests: 1}")
+    held = inf.client.post(
+        "/v1/chat/completions",
+        json={**CHAT, "stream": True},
+        headers=bearer(inf.researcher),
+        buffered=False,
+    )
+    assert held.status_code == 200
+    refused = inf.post("/chat/completions", CHAT)
+    assert "concurrent requests" in error(refused, 429, "rate_limit_exceeded")["message"]
+    held.close()  # the client goes away without reading a byte
+    assert inf.post("/chat/completions", CHAT).status_code == 200
+    statuses = [e.payload["upstream_status"] for e in inf.audit("inference:serve")]
+    assert statuses == ["client_disconnected", 200]
+
+
+def test_bad_max_tokens_is_400(inf: Inference) -> None:
+    response = inf.post("/chat/completions", {**CHAT, "max_tokens": 0})
+    assert "max_tokens" in error(response, 400, "invalid_request_error")["message"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (0.012, "12ms"), (1, "1s"), (2.844, "2.844s"), (360, "6m0s"), (3600, "1h0m0s")],
+)
+def test_go_durations(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text

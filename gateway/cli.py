@@ -38,7 +38,8 @@ def demo(host: str, port: int, data_dir: str) -> None:
     """Seed (first run) or reuse a demo deployment, write demo.json, and serve it."""
     from gateway.app import create_app
     from gateway.db.migrate import upgrade
-    from gateway.demo import how_to, seed, write_demo_json
+    from gateway.demo import how_to, seed, wire_upstream, write_demo_json
+    from gateway.devtools.upstream import ReferenceUpstream
     from gateway.services.container import build_airlock
 
     root = Path(data_dir).resolve()
@@ -47,6 +48,8 @@ def demo(host: str, port: int, data_dir: str) -> None:
     upgrade(settings.database_url)
     airlock = build_airlock(settings)
     tokens = seed(airlock, root)
+    upstream = ReferenceUpstream().start()  # the demo's model server: a development tool
+    wire_upstream(airlock, upstream.base_url)
     document = write_demo_json(root / "demo.json", endpoint, tokens)
     click.echo(how_to(document))
     _serve(create_app(airlock=airlock), host, port)

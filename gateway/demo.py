@@ -105,6 +105,19 @@ def _seed_world(airlock: Airlock, session: Session, data_dir: Path) -> None:
     _grant_researcher(airlock, session, acme, users["researcher"], principals)
 
 
+def wire_upstream(airlock: Airlock, base_url: str) -> None:
+    """Point acme/tiny-llm at this run's reference upstream (its port changes every run)."""
+    with airlock.db.session() as session:
+        publisher = session.scalars(select(User).where(User.username == "alice")).one()
+        airlock.inference.set_upstream(
+            session,
+            principal=_principal(airlock, session, publisher),
+            model=airlock.publishing.get_model(session, REPO),
+            url=base_url,
+            key_ref=None,
+        )
+
+
 def _principal(airlock: Airlock, session: Session, user: User):  # type: ignore[no-untyped-def]
     person = next(p for p in PEOPLE.values() if p.username == user.username)
     issued = airlock.identity.issue_token(
@@ -238,7 +251,8 @@ def _still_valid(airlock: Airlock, session: Session, token: str) -> bool:
 
 def write_demo_json(path: Path, endpoint: str, tokens: dict[str, str]) -> dict[str, Any]:
     """The public contract scripts rely on: endpoint, tokens per role, models."""
-    document = {"endpoint": endpoint, "tokens": tokens, "models": {"weights": REPO}}
+    models = {"weights": REPO, "inference": REPO}
+    document = {"endpoint": endpoint, "tokens": tokens, "models": models}
     path.write_text(json.dumps(document, indent=2) + "\n")
     path.chmod(0o600)
     return document

@@ -18,12 +18,15 @@ from werkzeug.test import TestResponse
 
 from gateway.db.models import AuditEvent, Grant, KycVerification, Model, Role, utcnow
 from gateway.devtools.upstream import ReferenceUpstream, completion_text
+from gateway.ratelimit.redis import RedisLimiter
 from gateway.services.container import Airlock
 from gateway.services.inference import go_duration
 from gateway.services.upstream import HttpUpstream
 from gateway.settings import Settings, load_settings
 from tests.api.hubkit import bearer, fresh_model
 from tests.factories import Actor, World
+from tests.redis_server import REDIS_URL, throwaway_prefix
+from tests.services.test_limiter_contract import closed_port
 
 REPO = "acme/chat"
 KEY_REF = "AIRLOCK_UPSTREAM_KEY_ACME_CHAT"
@@ -420,6 +423,21 @@ def test_only_the_models_publishers_set_its_upstream(inf: Inference) -> None:
 
 
 # -- limits --------------------------------------------------------------------------------------
+@pytest.fixture(params=["memory", "redis"])
+def limiter_kind(request: pytest.FixtureRequest, inf: Inference) -> Iterator[str]:
+    """The in-process limiter, or the shared Redis one under a throwaway key prefix."""
+    if request.param == "memory":
+        yield "memory"
+        return
+    with throwaway_prefix() as prefix:
+        limiter = RedisLimiter(REDIS_URL, prefix=prefix, timeout=2.0)
+        inf.airlock.inference.limiter = limiter
+        try:
+            yield "redis"
+        finally:
+            limiter.close()
+
+
 def set_limits(inf: Inference, limits: str) -> None:
     """Apply a new version of the policy with the chat tier's limits replaced."""
     source = POLICY.format(repo=REPO, stage="limited").replace(
@@ -443,7 +461,9 @@ def test_success_carries_the_six_ratelimit_headers(inf: Inference) -> None:
     assert response.headers["x-ratelimit-reset-tokens"].endswith("ms")
 
 
-def test_requests_over_the_minute_limit_are_429_and_consume_nothing(inf: Inference) -> None:
+def test_requests_over_the_minute_limit_are_429_and_consume_nothing(
+    inf: Inference, limiter_kind: str
+) -> None:
     set_limits(inf, "{requests_per_minute: 2}")
     assert inf.post("/chat/completions", CHAT).status_code == 200
     assert inf.post("/chat/completions", CHAT).status_code == 200
@@ -459,7 +479,9 @@ def test_requests_over_the_minute_limit_are_429_and_consume_nothing(inf: Inferen
     assert len(inf.audit("inference:serve")) == 2
 
 
-def test_request_larger_than_the_whole_limit_is_told_not_to_retry(inf: Inference) -> None:
+def test_request_larger_than_the_whole_limit_is_told_not_to_retry(
+    inf: Inference, limiter_kind: str
+) -> None:
     set_limits(inf, "{tokens_per_minute: 50}")
     refused = inf.post("/chat/completions", {**CHAT, "max_tokens": 100})
     found = error(refused, 429, "rate_limit_exceeded")
@@ -468,7 +490,9 @@ def test_request_larger_than_the_whole_limit_is_told_not_to_retry(inf: Inference
     assert inf.post("/chat/completions", {**CHAT, "max_tokens": 4}).status_code == 200
 
 
-def test_the_cap_is_injected_and_usage_reconciles_the_reservation(inf: Inference) -> None:
+def test_the_cap_is_injected_and_usage_reconciles_the_reservation(
+    inf: Inference, limiter_kind: str
+) -> None:
     set_limits(inf, "{tokens_per_minute: 200}")
     first = inf.post("/chat/completions", CHAT)
     assert first.status_code == 200
@@ -482,7 +506,9 @@ def test_the_cap_is_injected_and_usage_reconciles_the_reservation(inf: Inference
     assert inf.audit("inference:serve")[-1].payload["tokens_used"] == 5 + 16
 
 
-def test_concurrent_requests_are_leases_freed_when_a_stream_is_dropped(inf: Inference) -> None:
+def test_concurrent_requests_are_leases_freed_when_a_stream_is_dropped(
+    inf: Inference, limiter_kind: str
+) -> None:
     set_limits(inf, "{concurrent_requests: 1}")
     held = inf.client.post(
         "/v1/chat/completions",
@@ -510,3 +536,12 @@ def test_bad_max_tokens_is_400(inf: Inference) -> None:
 )
 def test_go_durations(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
+
+
+def test_an_unreachable_limiter_fails_closed(inf: Inference) -> None:
+    inf.airlock.inference.limiter = RedisLimiter(f"redis://127.0.0.1:{closed_port()}/0")
+    found = error(inf.post("/chat/completions", CHAT), 503, "rate_limiter_unavailable")
+    assert "rate limiter" in found["message"]
+    [denial] = inf.audit("inference:deny")
+    assert denial.payload["reasons"][0]["code"] == "rate_limiter_unavailable"
+    assert inf.audit("inference:serve") == []

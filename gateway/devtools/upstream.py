@@ -10,7 +10,8 @@ Tests steer it with a JSON object, given either as the `x-upstream-behave` reque
 as the request body's `airlock_test` field (which passes through a gateway unchanged):
 - `{"fail": 503}` answers that status with an OpenAI error body;
 - `{"stall": 2.5}` sleeps that many seconds before answering;
-- `{"cut_after": 2}` (streaming only) sends that many chunks, then drops the connection.
+- `{"cut_after": 2}` (streaming only) sends that many chunks, then drops the connection;
+- `{"delay": 0.05}` (streaming only) waits that many seconds before each chunk.
 """
 
 from __future__ import annotations
@@ -196,10 +197,13 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         if with_usage:
             chunks.append({**head, "choices": [], "usage": counts})
         cut = behave.get("cut_after")
+        delay = float(behave.get("delay") or 0)
         for n, chunk in enumerate(chunks):
             if cut is not None and n >= int(cut):
                 self.wfile.flush()
                 return  # drop the connection mid-stream, without [DONE]
+            if delay:
+                time.sleep(delay)
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
         self.wfile.write(b"data: [DONE]\n\n")

@@ -545,3 +545,22 @@ def test_an_unreachable_limiter_fails_closed(inf: Inference) -> None:
     [denial] = inf.audit("inference:deny")
     assert denial.payload["reasons"][0]["code"] == "rate_limiter_unavailable"
     assert inf.audit("inference:serve") == []
+
+
+def test_a_client_leaving_mid_stream_ends_the_upstream_request_and_frees_its_lease(
+    inf: Inference,
+) -> None:
+    set_limits(inf, "{concurrent_requests: 1}")
+    body = {**CHAT, "stream": True, "airlock_test": {"delay": 0.01}}
+    held = inf.client.post(
+        "/v1/chat/completions", json=body, headers=bearer(inf.researcher), buffered=False
+    )
+    first = next(iter(held.response))
+    assert first.startswith(b"data: {")
+    assert inf.post("/chat/completions", CHAT).status_code == 429
+    held.close()  # the client goes away after one event
+    assert inf.post("/chat/completions", CHAT).status_code == 200
+    left, done = inf.audit("inference:serve")
+    assert left.payload["upstream_status"] == "client_disconnected"
+    assert left.payload["tokens_used"] is None  # no usage seen: the reservation stands
+    assert done.payload["upstream_status"] == 200

@@ -8,7 +8,7 @@ DATA_DIR ?= ./var/demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test lint typecheck contracts pytest services bench bench-vetting bench-ratelimit clean worker beat
+.PHONY: demo test lint typecheck contracts pytest services bench bench-vetting bench-ratelimit bench-inference clean worker beat
 
 demo: $(VENV)/.runtime
 	$(BIN)/airlock demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
@@ -73,6 +73,9 @@ bench-vetting: $(VENV)/.dev
 
 bench-ratelimit: $(VENV)/.dev
 	$(BIN)/python bench/ratelimit.py
+
+bench-inference: $(VENV)/.dev
+	cd bench && ../$(BIN)/python inference.py
 
 clean:
 	rm -rf $(VENV) $(HUB036) var .pytest_cache .mypy_cache .ruff_cache

@@ -98,6 +98,7 @@ class UpstreamHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "airlock-reference-upstream/1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms stalls
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests and the demo do not want access logs."""

@@ -75,7 +75,7 @@ bench-ratelimit: $(VENV)/.dev
 	$(BIN)/python bench/ratelimit.py
 
 bench-inference: $(VENV)/.dev
-	cd bench && ../$(BIN)/python inference.py
+	$(BIN)/python bench/inference.py
 
 clean:
 	rm -rf $(VENV) $(HUB036) var .pytest_cache .mypy_cache .ruff_cache

@@ -333,6 +333,9 @@ class InferenceService:
         client asked for it too.
         """
         options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            self._finish(admission, path, 400, None)
+            raise InvalidInput("stream_options must be an object")
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         sent = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         try:

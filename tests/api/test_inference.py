@@ -307,7 +307,12 @@ def test_internal_model_is_invisible_to_outsiders(inf: Inference) -> None:
 
 @pytest.mark.parametrize(
     ("body", "fragment"),
-    [("not json", "JSON object"), ([1], "JSON object"), ({"messages": []}, "model parameter")],
+    [
+        ("not json", "JSON object"),
+        ([1], "JSON object"),
+        ({"messages": []}, "model parameter"),
+        ({**CHAT, "stream": True, "stream_options": "yes"}, "stream_options"),
+    ],
 )
 def test_bad_bodies_are_400(inf: Inference, body: Any, fragment: str) -> None:
     if isinstance(body, str):

@@ -19,12 +19,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.auth.tokens import Scope
 from gateway.db.models import Grant, GrantStatus, Model, Organization, utcnow
+from gateway.db.prepared import Prepared
 from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
@@ -45,6 +46,11 @@ from policies import GrantKind, Limits, Tier
 
 log = logging.getLogger(__name__)
 
+_UPSTREAM_OF_MODEL = Prepared(  # built once: one cheap read per request on the hot path
+    select(Model.__table__.c.upstream_url, Model.__table__.c.upstream_key_ref).where(
+        Model.__table__.c.id == bindparam("id")
+    )
+)
 DAY = 86400
 MINUTE = 60
 LEASE_TTL_MARGIN = 60  # a crashed process's lease outlives the longest upstream wait by this
@@ -221,9 +227,8 @@ class InferenceService:
 
     def _target(self, session: Session, model: ModelRow) -> UpstreamTarget:
         """The model's upstream and credential; 503 when either is not configured."""
-        url, ref = session.execute(
-            select(Model.upstream_url, Model.upstream_key_ref).where(Model.id == model.id)
-        ).one()
+        rows = _UPSTREAM_OF_MODEL.all(session.connection(), {"id": model.id})
+        url, ref = rows[0] if rows else (None, None)
         if not url:
             raise UpstreamFailed(f"{model.repo_id} has no inference upstream set", status=503)
         if ref and ref not in self.keys:

@@ -118,7 +118,9 @@ class HttpReply:
         """Complete SSE events, one at a time; a cut stream raises UpstreamFailed."""
         pending = b""
         try:
-            for chunk in self.response.stream(64 * 1024, decode_content=False):
+            # read1, not stream(n): stream(n) waits for n bytes unless the body is chunked, so
+            # an HTTP/1.0 upstream's events would be held until the stream ended.
+            while chunk := self.response.read1(64 * 1024, decode_content=False):
                 pending += chunk.replace(b"\r\n", b"\n")
                 while b"\n\n" in pending:
                     event, pending = pending.split(b"\n\n", 1)

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HUB036 := .venv-hub036
+OPENAI1 := .venv-openai1
 S3RVER := tests/s3rver
 DATA_DIR ?= ./var/demo
 HOST ?= 127.0.0.1
@@ -13,7 +14,7 @@ PORT ?= 8000
 demo: $(VENV)/.runtime
 	$(BIN)/airlock demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
-test: $(VENV)/.dev $(HUB036)/.installed $(S3RVER)/node_modules/.installed services lint typecheck contracts pytest
+test: $(VENV)/.dev $(HUB036)/.installed $(OPENAI1)/.installed $(S3RVER)/node_modules/.installed services lint typecheck contracts pytest
 
 $(VENV)/.runtime: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,12 @@ $(VENV)/.dev: pyproject.toml
 $(HUB036)/.installed:
 	test -d $(HUB036) || $(PYTHON) -m venv $(HUB036)
 	$(HUB036)/bin/pip install --quiet 'huggingface_hub==0.36.*'
+	touch $@
+
+# The last 1.x openai SDK (1.109) lives in its own venv for the inference e2e tests; .venv has 3.x.
+$(OPENAI1)/.installed:
+	test -d $(OPENAI1) || $(PYTHON) -m venv $(OPENAI1)
+	$(OPENAI1)/bin/pip install --quiet 'openai==1.109.*'
 	touch $@
 
 # s3rver checks presigned signatures and expiry (moto does not): the storage tests run it.
@@ -78,4 +85,4 @@ bench-inference: $(VENV)/.dev
 	$(BIN)/python bench/inference.py
 
 clean:
-	rm -rf $(VENV) $(HUB036) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HUB036) $(OPENAI1) var .pytest_cache .mypy_cache .ruff_cache

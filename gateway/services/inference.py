@@ -297,6 +297,10 @@ class InferenceService:
         )
         self._audit_deny(session, admission.user_id, admission.model, [reason])
         wait = DAY if never else max(result.retry_after, 0.001)
+        if isinstance(refused, Lease):
+            # A slot frees when any request ends, usually within seconds, not at the lease's
+            # expiry (minutes): SDKs ignore (1.x) or give up on (3.x) waits above a minute.
+            wait = min(wait, CONCURRENCY_RETRY_SECONDS)
         headers = openai_ratelimit_headers(result)
         headers["retry-after-ms"] = str(math.ceil(wait * 1000))
         if never:
@@ -418,6 +422,7 @@ class InferenceService:
             session.close()
 
 
+CONCURRENCY_RETRY_SECONDS = 1.0  # Retry-After of a concurrent-requests refusal
 LIMITER_DOWN_MESSAGE = (
     "The rate limiter could not be reached, so the request was refused rather than let "
     "through uncounted; try again shortly."

@@ -524,6 +524,8 @@ def test_concurrent_requests_are_leases_freed_when_a_stream_is_dropped(
     assert held.status_code == 200
     refused = inf.post("/chat/completions", CHAT)
     assert "concurrent requests" in error(refused, 429, "rate_limit_exceeded")["message"]
+    # a slot frees when a request ends: retry soon, not at the lease's expiry (minutes)
+    assert (refused.headers["Retry-After"], refused.headers["retry-after-ms"]) == ("1", "1000")
     held.close()  # the client goes away without reading a byte
     assert inf.post("/chat/completions", CHAT).status_code == 200
     statuses = [e.payload["upstream_status"] for e in inf.audit("inference:serve")]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "./var/airlock"
@@ -13,6 +14,7 @@ LOG_FORMATS = ("json", "text")
 # Inference upstreams' credentials: a model names one of these variables, never holds the value,
 # and cannot name any other variable (such as AIRLOCK_SECRET_KEY).
 UPSTREAM_KEY_PREFIX = "AIRLOCK_UPSTREAM_KEY_"
+URL_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
 KYC_PROVIDERS = {  # name: (environment prefix, default API base URL)
     "persona": ("AIRLOCK_KYC_PERSONA_", "https://withpersona.com/api/v1"),
     "stripe_identity": ("AIRLOCK_KYC_STRIPE_", "https://api.stripe.com"),
@@ -71,6 +73,11 @@ class Settings:
     upstream_timeout: float = 60.0
     inference_max_tokens: int = 1024
     inference_lease_seconds: int = 900
+
+    def __repr__(self) -> str:
+        """The dataclass repr, with the password of any URL (database, Redis, broker) masked."""
+        shown = (f"{f.name}={_masked(getattr(self, f.name))!r}" for f in fields(self) if f.repr)
+        return f"Settings({', '.join(shown)})"
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced (for tests and the demo)."""
@@ -152,6 +159,11 @@ def _one_of(value: str, name: str, allowed: tuple[str, ...]) -> str:
 
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+def _masked(value: object) -> object:
+    """A URL with its password replaced by ``***``; any other value as it is."""
+    return URL_PASSWORD.sub(r"\1:***@", value) if isinstance(value, str) else value
 
 
 def _local_secret(root: Path, name: str) -> str:

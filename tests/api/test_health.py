@@ -92,6 +92,21 @@ def test_readyz_names_each_failed_dependency_without_its_credentials(settings: S
     assert PASSWORD not in response.get_data(as_text=True)
 
 
+def test_settings_repr_masks_url_passwords_and_keys(settings: Settings) -> None:
+    shown = repr(
+        settings.with_overrides(
+            database_url=f"postgresql+psycopg://airlock:{PASSWORD}@db/airlock",
+            redis_url=f"redis://:{PASSWORD}@redis:6379/0",
+            broker_url=f"amqp://airlock:{PASSWORD}@mq//",
+            s3_secret_access_key=PASSWORD,
+            metrics_token=PASSWORD,
+        )
+    )
+    assert PASSWORD not in shown
+    assert "redis://:***@redis:6379/0" in shown
+    assert "amqp://airlock:***@mq//" in shown
+
+
 def test_readyz_fails_when_storage_cannot_be_written(settings: Settings, tmp_path: Path) -> None:
     root = tmp_path / "blobs-to-lose"
     app, services = app_with(settings, storage_url=f"file://{root}")

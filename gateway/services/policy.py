@@ -64,10 +64,11 @@ class PolicyService:
                 errors=[{"path": "", "line": None, "message": "the document could not be parsed"}],
             ) from exc
 
-    def apply(
-        self, session: Session, *, principal: Principal, source: str, comment: str = ""
-    ) -> tuple[PolicyVersion, bool]:
-        """Validate and store a new version; returns (version, created); same content: no-op."""
+    def authorize_document(
+        self, session: Session, *, principal: Principal, source: str
+    ) -> tuple[ReleasePolicy, Model, int]:
+        """Validate a policy document, find the model it names and check the principal may
+        write its policy; returns (policy, model, acting user id)."""
         policy = self.validate(source)
         try:
             model = self.publishing.get_model(session, policy.model)
@@ -75,7 +76,13 @@ class PolicyService:
             raise InvalidInput(
                 f"the policy names model '{policy.model}', which does not exist"
             ) from exc
-        actor = principal.require_org_scope(model.org_id, Scope.POLICIES_WRITE)
+        return policy, model, principal.require_org_scope(model.org_id, Scope.POLICIES_WRITE)
+
+    def apply(
+        self, session: Session, *, principal: Principal, source: str, comment: str = ""
+    ) -> tuple[PolicyVersion, bool]:
+        """Validate and store a new version; returns (version, created); same content: no-op."""
+        policy, model, actor = self.authorize_document(session, principal=principal, source=source)
         digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
         current = model.policy_version
         if current is not None and current.content_sha256 == digest:

@@ -30,7 +30,7 @@ from gateway.db.models import (
     User,
     utcnow,
 )
-from gateway.errors import InvalidInput, NotFound
+from gateway.errors import InvalidInput
 from gateway.services.access import AccessService
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
@@ -310,14 +310,7 @@ class ReevaluationService:
         at: datetime | None = None,
     ) -> tuple[ReleasePolicy, Decision]:
         """Decide `tier` of a policy document for a subject written as JSON (a what-if)."""
-        policy = self.policies.validate(source)
-        try:
-            model = self.publishing.get_model(session, policy.model)
-        except NotFound as exc:
-            raise InvalidInput(
-                f"the policy names model '{policy.model}', which does not exist"
-            ) from exc
-        principal.require_org_scope(model.org_id, Scope.POLICIES_WRITE)
+        policy, _, _ = self.policies.authorize_document(session, principal=principal, source=source)
         session.rollback()
         try:
             facts = parse_subject(subject)

@@ -184,20 +184,24 @@ REVISION_BY_COMMIT = select(_revisions.id, _revisions.commit_id, _revisions.crea
     _revisions.model_id == bindparam("model_id"), _revisions.commit_id == bindparam("commit")
 )
 
+_FILE_COLUMNS = (
+    _files.id,
+    _files.path,
+    _files.size,
+    _files.sha256,
+    _files.git_oid,
+    _files.storage_key,
+)
+
 FILES_OF_REVISION = (
-    select(_files.id, _files.path, _files.size, _files.sha256, _files.git_oid, _files.storage_key)
+    select(*_FILE_COLUMNS)
     .where(_files.revision_id == bindparam("revision_id"))
     .order_by(_files.path)
 )
 
 FILE_WITH_COMMIT = (
     select(
-        _files.id,
-        _files.path,
-        _files.size,
-        _files.sha256,
-        _files.git_oid,
-        _files.storage_key,
+        *_FILE_COLUMNS,
         _revisions.commit_id,
     )
     .select_from(RevisionFile.__table__.join(Revision.__table__))
@@ -207,12 +211,7 @@ FILE_WITH_COMMIT = (
 # A grant's staged copy of a file, with the file and its commit: what a staged /blobs URL serves.
 STAGED_WITH_COMMIT = (
     select(
-        _files.id,
-        _files.path,
-        _files.size,
-        _files.sha256,
-        _files.git_oid,
-        _files.storage_key,
+        *_FILE_COLUMNS,
         _revisions.commit_id,
         _staged.storage_key,
         _staged.sha256,

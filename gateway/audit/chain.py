@@ -128,8 +128,7 @@ MOVE_HEAD = (
     .where(_head.id == 1)
     .values(seq=bindparam("new_seq"), entry_hash=bindparam("new_hash"))
 )
-APPEND_EVENT = insert(_events)
-# The same three statements as prebuilt DBAPI-level executions: an append costs three
+# The three statements of an append as prebuilt DBAPI-level executions: an append costs three
 # statements on every audited request (a GET resolve among them).
 ROW_FIELDS = (*BODY_FIELDS, "prev_hash", "entry_hash")
 _LOCK_HEAD = Prepared(LOCK_HEAD)

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.auth.tokens import Scope
@@ -169,6 +169,7 @@ class ReevaluationService:
         """Judge the model's live grants and pending requests (of `user_ids`, if given)."""
         grants = self._live_grants(session, model, now, user_ids, lock)
         requests = self._pending_requests(session, model, user_ids, lock)
+        _held = _prefetch(session, grants, requests)  # kept alive: the session maps rows weakly
         verdicts = [self._grant_verdict(session, model, policy, grant, now) for grant in grants]
         # A suspended grant whose holder has since been granted the tier anew stays suspended.
         active = {(g.user_id, g.tier) for g in grants if g.status == GrantStatus.ACTIVE}
@@ -436,6 +437,22 @@ class ReevaluationService:
             effect="deny",
             payload={"request_id": request.id, "cause": cause, "reasons": list(verdict.reasons)},
         )
+
+
+def _prefetch(
+    session: Session, grants: Sequence[Grant], requests: Sequence[AccessRequest]
+) -> list[object]:
+    """Load the holders (with affiliations) and the grants' requests in two queries, so judging
+    each grant finds them in the session instead of querying one at a time."""
+    loaded: list[object] = []
+    user_ids = {g.user_id for g in grants} | {r.user_id for r in requests}
+    if user_ids:
+        query = select(User).where(User.id.in_(user_ids)).options(selectinload(User.affiliation))
+        loaded += session.scalars(query).all()
+    request_ids = {g.request_id for g in grants if g.request_id} - {r.id for r in requests}
+    if request_ids:
+        loaded += session.scalars(select(AccessRequest).where(AccessRequest.id.in_(request_ids)))
+    return loaded
 
 
 def _references(policy: ReleasePolicy | None, pack_id: str) -> bool:

@@ -405,10 +405,10 @@ class PublishingService:
         key, sha256 = upload.storage_key, upload.sha256
         try:
             parts = direct.parts(key, upload.storage_upload_id)
-        except UploadMissing:
+            self._check_parts(upload, parts)
+            size = direct.complete(key, upload.storage_upload_id, sorted(parts, key=_number))
+        except UploadMissing:  # completed or aborted meanwhile, before or after listing
             return self._upload_gone(session, upload)
-        self._check_parts(upload, parts)
-        size = direct.complete(key, upload.storage_upload_id, sorted(parts, key=_number))
         session.delete(upload)
         if size != upload.size:  # the parts said otherwise: never keep such an object
             self.storage.delete(key)

@@ -15,6 +15,7 @@ from werkzeug.test import TestResponse
 from gateway.app import create_app
 from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, MultipartUpload
+from gateway.errors import UploadMissing
 from gateway.services.container import build_airlock
 from gateway.services.publishing import blob_key, load_vetting
 from gateway.settings import Settings
@@ -548,6 +549,24 @@ def test_bytes_that_do_not_match_their_sha256_never_become_servable(s3_api: Api)
     ok(s3_api.commit(NEW, {"big.raw": BIG}), 201)
     assert main_revision(s3_api)["vetting_status"] == "passed"
     assert ok(start(s3_api, BIG))["method"] == "stored"
+
+
+def test_an_upload_aborted_while_completing_asks_for_a_new_push(
+    s3_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload vanishes between listing its parts and completing it: 409, not 503."""
+    plan = ok(start(s3_api, BIG))
+    put_parts(s3_api, plan, BIG, [1, 2, 3])
+    storage = s3_of(s3_api)
+
+    def completed_after_an_abort(key: str, upload_id: str, parts: object) -> int:
+        storage.abort(key, upload_id)  # S3 answers NoSuchUpload here (moto answers 500)
+        raise UploadMissing(f"the multipart upload of {key} is no longer in storage")
+
+    monkeypatch.setattr(storage, "complete", completed_after_an_abort)
+    assert "push the file again" in problem(complete(s3_api, plan), 409, "conflict")["detail"]
+    monkeypatch.undo()
+    assert ok(start(s3_api, BIG))["upload_id"] != plan["upload_id"]  # a fresh push can start
 
 
 def test_part_urls_are_only_for_parts_of_the_upload(s3_api: Api) -> None:

@@ -371,6 +371,26 @@ def test_unreachable_upstream_is_503(inf: Inference) -> None:
     error(inf.post("/chat/completions", CHAT), 503, "upstream_error")
 
 
+def test_the_upstream_credential_never_reaches_a_log_an_error_or_the_audit(
+    inf: Inference, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")  # urllib3's request lines too
+    caplog.set_level("DEBUG", logger="gateway")
+    inf.airlock.inference.upstream = HttpUpstream(timeout=0.2)
+    bodies = [
+        inf.post("/chat/completions", CHAT),
+        inf.post("/chat/completions", {**CHAT, "airlock_test": {"fail": 500}}),
+        inf.post("/chat/completions", {**CHAT, "airlock_test": {"stall": 1}}),
+        inf.post("/chat/completions", {**CHAT, "stream": True, "airlock_test": {"cut_after": 1}}),
+    ]
+    assert [b.status_code for b in bodies] == [200, 502, 504, 200]
+    answers = [b.get_data(as_text=True) for b in bodies]  # reads the stream to its end
+    audited = [json.dumps(e.payload) for e in inf.audit("inference:serve")]
+    assert len(audited) == 4
+    for text in [*answers, *audited, caplog.text]:
+        assert "upstream-secret" not in text
+
+
 def test_unset_credential_fails_closed(inf: Inference) -> None:
     with inf.airlock.db.session() as s:
         inf.airlock.inference.set_upstream(

@@ -68,6 +68,17 @@ class S3Server:
             "AIRLOCK_S3_SECRET_ACCESS_KEY": self.secret_key,
         }
 
+    def overrides(self, bucket: str, prefix: str = "blobs") -> dict[str, Any]:
+        """Settings overrides that point a gateway at this server (what `env` says, typed)."""
+        return {
+            "storage_url": f"s3://{bucket}/{prefix}",
+            "s3_endpoint_url": self.endpoint,
+            "s3_region": self.region,
+            "s3_addressing_style": "path",
+            "s3_access_key_id": self.access_key,
+            "s3_secret_access_key": self.secret_key,
+        }
+
 
 def free_port() -> int:
     with socket.socket() as sock:

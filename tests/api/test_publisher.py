@@ -440,17 +440,8 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture
 def s3_api(settings: Settings, moto: S3Server) -> Iterator[Api]:
     """The API over S3 storage (a fresh bucket): acme and globex exist, no models yet."""
-    env = moto.env(moto.new_bucket())
     services = build_airlock(
-        settings.with_overrides(
-            storage_url=env["AIRLOCK_STORAGE_URL"],
-            s3_endpoint_url=moto.endpoint,
-            s3_region=moto.region,
-            s3_addressing_style="path",
-            s3_access_key_id=moto.access_key,
-            s3_secret_access_key=moto.secret_key,
-            upload_part_bytes=PART,
-        )
+        settings.with_overrides(**moto.overrides(moto.new_bucket()), upload_part_bytes=PART)
     )
     try:
         api = make_api(create_app(airlock=services).test_client(), World(services), publish=False)

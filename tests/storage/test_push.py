@@ -44,17 +44,8 @@ class Live:
 
 @pytest.fixture
 def live(settings: Settings, moto: S3Server) -> Iterator[Live]:
-    env = moto.env(moto.new_bucket())
     airlock = build_airlock(
-        settings.with_overrides(
-            storage_url=env["AIRLOCK_STORAGE_URL"],
-            s3_endpoint_url=moto.endpoint,
-            s3_region=moto.region,
-            s3_addressing_style="path",
-            s3_access_key_id=moto.access_key,
-            s3_secret_access_key=moto.secret_key,
-            upload_part_bytes=PART,
-        )
+        settings.with_overrides(**moto.overrides(moto.new_bucket()), upload_part_bytes=PART)
     )
     world = World(airlock)
     world.org("acme")

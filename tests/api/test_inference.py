@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from werkzeug.test import TestResponse
 
+from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, Grant, KycVerification, Model, Role, utcnow
 from gateway.devtools.upstream import ReferenceUpstream, completion_text
 from gateway.ratelimit.redis import RedisLimiter
@@ -241,6 +242,29 @@ def test_model_outside_the_grant_is_403_model_not_permitted(inf: Inference) -> N
     [denial] = inf.audit("inference:deny")
     assert denial.subject_user_id == inf.outsider.user.id
     assert denial.payload["reasons"][0]["code"] == "no_grant"
+
+
+def test_a_token_without_models_read_is_refused_though_its_user_holds_the_grant(
+    inf: Inference,
+) -> None:
+    with inf.airlock.db.session() as s:
+        user = s.merge(inf.researcher.user)
+        issued = inf.airlock.identity.issue_token(
+            s,
+            user=user,
+            name="narrow",
+            scopes={Scope.ACCESS_REQUEST},
+            ttl=timedelta(hours=1),
+            actor_id=user.id,
+        )
+        principal = inf.airlock.identity.authenticate(s, issued.plaintext)
+    narrow = Actor(inf.researcher.user, issued.plaintext, principal)
+    found = error(inf.post("/chat/completions", CHAT, narrow), 403, "model_not_permitted")
+    assert "models:read" in found["message"]
+    [denial] = inf.audit("inference:deny")
+    assert [r["code"] for r in denial.payload["reasons"]] == ["token_scope_missing"]
+    assert inf.client.get("/v1/models", headers=bearer(narrow)).get_json()["data"] == []
+    assert inf.audit("inference:serve") == []
 
 
 def test_weights_grant_does_not_give_inference(inf: Inference) -> None:

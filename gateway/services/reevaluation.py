@@ -442,8 +442,8 @@ class ReevaluationService:
 def _prefetch(
     session: Session, grants: Sequence[Grant], requests: Sequence[AccessRequest]
 ) -> list[object]:
-    """Load the holders (with affiliations) and the grants' requests in two queries, so judging
-    each grant finds them in the session instead of querying one at a time."""
+    """Load the holders (with affiliations) and the grants' requests (with reviews) up front, so
+    judging each grant finds them in the session instead of querying one at a time."""
     loaded: list[object] = []
     user_ids = {g.user_id for g in grants} | {r.user_id for r in requests}
     if user_ids:
@@ -451,7 +451,8 @@ def _prefetch(
         loaded += session.scalars(query).all()
     request_ids = {g.request_id for g in grants if g.request_id} - {r.id for r in requests}
     if request_ids:
-        loaded += session.scalars(select(AccessRequest).where(AccessRequest.id.in_(request_ids)))
+        by_id = select(AccessRequest).where(AccessRequest.id.in_(request_ids))
+        loaded += session.scalars(by_id.options(selectinload(AccessRequest.reviews)))
     return loaded
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ from gateway.db.migrate import upgrade
 from gateway.tasks.broker import CeleryRunner
 from gateway.tasks.catalog import SWEEP_TASK
 from tests.pg import throwaway_database
+from tests.s3_servers import free_port
 from tests.workers.conftest import claimed_redis_db
 from tests.workers.test_worker_process import Deployment
 
@@ -23,24 +23,12 @@ SUCCESS = f'airlock_tasks_total{{outcome="success",task="{SWEEP_TASK}"}}'
 EXPIRED = f'airlock_tasks_total{{outcome="expired",task="{SWEEP_TASK}"}}'
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     with claimed_redis_db() as broker_url, throwaway_database() as database_url:
         upgrade(database_url)
-        deployment = Deployment(tmp_path, database_url, broker_url)
-        try:
+        with Deployment(tmp_path, database_url, broker_url) as deployment:
             yield deployment
-        finally:
-            for worker in deployment.workers:
-                worker.stop()
-            deployment.airlock.close()
 
 
 def scrape(port: int) -> str:

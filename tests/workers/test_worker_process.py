@@ -46,6 +46,15 @@ class Deployment:
         assert isinstance(self.airlock.runner, CeleryRunner)
         self.workers: list[WorkerProcess] = []
 
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop every worker started, then close the producer side."""
+        for worker in self.workers:
+            worker.stop()
+        self.airlock.close()
+
     def start(self, name: str, *args: str) -> WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")} | self.env
         worker = WorkerProcess([sys.executable, "-m", *args], env, self.tmp_path / f"{name}.log")
@@ -99,14 +108,11 @@ class WorkerProcess:
 @pytest.fixture
 def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
     """This test's PostgreSQL database, shared by the gateway side and the worker processes."""
-    with claimed_redis_db() as broker_url:
-        deployment = Deployment(tmp_path, database_url, broker_url)
-        try:
-            yield deployment
-        finally:
-            for worker in deployment.workers:
-                worker.stop()
-            deployment.airlock.close()
+    with (
+        claimed_redis_db() as broker_url,
+        Deployment(tmp_path, database_url, broker_url) as deployment,
+    ):
+        yield deployment
 
 
 def test_a_worker_vets_provisions_and_sweeps_what_the_gateway_enqueues(

@@ -15,7 +15,7 @@ from gateway.api.context import airlock, db
 from gateway.api.errors import hub_error
 from gateway.db.engine import begin_read_only
 from gateway.db.models import utcnow
-from gateway.services.downloads import Blob
+from gateway.services.downloads import Blob, bytes_gone
 from gateway.services.signing import BlobClaim
 
 bp = Blueprint("blobs", __name__)
@@ -58,7 +58,13 @@ def blob(file_id: int, filename: str) -> Response:
     )
     ended = partial(downloads.end_download, found.claim) if request.method == "GET" else None
     try:
-        response = _send(found, ClosingFile(found.path, ended))
+        file = ClosingFile(found.path, ended)
+    except FileNotFoundError:  # deleted since open_blob looked (the sweep races a download)
+        if ended is not None:
+            ended()
+        raise bytes_gone(found.served, found.file) from None
+    try:
+        response = _send(found, file)
     except RequestedRangeNotSatisfiable as exc:
         response = hub_error(416, None, "the requested range is not satisfiable")
         response.headers["Content-Range"] = f"bytes */{exc.length}"

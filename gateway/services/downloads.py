@@ -591,9 +591,7 @@ class DownloadService:
         if path is None:
             raise NotFound("this deployment serves files from its object store, not /blobs")
         if not path.is_file():
-            if served.staged:  # the sweep deletes the object before its row
-                raise Forbidden(COPY_GONE)
-            raise ArtifactMissing(f"the bytes of {file.path} are missing from storage")
+            raise bytes_gone(served, file)
         return path
 
     def _release(self, lease: Lease) -> None:
@@ -686,6 +684,13 @@ class DownloadService:
             payload={"grant_id": grant.id, "reasons": [reason]},
         )
         session.commit()
+
+
+def bytes_gone(served: Served, file: FileRow) -> AirlockError:
+    """Why a blob's bytes are not on disk: a swept staged copy, or an original's lost bytes."""
+    if served.staged:  # the sweep deletes the object before its row
+        return Forbidden(COPY_GONE)
+    return ArtifactMissing(f"the bytes of {file.path} are missing from storage")
 
 
 def usable_grants(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
@@ -88,6 +89,20 @@ def test_a_failed_download_frees_its_slot_too(hub: Hub) -> None:
         key = s.scalars(select(RevisionFile.storage_key).where(RevisionFile.path == "config.json"))
         hub.world.airlock.storage.delete(key.one())
     assert hub.fetch(missing).status_code == 503
+    assert hub.get(OTHER, hub.researcher).status_code == 302
+
+
+def test_bytes_deleted_after_the_check_are_503_and_free_the_slot(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = blob_url(hub.get(URL, hub.researcher))
+    with hub.world.airlock.db.session() as s:
+        key = s.scalars(select(RevisionFile.storage_key).where(RevisionFile.path == "config.json"))
+        hub.world.airlock.storage.delete(key.one())
+    monkeypatch.setattr(Path, "is_file", lambda self: True)  # gone between the check and the open
+    response = hub.fetch(url)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
     assert hub.get(OTHER, hub.researcher).status_code == 302
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -243,11 +244,19 @@ def _vector(text: str) -> list[float]:
     return [round(b / 255, 6) for b in digest[:EMBEDDING_SIZE]]
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about a gateway that hung up mid-answer (a client left: expected, tested)."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class ReferenceUpstream:
     """The reference upstream on a loopback port, served from a daemon thread."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = ThreadingHTTPServer((host, port), UpstreamHandler)
+        self.server = _Server((host, port), UpstreamHandler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

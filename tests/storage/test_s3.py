@@ -188,3 +188,9 @@ def test_storage_urls_name_bucket_and_prefix() -> None:
     assert (storage.bucket, storage.prefix) == ("models", "prod/blobs/")
     with pytest.raises(ValueError, match="bucket"):
         storage_from_url("s3:///prefix")
+
+
+def test_the_secret_access_key_stays_out_of_the_options_repr() -> None:
+    options = S3Options(access_key_id="AKIAEXAMPLE", secret_access_key="wJalr-not-for-logs")
+    assert "wJalr-not-for-logs" not in repr(options)
+    assert "AKIAEXAMPLE" in repr(options)

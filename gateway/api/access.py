@@ -13,7 +13,7 @@ from gateway.api.context import airlock, base_url, db, principal, request_countr
 from gateway.api.serialize import grant_out, request_out, token_out
 from gateway.api.spec import ID, endpoint
 from gateway.auth.tokens import Scope
-from gateway.db.models import Organization, RequestStatus, User, utcnow
+from gateway.db.models import KycVerification, Organization, RequestStatus, User, utcnow
 from gateway.errors import NotFound
 from gateway.kyc import KycFacts
 from policies import KycLevel
@@ -248,9 +248,13 @@ def record_kyc(body: s.KycRecordIn) -> s.KycOut:
     row = airlock().access.record_kyc(
         session, principal=principal(), org=org, user=user, facts=facts, notes=body.notes
     )
+    return _kyc_out(row, user.username)
+
+
+def _kyc_out(row: KycVerification, username: str) -> s.KycOut:
     return s.KycOut(
         id=row.id,
-        username=user.username,
+        username=username,
         provider=row.provider,
         level=row.level,
         status=row.status,
@@ -296,19 +300,4 @@ def start_kyc(body: s.KycStartIn) -> s.KycStartOut:
 def my_kyc() -> s.KycList:
     caller = principal()
     rows = airlock().kyc.list_mine(db(), principal=caller)
-    return s.KycList(
-        verifications=[
-            s.KycOut(
-                id=row.id,
-                username=caller.username or "",
-                provider=row.provider,
-                level=row.level,
-                status=row.status,
-                nationality=row.nationality,
-                residence_country=row.residence_country,
-                document_country=row.document_country,
-                expires_at=row.expires_at,
-            )
-            for row in rows
-        ]
-    )
+    return s.KycList(verifications=[_kyc_out(row, caller.username or "") for row in rows])

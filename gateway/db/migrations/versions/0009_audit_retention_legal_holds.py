@@ -1,0 +1,21 @@
+"""Audit retention: legal holds on a subject or a model, and the pruned horizon of the chain.
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-11-27 09:20:00.000000
+"""
+
+from __future__ import annotations
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

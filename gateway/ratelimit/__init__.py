@@ -7,6 +7,7 @@ from gateway.ratelimit.base import (
     Limiter,
     LimiterUnavailable,
     LimitResult,
+    MonthlyQuota,
 )
 from gateway.ratelimit.memory import MemoryLimiter
 from gateway.ratelimit.redis import RedisLimiter
@@ -27,6 +28,7 @@ __all__ = [
     "Limiter",
     "LimiterUnavailable",
     "MemoryLimiter",
+    "MonthlyQuota",
     "RedisLimiter",
     "limiter_from_url",
 ]

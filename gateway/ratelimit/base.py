@@ -8,6 +8,9 @@ A `Lease` is the concurrency kind of dimension: at most `quota` leases live on `
 this one named `id` and held for `window` seconds (its TTL) unless released earlier, so a
 crashed holder frees its slot within the TTL and no key is ever stuck.
 
+A `MonthlyQuota` is a fixed-window counter over the UTC calendar month (by the limiter's wall
+clock: Redis's TIME, or the process's): `quota` units a month, whole again on the 1st.
+
 The arithmetic lives here once, in plain functions; `MemoryLimiter` calls them and the Redis
 Lua scripts (`gateway/ratelimit/redis.py`) are a line-by-line translation, checked by the same
 contract tests.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Protocol
 
 from gateway.errors import ServiceUnavailable
@@ -75,6 +79,15 @@ class Lease(Dimension):
     def ttl(self) -> float:
         """Seconds until the lease expires unless released or renewed."""
         return self.window
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonthlyQuota(Dimension):
+    """A calendar quota: at most `quota` units on `key` per UTC calendar month (a fixed window,
+    not a refilling bucket: it is whole again when the next month begins)."""
+
+    window: float = 31 * 86400  # the longest month; the window really ends at the month's end
+    unit: str = "tokens"
 
 
 @dataclass(frozen=True)
@@ -185,15 +198,41 @@ def lease_retry(
     return max(frees - now, 1e-6)
 
 
-def split(dimensions: Sequence[Dimension]) -> tuple[list[Dimension], list[Lease]]:
-    """GCRA dimensions and leases, each key at most once per kind (or ValueError)."""
-    gcra = [d for d in dimensions if not isinstance(d, Lease)]
+def month_of(unix: float) -> tuple[int, float]:
+    """The UTC calendar month of `unix` seconds (year * 12 + month - 1) and seconds to its end."""
+    day = datetime.fromtimestamp(unix, UTC).date()
+    nxt = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    end = datetime(nxt.year, nxt.month, 1, tzinfo=UTC).timestamp()
+    return day.year * 12 + day.month - 1, end - unix
+
+
+def quota_retry(quota: MonthlyQuota, used: int, until_end: float) -> float:
+    """0 when `quota.cost` more fits this month, the seconds to the month's end if not, `inf`
+    when it exceeds the whole quota."""
+    if quota.cost > quota.quota:
+        return INF
+    if used + quota.cost > quota.quota:
+        return max(until_end, 1e-6)
+    return 0.0
+
+
+def quota_state(quota: MonthlyQuota, used: int, until_end: float) -> DimensionState:
+    """Units left this month, and seconds until the month (and the quota) ends."""
+    return DimensionState(quota, min(max(quota.quota - used, 0), quota.quota), until_end)
+
+
+def split(
+    dimensions: Sequence[Dimension],
+) -> tuple[list[Dimension], list[MonthlyQuota], list[Lease]]:
+    """GCRA dimensions, calendar quotas and leases, each key at most once per kind."""
+    gcra = [d for d in dimensions if not isinstance(d, Lease | MonthlyQuota)]
+    months = [d for d in dimensions if isinstance(d, MonthlyQuota)]
     leases = [d for d in dimensions if isinstance(d, Lease)]
-    for kind in (gcra, leases):
+    for kind in (gcra, months, leases):
         if len({d.key for d in kind}) != len(kind):
             # a key checked twice in one request would be planned from a stale state
             raise ValueError("each key may appear once per request and kind of dimension")
-    return gcra, leases
+    return gcra, months, leases
 
 
 def decide(
@@ -215,7 +254,8 @@ def decide(
 
 
 def gcra_only(dimension: Dimension) -> Dimension:
-    """`dimension`, or ValueError for a lease (leases are released, not adjusted)."""
+    """`dimension` (a GCRA or a calendar quota), or ValueError for a lease (leases are
+    released, not adjusted)."""
     if isinstance(dimension, Lease):
         raise ValueError(f"{dimension.name} is a lease: release it instead of adjusting it")
     return dimension

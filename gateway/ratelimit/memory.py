@@ -13,6 +13,7 @@ from gateway.ratelimit.base import (
     DimensionState,
     Lease,
     LimitResult,
+    MonthlyQuota,
     decide,
     gcra_adjust,
     gcra_check,
@@ -20,6 +21,9 @@ from gateway.ratelimit.base import (
     gcra_state,
     lease_retry,
     lease_state,
+    month_of,
+    quota_retry,
+    quota_state,
     split,
 )
 
@@ -27,25 +31,34 @@ SWEEP_EVERY = 1024
 
 
 class MemoryLimiter:
-    """GCRA per dimension and a lease set per concurrency key; all-or-nothing under one lock."""
+    """GCRA per dimension, a monthly counter per calendar quota and a lease set per concurrency
+    key; all-or-nothing under one lock. Calendar months follow `wall` (Unix seconds)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
         self._tat: dict[str, float] = {}
+        self._months: dict[str, tuple[int, int]] = {}  # key -> (month, units used in it)
         self._leases: dict[str, _LeaseSet] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        self._wall = wall
         self._calls = 0
 
     @timed_admission
     def acquire(self, dimensions: Sequence[Dimension]) -> LimitResult:
         """Admit if every dimension has room and every lease a free slot; else consume nothing."""
-        gcra, leases = split(dimensions)
+        gcra, months, leases = split(dimensions)
         with self._lock:
             now = self._clock()
-            self._sweep(now)
+            month, until_end = month_of(self._wall())
+            self._sweep(now, month)
             plans = [gcra_check(d, self._tat.get(d.key), now) for d in gcra]
+            used = [self._used(q.key, month) for q in months]
             held = [self._live(lease.key, now) for lease in leases]
-            waits = [p.retry_after for p in plans] + [
+            waits = [p.retry_after for p in plans]
+            waits += [quota_retry(q, u, until_end) for q, u in zip(months, used, strict=True)]
+            waits += [
                 lease_retry(lease, len(h), lease.id in h, h.expiries, now)
                 for lease, h in zip(leases, held, strict=True)
             ]
@@ -53,15 +66,19 @@ class MemoryLimiter:
             if admit:
                 for dim, plan in zip(gcra, plans, strict=True):
                     self._tat[dim.key] = plan.new_tat
+                for i, q in enumerate(months):
+                    used[i] += q.cost
+                    self._months[q.key] = (month, used[i])
                 for lease, h in zip(leases, held, strict=True):
                     h.take(lease.id, now + lease.ttl)
             tats = [p.new_tat if admit else p.tat for p in plans]
             states = [gcra_state(d, tat, now) for d, tat in zip(gcra, tats, strict=True)]
+            states += [quota_state(q, u, until_end) for q, u in zip(months, used, strict=True)]
             states += [
                 lease_state(ls, len(h), h.earliest(), now)
                 for ls, h in zip(leases, held, strict=True)
             ]
-            return decide(dimensions, [*gcra, *leases], states, waits)
+            return decide(dimensions, [*gcra, *months, *leases], states, waits)
 
     def release(self, lease: Lease) -> None:
         """Give a lease back; unknown or expired leases are ignored."""
@@ -73,6 +90,8 @@ class MemoryLimiter:
     def adjust(self, dimension: Dimension, delta: int) -> DimensionState:
         """Charge `delta` more units to `dimension` (negative refunds, never beyond full)."""
         dimension = gcra_only(dimension)
+        if isinstance(dimension, MonthlyQuota):
+            return self._adjust_month(dimension, delta)
         with self._lock:
             now = self._clock()
             tat = gcra_adjust(dimension, self._tat.get(dimension.key), now, delta)
@@ -82,8 +101,21 @@ class MemoryLimiter:
                 self._tat.pop(dimension.key, None)
             return gcra_state(dimension, tat, now)
 
+    def _adjust_month(self, quota: MonthlyQuota, delta: int) -> DimensionState:
+        """Charge `delta` to this month's count (never below zero)."""
+        with self._lock:
+            month, until_end = month_of(self._wall())
+            used = max(0, self._used(quota.key, month) + delta)
+            self._months[quota.key] = (month, used)
+            return quota_state(quota, used, until_end)
+
     def close(self) -> None:
         """Nothing to release in process."""
+
+    def _used(self, key: str, month: int) -> int:
+        """Units charged to `key` in `month` (a count from an earlier month is spent)."""
+        found = self._months.get(key)
+        return found[1] if found is not None and found[0] == month else 0
 
     def _live(self, key: str, now: float) -> _LeaseSet:
         """The lease set of `key` with expired leases dropped."""
@@ -93,12 +125,13 @@ class MemoryLimiter:
         held.prune(now)
         return held
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self, now: float, month: int) -> None:
         """Forget idle keys now and then, as Redis expires them (a full key refills to nothing)."""
         self._calls += 1
         if self._calls % SWEEP_EVERY:
             return
         self._tat = {k: tat for k, tat in self._tat.items() if tat > now}
+        self._months = {k: m for k, m in self._months.items() if m[0] == month}
         for held in self._leases.values():
             held.prune(now)
         self._leases = {k: h for k, h in self._leases.items() if len(h)}

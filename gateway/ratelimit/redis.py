@@ -27,6 +27,7 @@ from gateway.ratelimit.base import (
     Lease,
     LimiterUnavailable,
     LimitResult,
+    MonthlyQuota,
     decide,
     gcra_only,
     split,
@@ -64,19 +65,55 @@ local function store(key, tat)
 end
 """
 
-# KEYS: n GCRA keys, then m lease keys. ARGV[1]: (quota, window, cost) of each GCRA dimension
-# as 3n little-endian doubles (`struct`, bundled with Redis: no decimal text to parse, and n is
-# its length / 24); then (id, quota, ttl) per lease. Every check runs before any write: all or
-# nothing. Returns (wait, remaining, reset) per dimension then per lease, as integers: waits and
-# resets in microseconds, wait -1 for never; the state is the committed one when every wait is 0.
+# The UTC calendar month of Redis's TIME (year * 12 + month - 1) and the seconds to its end, by
+# the civil-from-days arithmetic (H. Hinnant), as `month_of` in base.py computes it in Python.
+# A quota's count is a hash {m: month, u: units used}; a count from an earlier month is spent.
+_MONTH = """
+local function month_now()
+  local secs = tonumber(t[1])
+  local days = floor(secs / 86400)
+  local z = days + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local d = doy - floor((153 * mp + 2) / 5) + 1
+  local mo = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (mo <= 2 and 1 or 0)
+  local len = ({31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31})[mo]
+  if mo == 2 and y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then len = 29 end
+  local ends = (days - d + 1 + len) * 86400
+  return y * 12 + mo - 1, ends - secs - tonumber(t[2]) / 1000000
+end
+local function month_used(key, month)
+  local found = redis.call('HMGET', key, 'm', 'u')
+  if tonumber(found[1]) == month then return tonumber(found[2]) or 0 end
+  return 0
+end
+local function month_store(key, month, used, until_end)
+  redis.call('HSET', key, 'm', month, 'u', used)
+  redis.call('PEXPIRE', key, max(ceil(until_end * 1000), 1))
+end
+"""
+
+# KEYS: n GCRA keys, then q calendar-quota keys, then m lease keys. ARGV[1]: (quota, window,
+# cost) of each GCRA dimension as 3n little-endian doubles (`struct`, bundled with Redis: no
+# decimal text to parse, and n is its length / 24); ARGV[2]: (quota, cost) of each calendar
+# quota as 2q doubles; then (id, quota, ttl) per lease. Every check runs before any write: all
+# or nothing. Returns (wait, remaining, reset) per dimension (GCRA, quotas, leases), as
+# integers: waits and resets in microseconds, wait -1 for never; the state is the committed one
+# when every wait is 0.
 ACQUIRE = (
     _PRELUDE
+    + _MONTH
     + """
-local n = #ARGV[1] / 24
-local m = #KEYS - n
+local n, q = #ARGV[1] / 24, #ARGV[2] / 16
+local m = #KEYS - n - q
 local p = n > 0 and {struct.unpack('<' .. string.rep('d', 3 * n), ARGV[1])} or {}
+local c = q > 0 and {struct.unpack('<' .. string.rep('d', 2 * q), ARGV[2])} or {}
 local stored = n > 0 and redis.call('MGET', unpack(KEYS, 1, n)) or {}
-local out, new_tats, counts, waiting = {}, {}, {}, false
+local out, new_tats, counts, used, waiting = {}, {}, {}, {}, false
 for i = 1, n do
   local quota, window, cost = p[3 * i - 2], p[3 * i - 1], p[3 * i]
   local interval = window / quota
@@ -91,8 +128,22 @@ for i = 1, n do
   waiting = waiting or wait > 0
   new_tats[i], out[3 * i - 2], out[3 * i - 1] = new_tat, micros(wait), tat
 end
+local month, until_end = 0, 0
+if q > 0 then month, until_end = month_now() end
+for k = 1, q do
+  local quota, cost = c[2 * k - 1], c[2 * k]
+  used[k] = month_used(KEYS[n + k], month)
+  local wait = 0
+  if cost > quota then
+    wait = huge
+  elseif used[k] + cost > quota then
+    wait = max(until_end, 1e-6)
+  end
+  waiting = waiting or wait > 0
+  out[3 * (n + k) - 2] = micros(wait)
+end
 for j = 1, m do
-  local key, id, quota = KEYS[n + j], ARGV[3 * j - 1], tonumber(ARGV[3 * j])
+  local key, id, quota = KEYS[n + q + j], ARGV[3 * j], tonumber(ARGV[3 * j + 1])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local count, wait = redis.call('ZCARD', key), 0
   if quota == 0 then
@@ -102,7 +153,7 @@ for j = 1, m do
     wait = max(tonumber(frees[2]) - now, 1e-6)
   end
   waiting = waiting or wait > 0
-  counts[j], out[3 * (n + j) - 2] = count, micros(wait)
+  counts[j], out[3 * (n + q + j) - 2] = count, micros(wait)
 end
 for i = 1, n do
   local tat, quota = out[3 * i - 1], p[3 * i - 2]
@@ -112,11 +163,19 @@ for i = 1, n do
   end
   out[3 * i - 1], out[3 * i] = gcra_state(quota, p[3 * i - 1] / quota, tat)
 end
-for j = 1, m do
-  local key, quota, k = KEYS[n + j], tonumber(ARGV[3 * j]), 3 * (n + j)
+for k = 1, q do
   if not waiting then
-    local expiry = now + tonumber(ARGV[3 * j + 1])
-    counts[j] = counts[j] + redis.call('ZADD', key, expiry, ARGV[3 * j - 1])
+    used[k] = used[k] + c[2 * k]
+    month_store(KEYS[n + k], month, used[k], until_end)
+  end
+  out[3 * (n + k) - 1] = min(max(c[2 * k - 1] - used[k], 0), c[2 * k - 1])
+  out[3 * (n + k)] = micros(until_end)
+end
+for j = 1, m do
+  local key, quota, k = KEYS[n + q + j], tonumber(ARGV[3 * j + 1]), 3 * (n + q + j)
+  if not waiting then
+    local expiry = now + tonumber(ARGV[3 * j + 2])
+    counts[j] = counts[j] + redis.call('ZADD', key, expiry, ARGV[3 * j])
     local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
     redis.call('PEXPIRE', key, max(ceil((tonumber(last[2]) - now) * 1000), 1))
   end
@@ -125,6 +184,19 @@ for j = 1, m do
   out[k - 1], out[k] = max(quota - counts[j], 0), micros(reset)
 end
 return out
+"""
+)
+
+# KEYS: one calendar-quota key. ARGV: quota, delta. Returns (remaining, reset) as for ACQUIRE.
+ADJUST_MONTH = (
+    _PRELUDE
+    + _MONTH
+    + """
+local quota = tonumber(ARGV[1])
+local month, until_end = month_now()
+local used = max(month_used(KEYS[1], month) + tonumber(ARGV[2]), 0)
+month_store(KEYS[1], month, used, until_end)
+return {min(max(quota - used, 0), quota), micros(until_end)}
 """
 )
 
@@ -167,6 +239,7 @@ class RedisLimiter:
     ) -> None:
         self.prefix = prefix
         self._gcra_prefix, self._lease_prefix = f"{prefix}gcra:", f"{prefix}lease:"
+        self._month_prefix = f"{prefix}month:"
         # No retries: a retried timeout would hold the request far past the fail-closed bound.
         self._client = redis.Redis.from_url(
             url,
@@ -177,19 +250,26 @@ class RedisLimiter:
         )
         self._acquire = _Script(ACQUIRE)
         self._adjust = _Script(ADJUST)
+        self._adjust_month = _Script(ADJUST_MONTH)
 
     @timed_admission
     def acquire(self, dimensions: Sequence[Dimension]) -> LimitResult:
         """Admit if every dimension has room and every lease a free slot; else consume nothing."""
-        gcra, leases = split(dimensions)
-        planned: list[Dimension] = gcra
+        gcra, months, leases = split(dimensions)
+        planned: list[Dimension] = [*gcra, *months, *leases]
         keys = [self._gcra_prefix + d.key for d in gcra]
+        keys += [self._month_prefix + q.key for q in months]
         numbers: list[float] = []
         for d in gcra:
             numbers += (d.quota, d.window, d.cost)
-        args: list[Arg] = [struct.pack(f"<{len(numbers)}d", *numbers)]
-        if leases:  # the script counts them as the keys after the first len(gcra)
-            planned = [*gcra, *leases]
+        counts: list[float] = []
+        for q in months:
+            counts += (q.quota, q.cost)
+        args: list[Arg] = [
+            struct.pack(f"<{len(numbers)}d", *numbers),
+            struct.pack(f"<{len(counts)}d", *counts),
+        ]
+        if leases:  # the script counts them as the keys after the GCRA and quota keys
             keys += [self._lease_prefix + ls.key for ls in leases]
             for ls in leases:
                 args += (ls.id, ls.quota, ls.ttl)
@@ -205,6 +285,10 @@ class RedisLimiter:
     def adjust(self, dimension: Dimension, delta: int) -> DimensionState:
         """Charge `delta` more units to `dimension` (negative refunds, never beyond full)."""
         dimension = gcra_only(dimension)
+        if isinstance(dimension, MonthlyQuota):
+            key = self._month_prefix + dimension.key
+            remaining, reset = self._call(self._adjust_month, [key], [dimension.quota, delta])
+            return DimensionState(dimension, remaining, reset / MICRO)
         args: list[Arg] = [dimension.quota, dimension.window, delta]
         remaining, reset = self._call(self._adjust, [self._gcra_key(dimension)], args)
         return DimensionState(dimension, remaining, reset / MICRO)

@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -24,8 +25,10 @@ from gateway.ratelimit import (
     Limiter,
     LimiterUnavailable,
     MemoryLimiter,
+    MonthlyQuota,
     RedisLimiter,
 )
+from gateway.ratelimit.base import month_of
 from gateway.ratelimit.redis import EPOCH
 from gateway.services.container import build_airlock
 from gateway.settings import Settings
@@ -193,6 +196,75 @@ def test_malformed_requests_are_refused_before_anything_is_charged(case: Case) -
     with pytest.raises(ValueError, match="is a lease"):
         case.limiter.adjust(lease("a"), 1)
     assert case.limiter.acquire([per_hour(1)]).allowed
+
+
+def monthly(quota: int, *, cost: int = 1, key: str = "m") -> MonthlyQuota:
+    return MonthlyQuota(key, "per_month", quota, cost=cost)
+
+
+def test_a_monthly_quota_is_charged_atomically_until_the_month_ends(case: Case) -> None:
+    assert case.limiter.acquire([monthly(10, cost=6)]).allowed
+    refused = case.limiter.acquire([lease("a"), monthly(10, cost=5), per_hour(5)])
+    assert not refused.allowed and refused.refused == monthly(10, cost=5)
+    assert refused.retry_after == pytest.approx(month_of(time.time())[1], abs=2)
+    assert [s.remaining for s in refused.states] == [2, 4, 5]  # nothing was charged
+    admitted = case.limiter.acquire([lease("a"), monthly(10, cost=4), per_hour(5)])
+    assert [s.remaining for s in admitted.states] == [1, 0, 4]
+    assert admitted.states[1].reset_after == pytest.approx(month_of(time.time())[1], abs=2)
+    assert not case.limiter.acquire([monthly(10)]).allowed
+
+
+def test_a_cost_above_the_whole_month_is_never_admissible(case: Case) -> None:
+    refused = case.limiter.acquire([monthly(10, cost=11), per_hour(5)])
+    assert refused.retry_after == math.inf and refused.refused == monthly(10, cost=11)
+    assert case.limiter.acquire([monthly(10, cost=10)]).allowed
+
+
+def test_a_monthly_quota_is_adjusted_but_never_below_nothing_used(case: Case) -> None:
+    assert case.limiter.acquire([monthly(10, cost=8)]).allowed
+    assert case.limiter.adjust(monthly(10), -5).remaining == 7
+    assert case.limiter.adjust(monthly(10), -100).remaining == 10
+    assert case.limiter.adjust(monthly(10), 12).remaining == 0
+    assert not case.limiter.acquire([monthly(10)]).allowed
+
+
+def test_the_next_calendar_month_starts_whole() -> None:
+    wall = Clock()
+    wall.now = datetime(2028, 2, 29, 23, 59, 50, tzinfo=UTC).timestamp()  # a leap day
+    limiter = MemoryLimiter(wall=wall)
+    assert limiter.acquire([monthly(10, cost=10)]).allowed
+    refused = limiter.acquire([monthly(10)])
+    assert refused.retry_after == pytest.approx(10)
+    wall.advance(10)
+    assert limiter.acquire([monthly(10, cost=10)]).allowed
+
+
+@pytest.mark.parametrize(
+    ("moment", "month", "left"),
+    [
+        (datetime(2026, 11, 27, 12, tzinfo=UTC), 2026 * 12 + 10, 3.5 * 86400),
+        (datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC), 2026 * 12 + 11, 1),
+        (datetime(2028, 2, 28, tzinfo=UTC), 2028 * 12 + 1, 2 * 86400),
+        (datetime(2100, 2, 28, tzinfo=UTC), 2100 * 12 + 1, 86400),
+    ],
+)
+def test_calendar_months(moment: datetime, month: int, left: float) -> None:
+    assert month_of(moment.timestamp()) == (month, left)
+
+
+def test_redis_counts_a_month_by_its_own_clock() -> None:
+    with throwaway_prefix() as prefix:
+        limiter = RedisLimiter(REDIS_URL, prefix=prefix)
+        limiter.acquire([monthly(10, cost=3)])
+        client = redis.Redis.from_url(REDIS_URL)
+        seconds, micros = client.time()
+        stored = client.hgetall(f"{prefix}month:m")
+        ttl = client.pttl(f"{prefix}month:m")
+        client.close()
+        limiter.close()
+    month, left = month_of(seconds + micros / 1e6)
+    assert stored == {b"m": str(month).encode(), b"u": b"3"}
+    assert ttl == pytest.approx(left * 1000, abs=2000)
 
 
 def test_redis_keys_are_namespaced_and_expire_when_idle() -> None:

@@ -1,25 +1,22 @@
-"""Canonical JSON, the domain-separated hash chain, appends under a locked head, verification."""
+"""The domain-separated hash chain: appends under a locked head, verification."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from gateway.audit.canonical import BODY_FIELDS, GENESIS_HASH, body_of, canonical_json, entry_hash
 from gateway.db.models import AuditEvent, AuditHead, Base, utcnow
 from gateway.db.prepared import Prepared
 from gateway.observability.metrics import count_decision
 
-DOMAIN = b"airlock-audit-v1\x00"
-GENESIS_HASH = "0" * 64
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_body = body_of  # the name bench/audit.py knew before the pure module split out
 
 
 class AuditAction(StrEnum):
@@ -59,65 +56,9 @@ class AuditAction(StrEnum):
     USER_CREATE = "user:create"
 
 
-def canonical_json(value: Any) -> bytes:
-    """Sorted keys, UTF-8, no insignificant whitespace; floats are refused, not rounded."""
-    return json.dumps(
-        _canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
-
-
-def _canonical(value: Any) -> Any:
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:  # most values: no checks
-        return value
-    if kind is dict:
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, float):
-        raise TypeError("floats are not allowed in audit events; use integers or strings")
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def format_timestamp(moment: datetime) -> str:
-    """Fixed-format UTC with microseconds, e.g. 2026-01-02T03:04:05.000006Z."""
-    if moment.tzinfo is None:
-        raise ValueError("audit timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
-BODY_FIELDS = (
-    "seq",
-    "occurred_at",
-    "action",
-    "actor_id",
-    "org_id",
-    "subject_user_id",
-    "model_id",
-    "effect",
-    "payload",
-)
-
-
 def event_body(event: AuditEvent) -> dict[str, Any]:
     """The hashed content of an event: everything but its own link fields."""
-    return _body({name: getattr(event, name) for name in BODY_FIELDS})
-
-
-def _body(fields: Mapping[str, Any]) -> dict[str, Any]:
-    body = {name: fields[name] for name in BODY_FIELDS}
-    body["occurred_at"] = format_timestamp(body["occurred_at"])
-    return body
-
-
-def entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
-    """SHA-256(domain || prev_hash || SHA-256(canonical_json(body))), hex."""
-    inner = hashlib.sha256(canonical_json(body)).digest()
-    return hashlib.sha256(DOMAIN + bytes.fromhex(prev_hash) + inner).hexdigest()
+    return body_of({name: getattr(event, name) for name in BODY_FIELDS})
 
 
 _head = AuditHead.__table__.c
@@ -181,7 +122,7 @@ class AuditRecorder:
             "payload": json.loads(canonical_json(payload or {})),
             "prev_hash": prev,
         }
-        row["entry_hash"] = digest = entry_hash(prev, _body(row))
+        row["entry_hash"] = digest = entry_hash(prev, body_of(row))
         _APPEND_EVENT.all(conn, row)
         _MOVE_HEAD.all(conn, {"new_seq": row["seq"], "new_hash": digest})
         if effect is not None:

@@ -58,6 +58,8 @@ DEFAULT_SIGNALS = (Signal.NATIONALITY, Signal.RESIDENCE_COUNTRY)
 DEFAULT_SIGNED_URL_TTL = timedelta(minutes=10)
 MAX_SIGNED_URL_TTL = timedelta(hours=1)
 _SERVING = frozenset({GrantKind.INFERENCE, GrantKind.WEIGHTS})
+# At most one value in this many is marked: keeps a bf16 tensor's relative L2 change < 1e-3.
+MARK_DENSITY = 128
 
 
 def _compact(found: dict[str, object]) -> dict[str, object]:
@@ -180,6 +182,7 @@ class Limits:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
+    tokens_per_month: int | None = None  # per UTC calendar month
     downloads_per_day: int | None = None
     bytes_per_day: int | None = None
     concurrent_downloads: int | None = None
@@ -188,6 +191,34 @@ class Limits:
     def to_dict(self) -> dict[str, object]:
         """Canonical JSON-ready form (unset limits left out)."""
         return _compact(dict(vars(self)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fingerprint:
+    """Which files and tensors a tier marks per recipient, and how many values per tensor."""
+
+    files: tuple[str, ...] = ("*.safetensors",)
+    tensors: tuple[str, ...] = ("*",)
+    positions: int = 4096
+    min_numel: int = 16384
+
+    def marks_file(self, path: str) -> bool:
+        """Whether `path` gets a marked per-grant copy (other files are served shared)."""
+        name = path.rsplit("/", 1)[-1]
+        return any(fnmatchcase(path, g) or fnmatchcase(name, g) for g in self.files)
+
+    def positions_for(self, tensor: str, numel: int) -> int:
+        """How many values of the tensor to move (0: not marked); at most 1 in 128 values."""
+        if numel < self.min_numel or not any(fnmatchcase(tensor, g) for g in self.tensors):
+            return 0
+        return min(self.positions, numel // MARK_DENSITY)
+
+    def to_dict(self) -> object:
+        """Canonical JSON-ready form: `true` for the defaults, else the settings."""
+        if self == Fingerprint():
+            return True
+        found = dict(vars(self))
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in found.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,7 +233,7 @@ class Tier:
     limits: Limits = field(default_factory=Limits)
     grant_ttl: timedelta | None = None
     signed_url_ttl: timedelta = DEFAULT_SIGNED_URL_TTL
-    fingerprint: bool = False
+    fingerprint: Fingerprint | None = None
 
     @property
     def serves_model(self) -> bool:
@@ -229,7 +260,7 @@ class Tier:
             "grant_ttl": format_duration(self.grant_ttl) if self.grant_ttl else None,
             "signed_url_ttl": format_duration(self.signed_url_ttl),
             "opens_in": [stage.value for stage in Stage if stage in self.opens_in],
-            "fingerprint": self.fingerprint,
+            "fingerprint": self.fingerprint.to_dict() if self.fingerprint else False,
         }
         return _compact(found)
 
@@ -442,11 +473,33 @@ def _tier(c: _Context, value: object, path: str) -> Tier:
         limits=_limits(r, m.get("limits"), child(path, "limits")),
         grant_ttl=r.duration(m.get("grant_ttl"), child(path, "grant_ttl")),
         signed_url_ttl=_signed_url_ttl(r, m.get("signed_url_ttl"), child(path, "signed_url_ttl")),
-        fingerprint=r.boolean(m.get("fingerprint"), child(path, "fingerprint")),
+        fingerprint=_fingerprint(r, m.get("fingerprint"), child(path, "fingerprint")),
     )
     if tier.fingerprint and GrantKind.WEIGHTS not in grants:
         r.error(child(path, "fingerprint"), "fingerprint applies only to tiers that grant weights")
     return tier
+
+
+_FINGERPRINT = ("files", "tensors", "positions", "min_numel")
+
+
+def _fingerprint(r: Reader, value: object, path: str) -> Fingerprint | None:
+    if value is None or isinstance(value, bool):
+        return Fingerprint() if r.boolean(value, path) else None
+    m = r.mapping(value, path, optional=_FINGERPRINT)
+    files = [
+        _relative(r, item, here) for here, item in r.items(m.get("files"), child(path, "files"))
+    ]
+    tensors = [
+        r.text(item, here) for here, item in r.items(m.get("tensors"), child(path, "tensors"))
+    ]
+    default = Fingerprint()
+    return Fingerprint(
+        files=tuple(f for f in files if f is not None) or default.files,
+        tensors=tuple(t for t in tensors if t is not None) or default.tensors,
+        positions=r.integer(m.get("positions"), child(path, "positions")) or default.positions,
+        min_numel=r.integer(m.get("min_numel"), child(path, "min_numel")) or default.min_numel,
+    )
 
 
 def _grants(r: Reader, value: object, path: str) -> frozenset[GrantKind]:

@@ -12,6 +12,7 @@ from policies import (
     ApprovalMode,
     Effect,
     FieldType,
+    Fingerprint,
     FormField,
     GrantKind,
     KycLevel,
@@ -140,6 +141,14 @@ BAD = [
         "{downloads_per_day: -1}",
         "tiers[1].limits.downloads_per_day",
         "downloads_per_day",
+        "at least 1",
+    ),
+    Bad(
+        "zero-monthly-quota",
+        "{bytes_per_day: 400GB}",
+        "{tokens_per_month: 0}",
+        "tiers[1].limits.tokens_per_month",
+        "tokens_per_month",
         "at least 1",
     ),
     Bad(
@@ -338,6 +347,38 @@ BAD = [
         "weights",
     ),
     Bad(
+        "fingerprint-unknown-setting",
+        "grant_ttl: 90d",
+        "grant_ttl: 90d\n    fingerprint: {positions: 64, density: 2}",
+        "tiers[1].fingerprint.density",
+        "fingerprint",
+        "density",
+    ),
+    Bad(
+        "fingerprint-zero-positions",
+        "grant_ttl: 90d",
+        "grant_ttl: 90d\n    fingerprint: {positions: 0}",
+        "tiers[1].fingerprint.positions",
+        "fingerprint",
+        "at least 1",
+    ),
+    Bad(
+        "fingerprint-not-a-mapping",
+        "grant_ttl: 90d",
+        "grant_ttl: 90d\n    fingerprint: sometimes",
+        "tiers[1].fingerprint",
+        "fingerprint",
+        "mapping",
+    ),
+    Bad(
+        "fingerprint-files-escape",
+        "grant_ttl: 90d",
+        "grant_ttl: 90d\n    fingerprint: {files: [../x.safetensors]}",
+        "tiers[1].fingerprint.files[0]",
+        "fingerprint",
+        "relative",
+    ),
+    Bad(
         "affiliation-empty",
         "form: research",
         "form: research\n      affiliation: {}",
@@ -483,11 +524,65 @@ def test_example_jurisdiction_defaults() -> None:
     assert len(weights_rule.signals) == 5
 
 
+def test_a_monthly_token_quota_parses_and_round_trips() -> None:
+    source = BASE.replace("{bytes_per_day: 400GB}", "{tokens_per_month: 5000000}")
+    limits = parse_policy(source).tiers[1].limits
+    assert limits.tokens_per_month == 5_000_000 and limits.tokens_per_day is None
+    assert limits.to_dict() == {"tokens_per_month": 5_000_000}
+
+
 def test_to_dict_round_trips() -> None:
     policy = parse_policy(EXAMPLE, packs=PACKS)
     document = json.loads(json.dumps(policy.to_dict()))
     assert parse_policy(yaml.safe_dump(document), packs=PACKS) == policy
     assert document["tiers"][0]["requires"] == {}
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("", None),
+        ("\n    fingerprint: false", None),
+        ("\n    fingerprint: true", Fingerprint()),
+        (
+            "\n    fingerprint:\n      files: [model-0000*.safetensors]\n      tensors: ['*.mlp.*']"
+            "\n      positions: 1000\n      min_numel: 100000",
+            Fingerprint(
+                files=("model-0000*.safetensors",),
+                tensors=("*.mlp.*",),
+                positions=1000,
+                min_numel=100000,
+            ),
+        ),
+        ("\n    fingerprint: {positions: 64}", Fingerprint(positions=64)),
+    ],
+)
+def test_fingerprint_forms(setting: str, expected: Fingerprint | None) -> None:
+    policy = parse_policy(BASE.replace("grant_ttl: 90d", "grant_ttl: 90d" + setting, 1))
+    assert policy.tiers[1].fingerprint == expected
+    again = json.loads(json.dumps(policy.to_dict()))
+    assert parse_policy(yaml.safe_dump(again)) == policy
+
+
+@pytest.mark.parametrize(
+    ("tensor", "numel", "k"),
+    [
+        ("layers.0.mlp.up.weight", 10**6, 4096),
+        ("layers.0.mlp.up.weight", 128 * 100, 0),  # under min_numel
+        ("layers.0.mlp.up.weight", 128 * 200, 200),  # at most 1 value in 128
+        ("layers.0.attn.q.weight", 10**6, 0),  # not selected
+    ],
+)
+def test_fingerprint_positions_per_tensor(tensor: str, numel: int, k: int) -> None:
+    settings = Fingerprint(tensors=("*.mlp.*",), min_numel=20000)
+    assert settings.positions_for(tensor, numel) == k
+
+
+def test_fingerprint_files_select_the_marked_shards() -> None:
+    settings = Fingerprint(files=("model-00001-*.safetensors",))
+    assert settings.marks_file("sub/model-00001-of-00002.safetensors")
+    assert not settings.marks_file("model-00002-of-00002.safetensors")
+    assert Fingerprint().marks_file("model.safetensors") and not Fingerprint().marks_file("c.json")
 
 
 def test_norway_is_a_country_not_false() -> None:

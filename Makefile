@@ -9,7 +9,7 @@ DATA_DIR ?= ./var/demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test lint typecheck contracts pytest services bench bench-vetting bench-ratelimit bench-inference clean worker beat
+.PHONY: demo test lint typecheck contracts pytest services bench bench-vetting bench-ratelimit bench-inference bench-audit clean worker beat
 
 demo: $(VENV)/.runtime
 	$(BIN)/airlock demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
@@ -83,6 +83,11 @@ bench-ratelimit: $(VENV)/.dev
 
 bench-inference: $(VENV)/.dev
 	$(BIN)/python bench/inference.py
+
+# Audit appends by 8 writer processes, chained against plain inserts, and the offline verifier
+# (needs PostgreSQL; a throwaway database; about 40 s).
+bench-audit: $(VENV)/.dev
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) $(HUB036) $(OPENAI1) var .pytest_cache .mypy_cache .ruff_cache

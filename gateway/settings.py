@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_DATA_DIR = "./var/airlock"
 LOG_FORMATS = ("json", "text")
@@ -73,6 +74,19 @@ class Settings:
     upstream_timeout: float = 60.0
     inference_max_tokens: int = 1024
     inference_lease_seconds: int = 900
+    audit_signing_key: str | None = field(default=None, repr=False)
+    audit_retired_keys: tuple[str, ...] = ()
+    audit_origin: str | None = None
+    audit_checkpoint_seconds: int = 300
+    audit_checkpoint_events: int = 10_000
+
+    @property
+    def checkpoint_origin(self) -> str:
+        """The origin line of audit checkpoints: set, else `<public URL host>/audit`."""
+        if self.audit_origin:
+            return self.audit_origin
+        host = urlsplit(self.public_url).hostname if self.public_url else None
+        return f"{host or 'localhost'}/audit"
 
     def __repr__(self) -> str:
         """The dataclass repr, with the password of any URL (database, Redis, broker) masked."""
@@ -129,6 +143,11 @@ def load_settings(
         upstream_timeout=int(env.get("AIRLOCK_UPSTREAM_TIMEOUT_MS", 60000)) / 1000,
         inference_max_tokens=int(env.get("AIRLOCK_INFERENCE_MAX_TOKENS", 1024)),
         inference_lease_seconds=int(env.get("AIRLOCK_INFERENCE_LEASE_SECONDS", 900)),
+        audit_signing_key=_value_or_file(env, "AIRLOCK_AUDIT_SIGNING_KEY") or None,
+        audit_retired_keys=_lines(_value_or_file(env, "AIRLOCK_AUDIT_RETIRED_KEYS")),
+        audit_origin=env.get("AIRLOCK_AUDIT_ORIGIN") or None,
+        audit_checkpoint_seconds=int(env.get("AIRLOCK_AUDIT_CHECKPOINT_SECONDS", 300)),
+        audit_checkpoint_events=int(env.get("AIRLOCK_AUDIT_CHECKPOINT_EVENTS", 10_000)),
     )
 
 
@@ -159,6 +178,19 @@ def _one_of(value: str, name: str, allowed: tuple[str, ...]) -> str:
 
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+def _value_or_file(env: Mapping[str, str], name: str) -> str:
+    """`name`'s value, else the text of the file `<name>_FILE` names (a missing file raises)."""
+    if value := env.get(name, "").strip():
+        return value
+    path = env.get(f"{name}_FILE")
+    return Path(path).read_text().strip() if path else ""
+
+
+def _lines(value: str) -> tuple[str, ...]:
+    """Items separated by commas or newlines (verifier keys contain neither)."""
+    return tuple(p.strip() for p in re.split(r"[,\n]", value) if p.strip())
 
 
 def _masked(value: object) -> object:

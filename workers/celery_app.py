@@ -16,6 +16,8 @@ from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings
 from gateway.tasks.broker import CeleryRunner, configure
 from gateway.tasks.catalog import (
+    CHECKPOINT_TASK,
+    CHECKPOINT_TICK_SECONDS,
     QUEUES,
     RESCREEN_INTERVAL_SECONDS,
     RESCREEN_TASK,
@@ -59,7 +61,7 @@ class WorkerServices:
 
 
 def make_celery(settings: Settings) -> Celery:
-    """The worker app: shared broker configuration, the tasks, and the sweep's beat schedule."""
+    """The worker app: shared broker configuration, the tasks, and the beat schedule."""
     if not settings.broker_url:
         raise ValueError("AIRLOCK_BROKER_URL is not set: tasks run in-process, no worker needed")
     app = Celery("airlock")
@@ -76,6 +78,14 @@ def make_celery(settings: Settings) -> Celery:
                 "task": RESCREEN_TASK,
                 "schedule": float(RESCREEN_INTERVAL_SECONDS),
                 "options": {"queue": SPECS[RESCREEN_TASK].queue, "expires": 3600},
+            },
+            "checkpoint-audit": {
+                "task": CHECKPOINT_TASK,
+                "schedule": float(CHECKPOINT_TICK_SECONDS),
+                "options": {
+                    "queue": SPECS[CHECKPOINT_TASK].queue,
+                    "expires": CHECKPOINT_TICK_SECONDS,
+                },
             },
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),

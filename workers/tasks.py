@@ -14,6 +14,7 @@ from gateway.services.container import Airlock
 from gateway.services.provisioning import StagingRace
 from gateway.tasks import jobs
 from gateway.tasks.catalog import (
+    CHECKPOINT_TASK,
     KYC_TASK,
     PROVISION_TASK,
     REEVALUATE_MODEL_TASK,
@@ -73,6 +74,9 @@ def register_tasks(app: Celery, airlock: Callable[[], Airlock]) -> None:
     def apply_kyc_event(event_id: int) -> None:
         jobs.apply_kyc_event(airlock(), event_id=event_id)
 
+    def checkpoint_audit() -> None:
+        jobs.checkpoint_audit(airlock())
+
     for name, run in (
         (VET_TASK, vet_revision),
         (PROVISION_TASK, provision_download),
@@ -81,5 +85,6 @@ def register_tasks(app: Celery, airlock: Callable[[], Airlock]) -> None:
         (REEVALUATE_USER_TASK, reevaluate_user),
         (RESCREEN_TASK, rescreen_grants),
         (KYC_TASK, apply_kyc_event),
+        (CHECKPOINT_TASK, checkpoint_audit),
     ):
         app.task(**task_options(name))(run)

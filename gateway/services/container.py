@@ -13,6 +13,7 @@ from gateway.kyc.dedup import SeenEvents
 from gateway.kyc.registry import providers_from_settings
 from gateway.ratelimit import Limiter, limiter_from_url
 from gateway.services.access import AccessService
+from gateway.services.checkpoints import CheckpointService
 from gateway.services.downloads import DownloadService
 from gateway.services.identity import IdentityService
 from gateway.services.inference import InferenceService
@@ -64,6 +65,11 @@ class Airlock:
             publishing=self.publishing,
             runner=self.runner,
         )
+
+    @cached_property
+    def checkpoints(self) -> CheckpointService:
+        """Signs audit checkpoints and verifies them (keys come from `load_keys(settings)`)."""
+        return CheckpointService()
 
     @cached_property
     def inference(self) -> InferenceService:

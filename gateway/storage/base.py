@@ -80,6 +80,10 @@ class Storage(Protocol):
         """Remove `key` if present."""
         ...
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (a folder-like prefix ending in /), sorted."""
+        ...
+
     def check(self) -> None:
         """A cheap readiness probe; StorageUnavailable when the backend cannot serve."""
         ...

@@ -78,6 +78,14 @@ class LocalStorage:
         """Remove the blob file if present."""
         self._path(key).unlink(missing_ok=True)
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """The files under the directory `prefix` names, as keys, sorted."""
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return []
+        found = (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(p.relative_to(self.root).as_posix() for p in found)
+
     def check(self) -> None:
         """The root is a writable directory."""
         if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):

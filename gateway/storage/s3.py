@@ -229,6 +229,15 @@ class S3Storage:
         with translated(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """ListObjectsV2 under `prefix`, every page, as keys without this storage's prefix."""
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        with translated(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                keys.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", []))
+        return sorted(keys)
+
     def check(self) -> None:
         """HeadBucket: the bucket exists and our credentials reach it."""
         try:

@@ -11,11 +11,15 @@ REEVALUATE_MODEL_TASK = "airlock.policy.reevaluate_model"
 REEVALUATE_USER_TASK = "airlock.policy.reevaluate_user"
 RESCREEN_TASK = "airlock.policy.rescreen_grants"
 KYC_TASK = "airlock.kyc.apply_event"
+CHECKPOINT_TASK = "airlock.audit.checkpoint"
 
 QUEUES = ("vetting", "provisioning", "kyc", "audit", "default")
 DEFAULT_QUEUE = "default"
 SWEEP_INTERVAL_SECONDS = 300
 RESCREEN_INTERVAL_SECONDS = 24 * 3600
+# The checkpoint task decides cheaply whether one is due (AIRLOCK_AUDIT_CHECKPOINT_SECONDS or
+# _EVENTS): ticking often bounds how late a checkpoint can be.
+CHECKPOINT_TICK_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ SPECS = {
         TaskSpec(RESCREEN_TASK, DEFAULT_QUEUE, soft_time_limit=3300, time_limit=3600),
         # A few provider API calls, each with the KYC HTTP timeout (10 s by default).
         TaskSpec(KYC_TASK, "kyc", soft_time_limit=110, time_limit=120),
+        # Reads and links the events since the last checkpoint (10,000 by default), signs one note.
+        TaskSpec(CHECKPOINT_TASK, "audit", soft_time_limit=110, time_limit=120),
     )
 }
 LONGEST_TIME_LIMIT = max(spec.time_limit for spec in SPECS.values())

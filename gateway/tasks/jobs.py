@@ -15,9 +15,11 @@ from sqlalchemy import select
 
 from gateway.db.engine import begin_read_only
 from gateway.db.models import Revision, utcnow
+from gateway.services.checkpoints import load_keys
 from gateway.services.sweeps import notice_pack_changes
 from gateway.services.vetting import vetting_report
 from gateway.tasks.catalog import (
+    CHECKPOINT_TASK,
     KYC_TASK,
     PROVISION_TASK,
     REEVALUATE_MODEL_TASK,
@@ -151,6 +153,28 @@ def rescreen_grants(airlock: Airlock, *, pack_id: str | None = None, at: str | N
             )
 
 
+def checkpoint_audit(airlock: Airlock, *, force: bool = False) -> None:
+    """Sign a checkpoint of the audit chain when one is due (or `force`); nothing new, none."""
+    service, settings = airlock.checkpoints, airlock.settings
+    if not force:
+        with airlock.db.session() as session:
+            begin_read_only(session)
+            due = service.due(
+                session,
+                now=utcnow(),
+                every=timedelta(seconds=settings.audit_checkpoint_seconds),
+                events=settings.audit_checkpoint_events,
+            )
+            session.commit()
+        if not due:
+            return
+    keys = load_keys(settings)  # no key in production: raises, and the task fails loudly
+    with airlock.db.session() as session:
+        service.create(
+            session, signer=keys.signer, storage=airlock.storage, origin=settings.checkpoint_origin
+        )
+
+
 def _instant(text: str) -> datetime:
     found = datetime.fromisoformat(text)
     if found.tzinfo is None:
@@ -166,4 +190,5 @@ JOBS: dict[str, Callable[..., Any]] = {
     REEVALUATE_USER_TASK: reevaluate_user,
     RESCREEN_TASK: rescreen_grants,
     KYC_TASK: apply_kyc_event,
+    CHECKPOINT_TASK: checkpoint_audit,
 }

@@ -88,6 +88,18 @@ def test_a_missing_object_is_artifact_missing_and_deleting_it_is_a_no_op(storage
     assert not storage.exists("gone")
 
 
+def test_list_keys_names_every_object_under_a_prefix_sorted(storage: Storage) -> None:
+    assert storage.list_keys("audit/checkpoints/") == []
+    for key in ("audit/checkpoints/02.note", "audit/checkpoints/01.note", "audit/other", "x"):
+        storage.put_stream(key, io.BytesIO(b"n"), max_bytes=1)
+    assert storage.list_keys("audit/checkpoints/") == [
+        "audit/checkpoints/01.note",
+        "audit/checkpoints/02.note",
+    ]
+    with pytest.raises(InvalidInput):
+        storage.list_keys("../")
+
+
 def test_keys_cannot_escape_the_root(storage: Storage) -> None:
     with pytest.raises(InvalidInput):
         storage.put_stream("../outside", io.BytesIO(b"x"), max_bytes=1)

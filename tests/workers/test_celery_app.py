@@ -23,6 +23,7 @@ NAMES = {
     "airlock.policy.reevaluate_user": "kyc",
     "airlock.policy.rescreen_grants": "default",
     "airlock.kyc.apply_event": "kyc",
+    "airlock.audit.checkpoint": "audit",
 }
 
 
@@ -54,6 +55,9 @@ def test_the_app_speaks_json_acks_late_and_prefetches_one(broker_settings: Setti
     assert schedule["task"] == SWEEP_TASK and schedule["options"]["queue"] == "default"
     rescreen = conf.beat_schedule["rescreen-grants"]
     assert rescreen["task"] == "airlock.policy.rescreen_grants" and rescreen["schedule"] == 86400
+    checkpoint = conf.beat_schedule["checkpoint-audit"]
+    assert checkpoint["task"] == "airlock.audit.checkpoint" and checkpoint["schedule"] == 30
+    assert checkpoint["options"] == {"queue": "audit", "expires": 30}
 
 
 def test_every_task_has_its_stable_name_queue_limits_and_retry_policy(

@@ -15,6 +15,7 @@ LOG_FORMATS = ("json", "text")
 # Inference upstreams' credentials: a model names one of these variables, never holds the value,
 # and cannot name any other variable (such as AIRLOCK_SECRET_KEY).
 UPSTREAM_KEY_PREFIX = "AIRLOCK_UPSTREAM_KEY_"
+FINGERPRINT_SECRET = "AIRLOCK_FINGERPRINT_SECRET"  # noqa: S105 (a variable name)
 URL_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
 KYC_PROVIDERS = {  # name: (environment prefix, default API base URL)
     "persona": ("AIRLOCK_KYC_PERSONA_", "https://withpersona.com/api/v1"),
@@ -43,6 +44,10 @@ class Settings:
     storage_url: str
     secret_key: str = field(repr=False)
     public_url: str | None = None
+    # Per-recipient fingerprint keys by version: `fingerprint_key_version` marks new copies,
+    # older versions still trace copies marked before a rotation.
+    fingerprint_secrets: Mapping[int, str] = field(default_factory=dict, repr=False)
+    fingerprint_key_version: int = 1
     redis_url: str | None = None
     ratelimit_timeout: float = 0.1
     broker_url: str | None = None
@@ -111,6 +116,8 @@ def load_settings(
         secret_key=env.get("AIRLOCK_SECRET_KEY") or _local_secret(root, "secret_key"),
         public_url=env.get("AIRLOCK_PUBLIC_URL") or None,
         redis_url=env.get("AIRLOCK_REDIS_URL") or None,
+        fingerprint_secrets=_fingerprint_secrets(env, root),
+        fingerprint_key_version=_fingerprint_version(env),
         ratelimit_timeout=int(env.get("AIRLOCK_RATELIMIT_TIMEOUT_MS", 100)) / 1000,
         broker_url=env.get("AIRLOCK_BROKER_URL") or None,
         s3_endpoint_url=env.get("AIRLOCK_S3_ENDPOINT_URL") or None,
@@ -209,6 +216,23 @@ def _local_secret(root: Path, name: str) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process created it first: use theirs
         return path.read_text().strip()
+def _fingerprint_version(env: Mapping[str, str]) -> int:
+    return int(env.get("AIRLOCK_FINGERPRINT_KEY_VERSION") or 1)
+
+
+def _fingerprint_secrets(env: Mapping[str, str], root: Path) -> dict[int, str]:
+    """`AIRLOCK_FINGERPRINT_SECRET` (else one generated into the data dir) under the current
+    version, and retired keys as `AIRLOCK_FINGERPRINT_SECRET_V<n>`."""
+    found = {
+        int(name.removeprefix(FINGERPRINT_SECRET + "_V")): value
+        for name, value in env.items()
+        if name.startswith(FINGERPRINT_SECRET + "_V")
+        and name[len(FINGERPRINT_SECRET) + 2 :].isdigit()
+    }
+    current = env.get(FINGERPRINT_SECRET) or _local_secret(root, "fingerprint_secret")
+    return {**found, _fingerprint_version(env): current}
+
+
     with os.fdopen(fd, "w") as handle:
         handle.write(value)
     return value

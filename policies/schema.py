@@ -197,13 +197,13 @@ class Limits:
 class Fingerprint:
     """Which files and tensors a tier marks per recipient, and how many values per tensor."""
 
-    files: tuple[str, ...] = ("*.safetensors",)
+    files: tuple[str, ...] = ("*",)
     tensors: tuple[str, ...] = ("*",)
     positions: int = 4096
     min_numel: int = 16384
 
-    def marks_file(self, path: str) -> bool:
-        """Whether `path` gets a marked per-grant copy (other files are served shared)."""
+    def stages_file(self, path: str) -> bool:
+        """Whether `path` gets a per-grant copy (marked if safetensors); others are shared."""
         name = path.rsplit("/", 1)[-1]
         return any(fnmatchcase(path, g) or fnmatchcase(name, g) for g in self.files)
 

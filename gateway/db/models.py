@@ -382,6 +382,30 @@ class StagedFile(Base):
 class DownloadTicket(Base):
     """One authorized file request against a grant: the signed URL handed out."""
 
+class DownloadFingerprint(Base):
+    """A grant's marked copy of one file as delivered: key version, parameters, exact digest.
+
+    Kept after the copy itself is swept (a leak surfaces long after a grant ends): `airlock
+    trace` matches a suspect's sha256 here first, then tests each recorded grant's mark.
+    """
+
+    __tablename__ = "download_fingerprints"
+    __table_args__ = (UniqueConstraint("grant_id", "file_id", "key_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    file_id: Mapped[int] = mapped_column(
+        ForeignKey("revision_files.id", ondelete="CASCADE"), index=True
+    )
+    key_version: Mapped[int]
+    # {"settings": the tier's fingerprint settings, "tensors": {name: K}}
+    params: Mapped[dict[str, Any]]
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
     __tablename__ = "download_tickets"
 
     id: Mapped[int] = mapped_column(primary_key=True)

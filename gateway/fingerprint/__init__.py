@@ -1,6 +1,6 @@
 """Per-recipient fingerprints of safetensors weights: keyed marking and tracing (no Flask)."""
 
-from gateway.fingerprint.keys import FingerprintKey, Keyring, codeword
+from gateway.fingerprint.keys import FingerprintKey, Keyring, codeword, keyring
 from gateway.fingerprint.marker import CHUNK, MarkedTensor, mark, marked_tensors
 from gateway.fingerprint.safetensors import Header, NotSafetensors, TensorInfo, read_header
 
@@ -13,6 +13,7 @@ __all__ = [
     "NotSafetensors",
     "TensorInfo",
     "codeword",
+    "keyring",
     "mark",
     "marked_tensors",
     "read_header",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -47,3 +48,11 @@ def codeword(key: FingerprintKey, grant_id: int, tensor: str, numel: int, k: int
             if position not in chosen and len(chosen) < k:
                 chosen[position] = word & 1
     return sorted(p * 2 + up for p, up in chosen.items())
+
+
+def keyring(secrets: Mapping[int, str], current: int) -> Keyring:
+    """The keyring of a deployment's secrets by version; the `current` version must be set."""
+    if not secrets.get(current):
+        raise ValueError(f"no fingerprint secret for the current key version {current}")
+    older = tuple(FingerprintKey(v, s.encode()) for v, s in sorted(secrets.items()) if v != current)
+    return Keyring(FingerprintKey(current, secrets[current].encode()), older)

@@ -8,6 +8,7 @@ from functools import cached_property, partial
 
 from gateway.audit import AuditRecorder
 from gateway.db.engine import Database
+from gateway.fingerprint import keyring
 from gateway.geo import RequestGeo, geo_from_settings
 from gateway.kyc.dedup import SeenEvents
 from gateway.kyc.registry import providers_from_settings
@@ -113,7 +114,11 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
     policies = PolicyService(audit=audit, packs=packs, publishing=publishing, runner=task_runner)
     access = AccessService(audit=audit, policies=policies, packs=packs, runner=task_runner)
     provisioning = ProvisioningService(
-        audit=audit, storage=storage, policies=policies, runner=task_runner
+        audit=audit,
+        storage=storage,
+        policies=policies,
+        runner=task_runner,
+        keys=keyring(settings.fingerprint_secrets, settings.fingerprint_key_version),
     )
     downloads = DownloadService(
         audit=audit,

@@ -42,6 +42,7 @@ from gateway.services.publishing import (
     COMMIT_HEX,
     PublishingService,
     VettingState,
+    git_blob_oid,
     load_vetting,
 )
 from gateway.services.rows import (
@@ -54,6 +55,7 @@ from gateway.services.rows import (
     UserFacts,
     insert_ticket,
     load_access,
+    load_copies,
     load_file_with_commit,
     load_revision,
     load_staged_blob,
@@ -90,6 +92,11 @@ class WeightsAccess:
     def grant_for(self, path: str) -> tuple[GrantRow, Tier]:
         """The grant that covers `path` (the first, in grant order)."""
         return next((g, t) for g, t in self.grants if t.allows_file(path))
+
+    def own_copy(self, path: str) -> bool:
+        """Whether the caller receives a marked copy of `path` of their own."""
+        tier = self.grant_for(path)[1] if self.allows(path) else None
+        return bool(tier and tier.fingerprint and tier.fingerprint.stages_file(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,9 +387,18 @@ class DownloadService:
     def visible_files(
         self, session: Session, access: WeightsAccess, revision: RevisionRow
     ) -> list[FileRow]:
-        """The files of `revision` the caller's grants cover (others are invisible)."""
+        """The files of `revision` the caller's grants cover (others are invisible), each as
+        the caller would receive it: a marked file lists the grant's own copy (its size,
+        sha256 and git oid) once provisioned, so listings and downloads agree."""
         files = self.files.get(session.connection(), revision)
-        return [f for f in files.files if access.allows(f.path)]
+        visible = [f for f in files.files if access.allows(f.path)]
+        own = [f for f in visible if access.own_copy(f.path)]
+        if not own:
+            return visible
+        copies = load_copies(
+            session.connection(), [(access.grant_for(f.path)[0].id, f.id) for f in own]
+        )
+        return [_as_copy(f, copies.get(f.id)) for f in visible]
 
     def find_file(
         self, session: Session, access: WeightsAccess, revision: RevisionRow, path: str
@@ -405,7 +421,7 @@ class DownloadService:
         original without reading anything more.
         """
         grant, tier = access.grant_for(file.path)
-        if not tier.fingerprint:
+        if not tier.fingerprint or not tier.fingerprint.stages_file(file.path):
             return Served.original(file)
         staging = load_staging(session.connection(), grant.id, file.id)
         if staging is not None and staging.provisioned:
@@ -744,6 +760,13 @@ def _dimensions(
     if lease is not None:
         dims.append(lease)
     return dims
+
+
+def _as_copy(file: FileRow, copy: tuple[str, int] | None) -> FileRow:
+    if copy is None:  # not provisioned yet: the original's figures until it is
+        return file
+    sha256, size = copy
+    return replace(file, sha256=sha256, size=size, git_oid=git_blob_oid(size, sha256))
 
 
 def _lease(grant: GrantRow, tier: Tier, ticket_id: int, ttl: timedelta) -> Lease | None:

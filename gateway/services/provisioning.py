@@ -16,13 +16,22 @@ from sqlalchemy import Connection, CursorResult, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
-from gateway.db.models import Grant, GrantStatus, Revision, RevisionFile, StagedFile, utcnow
+from gateway.db.models import (
+    DownloadFingerprint,
+    Grant,
+    GrantStatus,
+    Revision,
+    RevisionFile,
+    StagedFile,
+    utcnow,
+)
 from gateway.errors import ArtifactMissing, ServiceUnavailable
+from gateway.fingerprint import Keyring, MarkedTensor, NotSafetensors, mark
 from gateway.services.policy import PolicyService
-from gateway.storage import Storage, StoredObject
+from gateway.storage import Storage
 from gateway.tasks import TaskRunner, enqueue_after_commit
 from gateway.tasks.catalog import PROVISION_TASK
-from policies import Tier
+from policies import Fingerprint, Tier
 
 TEMP_SUFFIX = ".partial"
 
@@ -48,6 +57,10 @@ class StagingRace(Exception):
     """A concurrent run for the same grant removed the temporary copy; a retry is safe."""
 
 
+class UnmarkableFile(Exception):
+    """A file a fingerprinting tier must mark is not a readable safetensors file."""
+
+
 @dataclass(frozen=True)
 class FileToStage:
     """One file a grant still lacks a copy of, and where the copy goes."""
@@ -58,6 +71,19 @@ class FileToStage:
     sha256: str
     source_key: str
     key: str
+    grant_id: int = 0
+    fingerprint: Fingerprint | None = None  # None: an exact copy
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """A staged copy as written, and the tensors its mark touches (None: not marked)."""
+
+    key: str
+    size: int
+    sha256: str
+    marks: tuple[MarkedTensor, ...] | None = None
+    key_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,11 +126,6 @@ def load_staging(conn: Connection, grant_id: int, file_id: int) -> Staging | Non
     return None if row is None else Staging(row[0] is not None, row[1], row[2], row[3])
 
 
-def fingerprinted_copy(source: BinaryIO) -> BinaryIO:
-    """The bytes of a grant's copy. Identity for now: marking comes with the fingerprint key."""
-    return source
-
-
 class ProvisioningService:
     """Prepares what an approved weights grant needs before its first download."""
 
@@ -115,11 +136,13 @@ class ProvisioningService:
         storage: Storage,
         policies: PolicyService,
         runner: TaskRunner,
+        keys: Keyring,
     ) -> None:
         self.audit = audit
         self.storage = storage
         self.policies = policies
         self.runner = runner
+        self.keys = keys
 
     def plan(
         self, session: Session, *, grant_id: int, revision_id: int | None = None
@@ -132,7 +155,10 @@ class ProvisioningService:
         revision = self._revision(session, grant, revision_id)
         if tier is None or not tier.fingerprint or revision is None:
             return Plan(grant.id, revision.commit_id if revision else None, (), ())
-        covered = [f for f in revision.files if tier.allows_file(f.path)]
+        marks = tier.fingerprint
+        covered = [
+            f for f in revision.files if tier.allows_file(f.path) and marks.stages_file(f.path)
+        ]
         staged = set(
             session.scalars(
                 select(StagedFile.file_id).where(
@@ -144,33 +170,55 @@ class ProvisioningService:
         org_id = grant.model.org_id
         pending = tuple(
             FileToStage(
-                f.id, f.path, f.size, f.sha256, f.storage_key, staged_key(org_id, grant.id, f.id)
+                f.id,
+                f.path,
+                f.size,
+                f.sha256,
+                f.storage_key,
+                staged_key(org_id, grant.id, f.id),
+                grant.id,
+                marks if f.path.endswith(".safetensors") else None,
             )
             for f in covered
             if f.id not in staged
         )
         return Plan(grant.id, revision.commit_id, tuple(f.id for f in covered), pending)
 
-    def stage(self, item: FileToStage) -> StoredObject:
-        """Copy one file to its staged key through a temporary object; no transaction held."""
+    def stage(self, item: FileToStage) -> StoredCopy:
+        """Copy (and mark) one file to its staged key through a temporary object; no
+        transaction held. Marking streams: memory stays bounded whatever the file size."""
         temp = temp_key(item.key)
         self.storage.delete(temp)  # left by a run that crashed before publishing it
         with self.storage.open_read(item.source_key) as source:
-            self.storage.put_stream(
-                temp, fingerprinted_copy(source), max_bytes=item.size, expected_sha256=item.sha256
-            )
+            written = self._write_copy(item, source, temp)
         try:
             with self.storage.open_read(temp) as copy:
                 stored = self.storage.put_stream(
-                    item.key, copy, max_bytes=item.size, expected_sha256=item.sha256
+                    item.key, copy, max_bytes=item.size, expected_sha256=written.sha256
                 )
         except ArtifactMissing as exc:
             raise StagingRace(f"temporary copy {temp} vanished during staging") from exc
         self.storage.delete(temp)
-        return stored
+        return StoredCopy(
+            stored.key, stored.size, stored.sha256, written.marks, written.key_version
+        )
+
+    def _write_copy(self, item: FileToStage, source: BinaryIO, temp: str) -> StoredCopy:
+        if item.fingerprint is None:
+            stored = self.storage.put_stream(
+                temp, source, max_bytes=item.size, expected_sha256=item.sha256
+            )
+            return StoredCopy(stored.key, stored.size, stored.sha256)
+        key = self.keys.current
+        try:
+            marked, marks = mark(source, key=key, grant_id=item.grant_id, settings=item.fingerprint)
+        except NotSafetensors as exc:
+            raise UnmarkableFile(f"{item.path} cannot be marked: {exc}") from exc
+        stored = self.storage.put_stream(temp, marked, max_bytes=item.size)
+        return StoredCopy(stored.key, stored.size, stored.sha256, tuple(marks), key.version)
 
     def record(
-        self, session: Session, *, grant_id: int, item: FileToStage, stored: StoredObject
+        self, session: Session, *, grant_id: int, item: FileToStage, stored: StoredCopy
     ) -> None:
         """Note one staged copy (once per grant and file), even if the grant ended meanwhile:
         the sweep finds ended grants' copies through these rows."""
@@ -194,7 +242,36 @@ class ProvisioningService:
                     created_at=utcnow(),
                 )
             )
+        if stored.marks is not None:
+            self._record_fingerprint(session, grant_id, item, stored)
         session.commit()
+
+    def _record_fingerprint(
+        self, session: Session, grant_id: int, item: FileToStage, stored: StoredCopy
+    ) -> None:
+        """Keep the delivered copy's digest and mark parameters (once per key version)."""
+        exists = session.scalar(
+            select(DownloadFingerprint.id).where(
+                DownloadFingerprint.grant_id == grant_id,
+                DownloadFingerprint.file_id == item.file_id,
+                DownloadFingerprint.key_version == stored.key_version,
+            )
+        )
+        if exists is not None or item.fingerprint is None or stored.marks is None:
+            return
+        grant = session.get_one(Grant, grant_id)
+        session.add(
+            DownloadFingerprint(
+                grant_id=grant_id,
+                model_id=grant.model_id,
+                file_id=item.file_id,
+                key_version=stored.key_version,
+                params=fingerprint_params(item.fingerprint, stored.marks),
+                sha256=stored.sha256,
+                size=stored.size,
+                created_at=utcnow(),
+            )
+        )
 
     def finish(self, session: Session, *, plan: Plan) -> bool:
         """Mark the grant provisioned and audit its copies; False if nothing changed."""
@@ -203,8 +280,23 @@ class ProvisioningService:
             session.commit()
             return False
         copies = session.execute(
-            select(RevisionFile.path, StagedFile.sha256, StagedFile.storage_key)
+            select(
+                RevisionFile.path,
+                StagedFile.sha256,
+                StagedFile.storage_key,
+                StagedFile.size,
+                DownloadFingerprint.key_version,
+                DownloadFingerprint.params,
+            )
             .join(RevisionFile, RevisionFile.id == StagedFile.file_id)
+            .outerjoin(
+                DownloadFingerprint,
+                and_(
+                    DownloadFingerprint.grant_id == StagedFile.grant_id,
+                    DownloadFingerprint.file_id == StagedFile.file_id,
+                    DownloadFingerprint.sha256 == StagedFile.sha256,
+                ),
+            )
             .where(StagedFile.grant_id == grant.id, StagedFile.file_id.in_(plan.covered))
             .order_by(RevisionFile.path)
         ).all()
@@ -224,7 +316,7 @@ class ProvisioningService:
                 "grant_id": grant.id,
                 "tier": grant.tier,
                 "commit": plan.commit,
-                "files": [{"path": p, "sha256": d, "key": k} for p, d, k in copies],
+                "files": [_copy_entry(*copy) for copy in copies],
             },
         )
         session.commit()
@@ -266,6 +358,38 @@ class ProvisioningService:
             return grant.model.head_revision
         revision = session.get(Revision, revision_id)
         return revision if revision is not None and revision.model_id == grant.model_id else None
+
+
+def fingerprint_params(settings: Fingerprint, marks: tuple[MarkedTensor, ...]) -> dict[str, Any]:
+    """What a marked copy's record keeps: the tier's settings and each marked tensor's K."""
+    return {
+        "settings": {
+            "files": list(settings.files),
+            "tensors": list(settings.tensors),
+            "positions": settings.positions,
+            "min_numel": settings.min_numel,
+        },
+        "tensors": {m.name: m.positions for m in marks},
+    }
+
+
+def _copy_entry(
+    path: str,
+    sha256: str,
+    key: str,
+    size: int,
+    key_version: int | None,
+    params: dict[str, Any] | None,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": path, "sha256": sha256, "key": key, "size": size}
+    if key_version is not None and params is not None:
+        marked = params["tensors"]
+        entry["fingerprint"] = {
+            "key_version": key_version,
+            "tensors": len(marked),
+            "positions": sum(marked.values()),
+        }
+    return entry
 
 
 def _live(grant: Grant) -> bool:

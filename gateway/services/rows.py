@@ -420,6 +420,18 @@ class StagedBlob:
     size: int
 
 
+def load_copies(conn: Connection, wanted: Sequence[tuple[int, int]]) -> dict[int, tuple[str, int]]:
+    """The staged copies of (grant id, file id) pairs that exist, by file id: (sha256, size)."""
+    grants = {g for g, _ in wanted}
+    rows = conn.execute(
+        select(_staged.grant_id, _staged.file_id, _staged.sha256, _staged.size).where(
+            _staged.grant_id.in_(grants), _staged.file_id.in_([f for _, f in wanted])
+        )
+    )
+    pairs = set(wanted)
+    return {r.file_id: (r.sha256, r.size) for r in rows if (r.grant_id, r.file_id) in pairs}
+
+
 def load_staged_blob(conn: Connection, grant_id: int, file_id: int) -> StagedBlob | None:
     """The grant's recorded copy of `file_id`, or None (never staged, or swept)."""
     row = conn.execute(STAGED_WITH_COMMIT, {"grant_id": grant_id, "file_id": file_id}).first()

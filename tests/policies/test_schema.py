@@ -580,9 +580,9 @@ def test_fingerprint_positions_per_tensor(tensor: str, numel: int, k: int) -> No
 
 def test_fingerprint_files_select_the_marked_shards() -> None:
     settings = Fingerprint(files=("model-00001-*.safetensors",))
-    assert settings.marks_file("sub/model-00001-of-00002.safetensors")
-    assert not settings.marks_file("model-00002-of-00002.safetensors")
-    assert Fingerprint().marks_file("model.safetensors") and not Fingerprint().marks_file("c.json")
+    assert settings.stages_file("sub/model-00001-of-00002.safetensors")
+    assert not settings.stages_file("model-00002-of-00002.safetensors")
+    assert Fingerprint().stages_file("model.safetensors") and Fingerprint().stages_file("c.json")
 
 
 def test_norway_is_a_country_not_false() -> None:

@@ -594,11 +594,12 @@ def audit() -> None:
 
 @audit.command("verify")
 def audit_verify() -> None:
-    """Verify the hash chain in the configured database; exit 1 naming the first bad row."""
+    """Verify the chain and its signed checkpoints (database and storage); exit 1 on a fault."""
     from gateway.db.engine import Database
     from gateway.services.audit_log import AuditLogService
 
-    database = Database(load_settings().database_url)
+    settings = load_settings()
+    database = Database(settings.database_url)
     with database.session() as session:
         report = AuditLogService().verify(session)
     if not report.ok:
@@ -607,8 +608,99 @@ def audit_verify() -> None:
             f"({report.checked} events verified before it)",
             err=True,
         )
+    else:
+        click.echo(f"audit chain OK: {report.checked} events, head at seq {report.head_seq}")
+    anchored = _verify_checkpoints(settings, database, report.head_seq)
+    database.dispose()
+    if not (report.ok and anchored):
         sys.exit(1)
-    click.echo(f"audit chain OK: {report.checked} events, head at seq {report.head_seq}")
+
+
+def _verify_checkpoints(settings: Settings, database: Any, head_seq: int) -> bool:
+    """Check the stored checkpoints and print their state; whether they all hold."""
+    from gateway.services.checkpoints import CheckpointService, verifier_keys
+    from gateway.storage import storage_from_settings
+
+    with database.session() as session:
+        found = CheckpointService().verify(
+            session, verifiers=verifier_keys(settings), storage=storage_from_settings(settings)
+        )
+    for problem in found.problems:
+        click.echo(f"checkpoints BROKEN: {problem}", err=True)
+    for warning in found.warnings:
+        click.echo(f"checkpoints warning: {warning}", err=True)
+    latest = found.latest
+    if latest is None:
+        click.echo("checkpoints: none yet, the chain is not anchored (airlock audit checkpoint)")
+    elif found.ok:
+        click.echo(
+            f"checkpoints OK: {found.checked} signed, {found.stored} in object storage; the "
+            f"latest covers {latest.tree_size} events ({head_seq - latest.tree_size} after it), "
+            f"signed by {latest.key_name} {latest.key_id} at {latest.created_at:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    return found.ok
+
+
+@audit.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign a checkpoint of the audit chain now (the beat task does it on a schedule)."""
+    from gateway.services.checkpoints import ChainBroken, SigningKeyMissing, load_keys
+
+    airlock = _services()
+    try:
+        keys = load_keys(airlock.settings)
+        with airlock.db.session() as session:
+            row = airlock.checkpoints.create(
+                session,
+                signer=keys.signer,
+                storage=airlock.storage,
+                origin=airlock.settings.checkpoint_origin,
+            )
+            latest = airlock.checkpoints.latest(session)
+    except (SigningKeyMissing, ChainBroken) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        airlock.close()
+    if row is not None:
+        click.echo(
+            f"checkpoint at size {row.tree_size} signed by {row.key_name} {row.key_id}, "
+            f"stored as {row.storage_key}"
+        )
+    elif latest is not None:
+        click.echo(f"no new events since the checkpoint at size {latest.tree_size}")
+    else:
+        click.echo("the audit log is empty: nothing to sign")
+
+
+@audit.command("keys")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write them to this file.")
+def audit_keys(out: str | None) -> None:
+    """Print the checkpoint verifier keys, current first, then retired (for --pubkey)."""
+    from gateway.services.checkpoints import SigningKeyMissing, load_keys
+
+    try:
+        keys = load_keys(load_settings())
+    except SigningKeyMissing as exc:
+        raise click.ClickException(str(exc)) from None
+    text = "".join(key.to_text() + "\n" for key in keys.verifiers)
+    click.echo(text, nl=False)
+    if out:
+        Path(out).write_text(text)
+
+
+@audit.command("keygen")
+@click.option("--name", required=True, help="The key's name, e.g. airlock.example.com/audit-2027.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="New file (0600).")
+def audit_keygen(name: str, out: str) -> None:
+    """Write a new checkpoint signing key to --out and print its verifier key."""
+    from gateway.audit.notes import NoteError
+    from gateway.services.checkpoints import generate_key_file
+
+    try:
+        key = generate_key_file(out, name)
+    except (NoteError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(key.verifier().to_text())
 
 
 def _call(action: Any) -> Any:

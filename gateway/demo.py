@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -17,11 +18,14 @@ from gateway.auth.tokens import Scope
 from gateway.db.models import Model, Organization, Role, User, utcnow
 from gateway.errors import InvalidCredentials
 from gateway.kyc import KycFacts
+from gateway.services.checkpoints import SigningKeyMissing
 from gateway.services.container import Airlock
 from gateway.services.publishing import ManifestEntry
+from gateway.tasks.jobs import checkpoint_audit
 from gateway.tinymodel import write_tiny_model
 from policies import KycLevel
 
+log = logging.getLogger(__name__)
 REPO = "acme/tiny-llm"
 TOKEN_TTL = timedelta(days=30)
 
@@ -72,11 +76,17 @@ def demo_policy() -> str:
 
 
 def seed(airlock: Airlock, data_dir: Path) -> dict[str, str]:
-    """Seed on first run, reuse on later runs; returns a valid token per demo role."""
+    """Seed on first run, reuse on later runs; returns a valid token per demo role. A signed
+    audit checkpoint then covers every event so far (`airlock audit verify` shows it)."""
     with airlock.db.session() as session:
         if session.scalar(select(Organization.id).where(Organization.slug == "acme")) is None:
             _seed_world(airlock, session, data_dir)
-        return _tokens(airlock, session, data_dir / "demo.json")
+        tokens = _tokens(airlock, session, data_dir / "demo.json")
+    try:
+        checkpoint_audit(airlock, force=True)
+    except SigningKeyMissing as exc:  # a demo on PostgreSQL without a key: serve it unanchored
+        log.error("no audit checkpoint: %s", exc)
+    return tokens
 
 
 def _seed_world(airlock: Airlock, session: Session, data_dir: Path) -> None:

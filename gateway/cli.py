@@ -68,11 +68,12 @@ def serve(host: str, port: int) -> None:
 @main.command("dev-upstream")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8100, show_default=True, type=int)
-def dev_upstream(host: str, port: int) -> None:
+@click.option("--api-key", help="Answer 401 unless requests send 'Authorization: Bearer <key>'.")
+def dev_upstream(host: str, port: int, api_key: str | None) -> None:
     """Serve the reference OpenAI-compatible upstream (a development tool, not a model)."""
     from gateway.devtools.upstream import ReferenceUpstream
 
-    upstream = ReferenceUpstream(host, port)
+    upstream = ReferenceUpstream(host, port, api_key=api_key)
     click.echo(f"reference upstream at {upstream.base_url}")
     upstream.server.serve_forever()
 
@@ -483,6 +484,36 @@ def freeze(repo_id: str, reason: str, undo: bool, endpoint: str | None, token: s
             )
         )
     )
+
+
+@main.command("upstream")
+@click.argument("repo_id")
+@click.option(
+    "--url", required=True, help="The OpenAI-compatible base URL, e.g. http://vllm:8000/v1."
+)
+@click.option("--key-ref", help="The AIRLOCK_UPSTREAM_KEY_* variable holding its credential.")
+@click.option("--model", "served_as", help="The name the upstream serves the model under.")
+@click.option(
+    "--prompt-digests/--no-prompt-digests",
+    default=False,
+    show_default=True,
+    help="Audit SHA-256 digests of each prompt and completion (never their text).",
+)
+@endpoint_option
+@token_option
+def upstream(
+    repo_id: str,
+    url: str,
+    key_ref: str | None,
+    served_as: str | None,
+    prompt_digests: bool,
+    endpoint: str | None,
+    token: str | None,
+) -> None:
+    """Set REPO_ID's inference upstream (replacing its whole upstream configuration)."""
+    client = client_from_env(endpoint, token)
+    body = {"url": url, "key_ref": key_ref, "model": served_as, "prompt_digests": prompt_digests}
+    _print(_call(lambda: client.request("PUT", f"{repo_path(repo_id)}/upstream", body)))
 
 
 @main.group()

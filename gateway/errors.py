@@ -120,6 +120,13 @@ class RateLimited(AirlockError):
         self.headers = headers
 
 
+class QuotaExhausted(RateLimited):
+    """A calendar quota (tokens per month) is spent until its period ends."""
+
+    code = "insufficient_quota"
+    title = "Quota exhausted"
+
+
 class PayloadTooLarge(AirlockError):
     """The body exceeds the allowed size."""
 

@@ -141,6 +141,24 @@ def test_freeze_needs_a_publisher(live: str, people: dict[str, Actor], world: Wo
     assert code == 0 and json.loads(output)["frozen"] is True
 
 
+def test_upstream_sets_the_served_name_and_prompt_digests(
+    live: str, people: dict[str, Actor], world: World
+) -> None:
+    world.model(people["publisher"], repo="acme/tiny")
+    args = ["upstream", "acme/tiny", "--url", "http://vllm:8000/v1", "--model", "org/Tiny-1B"]
+    code, output = run(live, people["reviewer"].token, *args)
+    assert code == 1 and "error 403" in output
+    code, output = run(live, people["publisher"].token, *args, "--prompt-digests")
+    assert code == 0, output
+    assert json.loads(output) == {
+        "repo_id": "acme/tiny",
+        "url": "http://vllm:8000/v1",
+        "key_ref": None,
+        "model": "org/Tiny-1B",
+        "prompt_digests": True,
+    }
+
+
 def test_unreachable_endpoint_is_a_clear_error(tmp_path: Path) -> None:
     code, output = run("http://127.0.0.1:9", "alk_x" * 5, "freeze", "acme/tiny", "--reason", "x")
     assert code == 1

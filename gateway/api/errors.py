@@ -41,6 +41,7 @@ OPENAI_CODES: dict[type[e.AirlockError], str] = {  # OpenAI's codes, where the S
     e.InvalidCredentials: "invalid_api_key",
     e.InvalidInput: "invalid_request_error",
     e.NotFound: "model_not_found",
+    e.QuotaExhausted: "insufficient_quota",  # before RateLimited, its base class
     e.RateLimited: "rate_limit_exceeded",
 }
 # Which denial reasons make a 403 `jurisdiction_blocked` or `kyc_required` (checked in order);
@@ -110,7 +111,9 @@ def is_openai_request() -> bool:
 def openai_error(status: int, message: str, code: str | None, param: str | None = None) -> Response:
     """The OpenAI dialect: {"error": {"message", "type", "param", "code"}}."""
     kind = "invalid_request_error"
-    if status == 429:
+    if code == "insufficient_quota":
+        kind = code  # OpenAI's type for a spent budget, as well as its code
+    elif status == 429:
         kind = "requests"
     elif status >= 500:
         kind = "server_error"

@@ -307,9 +307,16 @@ def set_upstream(org: str, name: str, body: s.UpstreamIn) -> s.UpstreamOut:
         model=visible_model(org, name),
         url=body.url,
         key_ref=body.key_ref,
+        upstream_model=body.model,
+        prompt_digests=body.prompt_digests,
     )
-    ref = model.upstream_key_ref
-    return s.UpstreamOut(repo_id=model.repo_id, url=model.upstream_url, key_ref=ref)
+    return s.UpstreamOut(
+        repo_id=model.repo_id,
+        url=model.upstream_url,
+        key_ref=model.upstream_key_ref,
+        model=model.upstream_model,
+        prompt_digests=model.prompt_digests,
+    )
 
 
 @endpoint(
@@ -341,6 +348,30 @@ def revoke_grant(grant_id: int, body: s.RevokeIn) -> s.GrantOut:
         db(), principal=principal(), grant_id=grant_id, reason=body.reason
     )
     return grant_out(grant)
+
+
+@endpoint(
+    bp,
+    MODEL + "/trace",
+    "POST",
+    summary="Trace a leaked safetensors file to the grant whose marked copy it is",
+    query=s.TraceQuery,
+    response=s.TraceOut,
+    scopes=("models:write", "audit:read"),
+    raw_body="application/octet-stream",
+)
+def trace_copy(org: str, name: str, query: s.TraceQuery) -> s.TraceOut:
+    limit = airlock().settings.max_upload_bytes
+    request.max_content_length = limit
+    report = airlock().tracing.trace_upload(
+        db(),
+        principal=principal(),
+        repo_id=f"{org}/{name}",
+        stream=cast(BinaryIO, request.stream),
+        max_bytes=limit,
+        revision=query.revision,
+    )
+    return s.TraceOut.model_validate(report.to_dict())
 
 
 def _version_out(version, created: bool, repo_id: str | None = None) -> s.PolicyVersionOut:  # type: ignore[no-untyped-def]

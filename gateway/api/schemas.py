@@ -273,6 +273,8 @@ class UpstreamIn(BaseModel):
     model_config = Strict
     url: str | None = Field(default=None, max_length=2000)
     key_ref: str | None = Field(default=None, max_length=128)
+    model: str | None = Field(default=None, max_length=200)  # the name the upstream serves
+    prompt_digests: bool = False  # audit SHA-256 digests of prompts and completions
 
 
 class UpstreamOut(BaseModel):
@@ -281,6 +283,8 @@ class UpstreamOut(BaseModel):
     repo_id: str
     url: str | None
     key_ref: str | None
+    model: str | None
+    prompt_digests: bool
 
 
 class AccessRequestIn(BaseModel):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -181,6 +182,8 @@ class Model(Base):
     frozen_reason: Mapped[str | None] = mapped_column(Text)
     upstream_url: Mapped[str | None] = mapped_column(String(2000))
     upstream_key_ref: Mapped[str | None] = mapped_column(String(128))
+    upstream_model: Mapped[str | None] = mapped_column(String(200))  # the upstream's own name
+    prompt_digests: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     org: Mapped[Organization] = relationship()

@@ -12,15 +12,23 @@ as the request body's `airlock_test` field (which passes through a gateway uncha
 - `{"stall": 2.5}` sleeps that many seconds before answering;
 - `{"cut_after": 2}` (streaming only) sends that many chunks, then drops the connection;
 - `{"delay": 0.05}` (streaming only) waits that many seconds before each chunk.
+
+Started with an API key (`ReferenceUpstream(api_key=...)`, `airlock dev-upstream --api-key`), it
+answers 401 in OpenAI's error format (`invalid_api_key`) to any request without
+`Authorization: Bearer <key>`, as vLLM's `--api-key` does. It keeps the last requests it got
+(`seen`: path, headers, body) for tests to inspect.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import sys
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -46,6 +54,16 @@ VOCABULARY = (
     "chunk",
 )
 EMBEDDING_SIZE = 8
+SEEN = 64  # requests remembered
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request the reference upstream received."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
 
 
 def count_tokens(text: str) -> int:
@@ -94,6 +112,13 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
 
 
+def key_error_body() -> dict[str, Any]:
+    """OpenAI's answer to a missing or wrong API key."""
+    message = "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'."
+    error = {"message": message, "type": "invalid_request_error", "param": None}
+    return {"error": {**error, "code": "invalid_api_key"}}
+
+
 class UpstreamHandler(BaseHTTPRequestHandler):
     """Routes /v1/models, /v1/chat/completions, /v1/completions and /v1/embeddings."""
 
@@ -106,6 +131,8 @@ class UpstreamHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """`GET /v1/models`."""
+        if not self._authorized():
+            return None
         if self.path.split("?")[0] != "/v1/models":
             return self._json(404, error_body(404, "unknown path"))
         data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "ref"} for m in MODELS]
@@ -124,6 +151,10 @@ class UpstreamHandler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except ValueError:
             return self._json(400, error_body(400, "the body is not JSON"))
+        server: _Server = self.server  # type: ignore[assignment]
+        server.seen.append(Seen(path, dict(self.headers.items()), body))
+        if not self._authorized():
+            return None
         if path not in routes:
             return self._json(404, error_body(404, "unknown path"))
         if not isinstance(body, dict):
@@ -135,6 +166,17 @@ class UpstreamHandler(BaseHTTPRequestHandler):
             status = int(behave["fail"])
             return self._json(status, error_body(status, f"told to fail with {status}"))
         return routes[path](body, behave)
+
+    def _authorized(self) -> bool:
+        """True without an API key or with the right bearer; otherwise answers 401."""
+        key = getattr(self.server, "api_key", None)
+        if key is None:
+            return True
+        sent = self.headers.get("Authorization", "")
+        if hmac.compare_digest(sent.encode(), f"Bearer {key}".encode()):
+            return True
+        self._json(401, key_error_body())
+        return False
 
     def _behaviour(self, body: dict[str, Any]) -> dict[str, Any]:
         header = self.headers.get("x-upstream-behave")
@@ -245,6 +287,9 @@ def _vector(text: str) -> list[float]:
 
 
 class _Server(ThreadingHTTPServer):
+    api_key: str | None = None
+    seen: deque[Seen]
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Quiet about a gateway that hung up mid-answer (a client left: expected, tested)."""
         if isinstance(sys.exc_info()[1], ConnectionError):
@@ -255,9 +300,13 @@ class _Server(ThreadingHTTPServer):
 class ReferenceUpstream:
     """The reference upstream on a loopback port, served from a daemon thread."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None
+    ) -> None:
         self.server = _Server((host, port), UpstreamHandler)
         self.server.daemon_threads = True
+        self.server.api_key = api_key
+        self.server.seen = deque(maxlen=SEEN)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -265,6 +314,11 @@ class ReferenceUpstream:
         """The OpenAI-style base URL, ending in /v1."""
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}/v1"
+
+    @property
+    def seen(self) -> deque[Seen]:
+        """The latest requests received, oldest first."""
+        return self.server.seen
 
     def start(self) -> ReferenceUpstream:
         """Begin serving in the background."""

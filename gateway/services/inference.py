@@ -8,6 +8,7 @@ downloads are. Denials are audited at once; a served request is audited once, wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,10 +32,18 @@ from gateway.errors import (
     AuthenticationRequired,
     InvalidInput,
     NotFound,
+    QuotaExhausted,
     RateLimited,
     UpstreamFailed,
 )
-from gateway.ratelimit import Dimension, Lease, Limiter, LimiterUnavailable, LimitResult
+from gateway.ratelimit import (
+    Dimension,
+    Lease,
+    Limiter,
+    LimiterUnavailable,
+    LimitResult,
+    MonthlyQuota,
+)
 from gateway.services.access import AccessService, reasons_json, subject_of, visible_to
 from gateway.services.downloads import usable_grants, with_request_facts
 from gateway.services.policy import PolicyService
@@ -46,15 +55,21 @@ from policies import GrantKind, Limits, Tier
 
 log = logging.getLogger(__name__)
 
+_MODELS = Model.__table__.c
 _UPSTREAM_OF_MODEL = Prepared(  # built once: one cheap read per request on the hot path
-    select(Model.__table__.c.upstream_url, Model.__table__.c.upstream_key_ref).where(
-        Model.__table__.c.id == bindparam("id")
-    )
+    select(
+        _MODELS.upstream_url,
+        _MODELS.upstream_key_ref,
+        _MODELS.upstream_model,
+        _MODELS.prompt_digests,
+    ).where(_MODELS.id == bindparam("id"))
 )
 DAY = 86400
 MINUTE = 60
 LEASE_TTL_MARGIN = 60  # a crashed process's lease outlives the longest upstream wait by this
 KEY_REF = re.compile(re.escape(UPSTREAM_KEY_PREFIX) + r"[A-Z0-9_]{1,100}")
+UPSTREAM_MODEL = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
+PROMPT_KEYS = ("messages", "prompt", "input")
 DONE = b"data: [DONE]\n\n"
 
 
@@ -68,7 +83,9 @@ class Admission:
     tier: Tier
     target: UpstreamTarget
     started: float
+    digests: bool = False
     reserved: int = 0
+    prompt: int = 0
     token_dims: tuple[Dimension, ...] = ()
     lease: Lease | None = None
     limit: LimitResult | None = None
@@ -109,18 +126,28 @@ class InferenceService:
         model: Model,
         url: str | None,
         key_ref: str | None,
+        upstream_model: str | None = None,
+        prompt_digests: bool = False,
     ) -> Model:
-        """Point a model at an OpenAI-compatible base URL, with its credential's variable name."""
+        """Point a model at an OpenAI-compatible base URL, with its credential's variable name,
+        the name the upstream serves it under, and whether prompt digests are audited."""
         actor = principal.require_org_scope(model.org_id, Scope.MODELS_WRITE)
         model.upstream_url = _checked_url(url) if url else None
         model.upstream_key_ref = _checked_ref(key_ref) if key_ref else None
+        model.upstream_model = _checked_model(upstream_model) if upstream_model else None
+        model.prompt_digests = prompt_digests
         self.audit.record(
             session,
             AuditAction.MODEL_UPSTREAM,
             actor_id=actor,
             org_id=model.org_id,
             model_id=model.id,
-            payload={"upstream_url": model.upstream_url, "key_ref": model.upstream_key_ref},
+            payload={
+                "upstream_url": model.upstream_url,
+                "key_ref": model.upstream_key_ref,
+                "upstream_model": model.upstream_model,
+                "prompt_digests": prompt_digests,
+            },
         )
         session.commit()
         return model
@@ -169,9 +196,9 @@ class InferenceService:
         kept, reasons = self._live(session, principal, found, request_country)
         if not kept:
             self._deny(session, user_id, found.model, reasons)
-        grant, tier = kept[0]
-        target = self._target(session, found.model)
-        return Admission(user_id, found.model, grant, tier, target, time.monotonic())
+        grant, tier = max(kept, key=lambda kt: (_room(kt[1].limits), kt[0].id))
+        target, digests = self._target(session, found.model)
+        return Admission(user_id, found.model, grant, tier, target, time.monotonic(), digests)
 
     def _live(
         self,
@@ -225,16 +252,18 @@ class InferenceService:
         )
         session.commit()
 
-    def _target(self, session: Session, model: ModelRow) -> UpstreamTarget:
-        """The model's upstream and credential; 503 when either is not configured."""
+    def _target(self, session: Session, model: ModelRow) -> tuple[UpstreamTarget, bool]:
+        """The model's upstream and credential, and whether its prompts are digested; 503 when
+        the upstream or its credential is not configured."""
         rows = _UPSTREAM_OF_MODEL.all(session.connection(), {"id": model.id})
-        url, ref = rows[0] if rows else (None, None)
+        url, ref, served_as, digests = rows[0] if rows else (None, None, None, False)
         if not url:
             raise UpstreamFailed(f"{model.repo_id} has no inference upstream set", status=503)
         if ref and ref not in self.keys:
             log.error("upstream credential %s of %s is not set", ref, model.repo_id)
             raise UpstreamFailed(f"{model.repo_id}'s upstream credential is not set", status=503)
-        return UpstreamTarget(url, self.keys.get(ref) if ref else None)
+        key = self.keys.get(ref) if ref else None
+        return UpstreamTarget(url, key, served_as), bool(digests)
 
     # -- limits ------------------------------------------------------------------------------
     def charge(
@@ -244,7 +273,11 @@ class InferenceService:
         a concurrency lease) or refuse it, consuming nothing; the body as it is sent upstream
         (with the cap injected as `max_tokens` when the client set none)."""
         limits = admission.tier.limits
-        token_limits = [q for q in (limits.tokens_per_minute, limits.tokens_per_day) if q]
+        token_limits = [
+            q
+            for q in (limits.tokens_per_minute, limits.tokens_per_day, limits.tokens_per_month)
+            if q
+        ]
         sent, output, prompt = body, 0, estimate_prompt_tokens(body)
         if path != "/embeddings":
             asked = _output_cap(body)
@@ -270,7 +303,12 @@ class InferenceService:
         result = self._acquire(session, admission, dims)
         token_dims = tuple(d for d in gcra if d.unit == "tokens")
         charged = replace(
-            admission, reserved=reserved, token_dims=token_dims, lease=lease, limit=result
+            admission,
+            reserved=reserved,
+            prompt=prompt,
+            token_dims=token_dims,
+            lease=lease,
+            limit=result,
         )
         return charged, sent
 
@@ -288,6 +326,8 @@ class InferenceService:
             return result
         refused = result.refused
         assert refused is not None
+        if isinstance(refused, MonthlyQuota):
+            self._quota_spent(session, admission, result, refused)
         never = result.retry_after == float("inf")
         message = _refusal_message(admission.model.repo_id, refused, result, never)
         reason = _reason(
@@ -307,10 +347,36 @@ class InferenceService:
             headers["x-should-retry"] = "false"
         raise RateLimited(message, retry_after=max(1, math.ceil(wait)), headers=headers)
 
-    def _settle(self, admission: Admission, used: dict[str, Any] | None) -> None:
+    def _quota_spent(
+        self, session: Session, admission: Admission, result: LimitResult, quota: MonthlyQuota
+    ) -> None:
+        """Refuse as OpenAI does a spent budget: 429 `insufficient_quota`, not to be retried
+        before the month's end."""
+        state = next(st for st in result.states if st.dimension == quota)
+        repo_id = admission.model.repo_id
+        if result.retry_after == float("inf"):
+            message = (
+                f"Request too large for {repo_id} on tokens per month: Limit {quota.quota}, "
+                f"Requested {quota.cost}. Lower max_tokens or shorten the prompt."
+            )
+        else:
+            message = (
+                f"You exceeded your monthly token quota for {repo_id}: Limit {quota.quota}, "
+                f"Used {quota.quota - state.remaining}, Requested {quota.cost}. It renews at "
+                f"the start of the next UTC month, in {go_duration(state.reset_after)}."
+            )
+        rule = f"tiers[{admission.tier.name}].limits.tokens_per_month"
+        reason = _reason("token_quota_exhausted", rule, message)
+        self._audit_deny(session, admission.user_id, admission.model, [reason])
+        wait = max(state.reset_after, 0.001)
+        headers = openai_ratelimit_headers(result)
+        headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+        headers["x-should-retry"] = "false"
+        raise QuotaExhausted(message, retry_after=max(1, math.ceil(wait)), headers=headers)
+
+    def _settle(self, admission: Admission, total: int | None) -> None:
         """Charge what was really used instead of the reservation; free the lease."""
         try:
-            total = _total(used)
             if total is not None and total != admission.reserved:
                 for dim in admission.token_dims:
                     self.limiter.adjust(dim, total - admission.reserved)
@@ -324,16 +390,20 @@ class InferenceService:
         """A non-streaming call: the upstream's JSON answer, audited with its usage."""
         status: int | str = 200
         used = None
+        delivery = Delivery(admission, path, body, streamed=False)
         try:
-            answer = self.upstream.send(admission.target, path, body).json()
+            answer = self.upstream.send(admission.target, path, _outbound(admission, body)).json()
             usage = answer.get("usage")
             used = usage if isinstance(usage, dict) else None
+            if admission.target.model is not None and "model" in answer:
+                answer["model"] = admission.model.repo_id
+            delivery.answered(answer)
             return answer
         except UpstreamFailed as exc:
             status = exc.status
             raise
         finally:
-            self._finish(admission, path, status, used)
+            self._finish(delivery, status, used)
 
     def open_stream(self, admission: Admission, path: str, body: dict[str, Any]) -> Iterator[bytes]:
         """Start a streaming call (errors before the first byte raise); relay it event by event.
@@ -341,27 +411,28 @@ class InferenceService:
         The upstream is always asked for usage; its usage chunk is forwarded only when the
         client asked for it too.
         """
+        delivery = Delivery(admission, path, body, streamed=True)
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
-            self._finish(admission, path, 400, None)
+            self._finish(delivery, 400, None)
             raise InvalidInput("stream_options must be an object")
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         sent = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         try:
-            reply = self.upstream.send(admission.target, path, sent)
+            reply = self.upstream.send(admission.target, path, _outbound(admission, sent))
         except UpstreamFailed as exc:
-            self._finish(admission, path, exc.status, None)
+            self._finish(delivery, exc.status, None)
             raise
-        events = self._relay(admission, path, reply, wants_usage)
-        return Relay(events, lambda: self._abandon(admission, path, reply))
+        events = self._relay(delivery, reply, wants_usage)
+        return Relay(events, lambda: self._abandon(delivery, reply))
 
-    def _abandon(self, admission: Admission, path: str, reply: UpstreamReply) -> None:
+    def _abandon(self, delivery: Delivery, reply: UpstreamReply) -> None:
         """A stream closed before its first event was asked for: end and settle it anyway."""
         reply.close()
-        self._finish(admission, path, "client_disconnected", None)
+        self._finish(delivery, "client_disconnected", None)
 
     def _relay(
-        self, admission: Admission, path: str, reply: UpstreamReply, wants_usage: bool
+        self, delivery: Delivery, reply: UpstreamReply, wants_usage: bool
     ) -> Generator[bytes]:
         status: int | str = 200
         used: dict[str, Any] | None = None
@@ -370,12 +441,14 @@ class InferenceService:
                 if event == DONE:
                     yield event
                     return
-                usage = _usage_of(event)
+                chunk = _chunk_of(event)
+                usage = _usage_of(chunk)
                 if usage is not None:
                     used = usage
                     if not wants_usage:
                         continue
-                yield event
+                delivery.delivered(chunk)
+                yield delivery.outgoing(event, chunk)
             raise UpstreamFailed("the model's upstream ended the stream before it was complete")
         except UpstreamFailed as exc:
             status = exc.status
@@ -385,24 +458,30 @@ class InferenceService:
             raise
         finally:
             reply.close()
-            self._finish(admission, path, status, used)
+            self._finish(delivery, status, used)
 
-    def _finish(
-        self, admission: Admission, path: str, status: int | str, used: dict[str, Any] | None
-    ) -> None:
+    def _finish(self, delivery: Delivery, status: int | str, used: dict[str, Any] | None) -> None:
         """Settle the limits, then write the request's one audit event in its own transaction
         (the request's may be gone)."""
-        self._settle(admission, used)
-        payload = {
+        admission = delivery.admission
+        total = _total(used)
+        if total is None and delivery.streamed:
+            total = delivery.estimate()  # no usage came: charge what reached the client
+        self._settle(admission, total)
+        payload: dict[str, Any] = {
             "tokens_reserved": admission.reserved,
-            "endpoint": path,
+            "endpoint": delivery.path,
             "grant_id": admission.grant.id,
             "tier": admission.tier.name,
             "upstream_status": status,
             "latency_ms": round((time.monotonic() - admission.started) * 1000),
-            "tokens_used": _total(used),
+            "tokens_used": total,
             "usage_reported": used is not None,
         }
+        if delivery.streamed:
+            payload["chunks_delivered"] = delivery.chunks
+        if admission.digests:
+            payload.update(delivery.digests())
         session = self.sessions()
         try:
             self.audit.record(
@@ -420,6 +499,119 @@ class InferenceService:
             log.exception("could not audit an inference request on %s", admission.model.repo_id)
         finally:
             session.close()
+
+
+class Delivery:
+    """What one admitted request has delivered: content-bearing chunks streamed (about one
+    token each on OpenAI-compatible servers), the upstream's prompt count if it gave one, and
+    the completion's SHA-256 when the model keeps digests."""
+
+    def __init__(
+        self, admission: Admission, path: str, body: dict[str, Any], *, streamed: bool
+    ) -> None:
+        self.admission = admission
+        self.path = path
+        self.body = body
+        self.streamed = streamed
+        self.chunks = 0
+        self.prompt_tokens: int | None = None
+        self.completion = hashlib.sha256() if admission.digests else None
+
+    def outgoing(self, event: bytes, chunk: dict[str, Any] | None) -> bytes:
+        """The event as the client gets it: `model` named as Airlock names it."""
+        if chunk is None or self.admission.target.model is None or "model" not in chunk:
+            return event
+        chunk["model"] = self.admission.model.repo_id
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    def delivered(self, chunk: dict[str, Any] | None) -> None:
+        """Count a chunk handed to the client's connection (and hash its text)."""
+        if chunk is None:
+            return
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            self.prompt_tokens = usage["prompt_tokens"]
+        text = _chunk_text(chunk)
+        if text:
+            self.chunks += 1
+            if self.completion is not None:
+                self.completion.update(text.encode())
+
+    def answered(self, answer: dict[str, Any]) -> None:
+        """Hash a whole (non-streaming) answer's text."""
+        if self.completion is not None:
+            self.completion.update(_answer_text(answer).encode())
+
+    def estimate(self) -> int:
+        """Tokens used by a stream that reported no usage: the prompt (the upstream's count,
+        else the estimate) plus one per content-bearing chunk delivered."""
+        prompt = self.prompt_tokens if self.prompt_tokens is not None else self.admission.prompt
+        return prompt + self.chunks
+
+    def digests(self) -> dict[str, str]:
+        """`prompt_sha256` (the canonical JSON of messages/prompt/input) and, for generations,
+        `completion_sha256` (the completion text delivered, UTF-8)."""
+        found = {"prompt_sha256": prompt_sha256(self.body)}
+        if self.completion is not None and self.path != "/embeddings":
+            found["completion_sha256"] = self.completion.hexdigest()
+        return found
+
+
+def prompt_sha256(body: dict[str, Any]) -> str:
+    """SHA-256 of the request's `messages`, `prompt` and `input` as canonical JSON (sorted keys,
+    no spaces, UTF-8)."""
+    prompt = {k: body[k] for k in PROMPT_KEYS if k in body}
+    canonical = json.dumps(prompt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _outbound(admission: Admission, body: dict[str, Any]) -> dict[str, Any]:
+    """The body as the upstream gets it: `model` named as the upstream serves it."""
+    served_as = admission.target.model
+    return body if served_as is None else {**body, "model": served_as}
+
+
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    """The completion text one streamed chunk carries (every choice's delta or text)."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return ""
+    parts = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        if isinstance(text, str):
+            parts.append(text)
+    return "".join(parts)
+
+
+def _answer_text(answer: dict[str, Any]) -> str:
+    """The completion text of a whole answer (every choice's message content or text)."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list):
+        return ""
+    parts = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        if isinstance(text, str):
+            parts.append(text)
+    return "".join(parts)
+
+
+def _room(limits: Limits) -> tuple[float, ...]:
+    """How much a tier's limits allow, most telling first (no limit beats any number)."""
+    found = (
+        limits.tokens_per_month,
+        limits.tokens_per_day,
+        limits.tokens_per_minute,
+        limits.requests_per_minute,
+    )
+    return tuple(math.inf if q is None else q for q in found)
 
 
 CONCURRENCY_RETRY_SECONDS = 1.0  # Retry-After of a concurrent-requests refusal
@@ -462,16 +654,21 @@ def error_event(exc: UpstreamFailed) -> bytes:
     return b"data: " + json.dumps({"error": body}).encode() + b"\n\n"
 
 
-def _usage_of(event: bytes) -> dict[str, Any] | None:
-    """The usage an event reports (the final usage chunk), else None; cheap for other events."""
-    if b'"prompt_tokens"' not in event or not event.startswith(b"data:"):
+def _chunk_of(event: bytes) -> dict[str, Any] | None:
+    """The JSON object an event carries (`data: {...}`), else None."""
+    if not event.startswith(b"data:"):
         return None
     try:
         chunk = json.loads(event[5:])
     except ValueError:
         return None
-    usage = chunk.get("usage") if isinstance(chunk, dict) else None
-    if isinstance(usage, dict) and chunk.get("choices") == []:
+    return chunk if isinstance(chunk, dict) else None
+
+
+def _usage_of(chunk: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The usage a chunk reports if it is the final usage chunk, else None."""
+    usage = chunk.get("usage") if chunk is not None else None
+    if isinstance(usage, dict) and chunk is not None and chunk.get("choices") == []:
         return usage
     return None
 
@@ -504,6 +701,14 @@ def _checked_url(url: str) -> str:
             "name the credential's environment variable instead"
         )
     return url.rstrip("/")
+
+
+def _checked_model(name: str) -> str:
+    if not UPSTREAM_MODEL.fullmatch(name):
+        raise InvalidInput(
+            "the upstream model name must be 1 to 200 printable characters without spaces"
+        )
+    return name
 
 
 def _checked_ref(ref: str) -> str:
@@ -545,7 +750,8 @@ def _output_cap(body: dict[str, Any]) -> int | None:
 
 
 def _gcra_dimensions(grant: int, limits: Limits, tokens: int) -> list[Dimension]:
-    """Requests per minute, then tokens per minute and per day (charged the reservation)."""
+    """Requests per minute, then tokens per minute, per day and per calendar month (charged
+    the reservation)."""
     dims = []
     if limits.requests_per_minute:
         rpm = limits.requests_per_minute
@@ -562,6 +768,9 @@ def _gcra_dimensions(grant: int, limits: Limits, tokens: int) -> list[Dimension]
                 f"inf:{grant}:tpd", "tokens-day", limits.tokens_per_day, DAY, tokens, "tokens"
             )
         )
+    if limits.tokens_per_month:
+        quota = limits.tokens_per_month
+        dims.append(MonthlyQuota(f"inf:{grant}:tpmo", "tokens-month", quota, cost=tokens))
     return dims
 
 

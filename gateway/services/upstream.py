@@ -22,10 +22,12 @@ MAX_EVENT_BYTES = 4 * 1024**2
 
 @dataclass(frozen=True)
 class UpstreamTarget:
-    """Where a model's requests go, and the credential sent there (never logged)."""
+    """Where a model's requests go, the credential sent there (never logged), and the name
+    the upstream serves the model under when it is not the Airlock repo id."""
 
     base_url: str
     api_key: str | None = None
+    model: str | None = None
 
     def __repr__(self) -> str:
         return f"UpstreamTarget({self.base_url!r})"
@@ -83,8 +85,11 @@ class HttpUpstream:
         if not 200 <= response.status < 300:
             response.drain_conn()
             response.release_conn()
+            refused = (
+                " (it refused the gateway's credential)" if response.status in (401, 403) else ""
+            )
             raise UpstreamFailed(
-                f"the model's upstream answered {response.status}",
+                f"the model's upstream answered {response.status}{refused}",
                 status=503 if response.status in (429, 503) else 502,
             )
         return HttpReply(response)

@@ -3,8 +3,10 @@ streaming, the OpenAI error dialect and the audit of each request."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +21,7 @@ from werkzeug.test import TestResponse
 from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, Grant, KycVerification, Model, Role, utcnow
 from gateway.devtools.upstream import ReferenceUpstream, completion_text
+from gateway.ratelimit.base import month_of
 from gateway.ratelimit.redis import RedisLimiter
 from gateway.services.container import Airlock
 from gateway.services.inference import go_duration
@@ -91,6 +94,7 @@ class Inference:
     outsider: Actor
     model: Model
     grant: Grant
+    upstream_url: str
 
     def post(self, path: str, body: Any, actor: Actor | None = None) -> TestResponse:
         return self.client.post(f"/v1{path}", json=body, headers=bearer(actor or self.researcher))
@@ -134,7 +138,16 @@ def inf(client: FlaskClient, world: World, upstream: ReferenceUpstream) -> Infer
             key_ref=KEY_REF,
         )
     return Inference(
-        client, world, world.airlock, publisher, reviewer, researcher, outsider, model, grant
+        client,
+        world,
+        world.airlock,
+        publisher,
+        reviewer,
+        researcher,
+        outsider,
+        model,
+        grant,
+        upstream.base_url,
     )
 
 
@@ -438,10 +451,17 @@ def test_publisher_sets_the_upstream_and_never_sees_a_secret(inf: Inference) -> 
         "repo_id": REPO,
         "url": "https://vllm.internal:8000/v1",
         "key_ref": KEY_REF,
+        "model": None,
+        "prompt_digests": False,
     }
     assert "upstream-secret" not in response.get_data(as_text=True)
     [event] = inf.audit("model:upstream")[-1:]
-    assert event.payload == {"upstream_url": "https://vllm.internal:8000/v1", "key_ref": KEY_REF}
+    assert event.payload == {
+        "upstream_url": "https://vllm.internal:8000/v1",
+        "key_ref": KEY_REF,
+        "upstream_model": None,
+        "prompt_digests": False,
+    }
 
 
 @pytest.mark.parametrize(
@@ -613,5 +633,228 @@ def test_a_client_leaving_mid_stream_ends_the_upstream_request_and_frees_its_lea
     assert inf.post("/chat/completions", CHAT).status_code == 200
     left, done = inf.audit("inference:serve")
     assert left.payload["upstream_status"] == "client_disconnected"
-    assert left.payload["tokens_used"] is None  # no usage seen: the reservation stands
+    # no usage seen: charged the prompt estimate and the one content chunk sent, not the cap
+    assert left.payload["tokens_used"] == 6 + 1 and left.payload["chunks_delivered"] == 1
+    assert left.payload["usage_reported"] is False
     assert done.payload["upstream_status"] == 200
+
+
+# -- monthly token quota -------------------------------------------------------------------------
+def test_a_spent_monthly_quota_is_insufficient_quota_until_the_month_ends(
+    inf: Inference, limiter_kind: str
+) -> None:
+    set_limits(inf, "{requests_per_minute: 600, tokens_per_minute: 1000, tokens_per_month: 30}")
+    for _ in range(3):  # each reserves 6 + 4 and is charged the 5 + 4 it used
+        assert inf.post("/chat/completions", {**CHAT, "max_tokens": 4}).status_code == 200
+    refused = inf.post("/chat/completions", {**CHAT, "max_tokens": 4})  # 27 + 10 > 30
+    found = error(refused, 429, "insufficient_quota")
+    assert found["type"] == "insufficient_quota"
+    assert "Used 27, Requested 10" in found["message"]
+    assert refused.headers["x-should-retry"] == "false"
+    until_end = month_of(time.time())[1]
+    assert int(refused.headers["Retry-After"]) == pytest.approx(until_end, abs=3)
+    assert int(refused.headers["retry-after-ms"]) == pytest.approx(until_end * 1000, abs=3000)
+    # the x-ratelimit headers still describe the minute
+    assert refused.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert refused.headers["x-ratelimit-limit-requests"] == "600"
+    [denial] = inf.audit("inference:deny")
+    assert denial.payload["reasons"][0]["code"] == "token_quota_exhausted"
+    # the refusal consumed nothing: 27 + 2 still fits
+    hi = {"model": REPO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    assert inf.post("/chat/completions", hi).status_code == 200
+
+
+def test_a_request_larger_than_the_whole_month_is_refused_the_same_way(
+    inf: Inference, limiter_kind: str
+) -> None:
+    set_limits(inf, "{tokens_per_month: 8}")
+    refused = inf.post("/chat/completions", {**CHAT, "max_tokens": 4})
+    found = error(refused, 429, "insufficient_quota")
+    assert found["message"].startswith(f"Request too large for {REPO} on tokens per month")
+    assert refused.headers["x-should-retry"] == "false"
+    assert int(refused.headers["Retry-After"]) == pytest.approx(month_of(time.time())[1], abs=3)
+    assert inf.post("/chat/completions", {**CHAT, "max_tokens": 2}).status_code == 200
+
+
+# -- several grants ------------------------------------------------------------------------------
+SECOND_TIER = """\
+  - name: chat-lite
+    grants: [metadata, inference]
+    requires: {{kyc: identity, agreement: aup@1, approval: auto}}
+    limits: {limits}
+    grant_ttl: 30d
+    opens_in: [limited, general]
+"""
+
+
+@pytest.mark.parametrize(
+    ("chat", "lite", "applies"),
+    [
+        ("{tokens_per_minute: 500}", "{tokens_per_minute: 1000}", "chat-lite"),
+        ("{tokens_per_minute: 5000}", "{tokens_per_minute: 1000}", "chat"),
+        ("{tokens_per_minute: 500}", "{tokens_per_minute: 9000, tokens_per_month: 10000}", "chat"),
+        ("{tokens_per_day: 900, requests_per_minute: 5}", "{tokens_per_day: 900}", "chat-lite"),
+        ("{tokens_per_minute: 700}", "{tokens_per_minute: 700}", "chat-lite"),  # the newest
+    ],
+)
+def test_of_several_grants_the_one_with_the_most_room_applies(
+    inf: Inference, chat: str, lite: str, applies: str
+) -> None:
+    source = POLICY.format(repo=REPO, stage="limited").replace(
+        "{requests_per_minute: 600, tokens_per_minute: 100000}", chat
+    )
+    with inf.airlock.db.session() as s:
+        source += SECOND_TIER.format(limits=lite)
+        inf.airlock.policies.apply(s, principal=inf.publisher.principal, source=source)
+    newer = inf.world.grant(inf.researcher, fresh_model(inf.world, REPO), tier="chat-lite")
+    assert inf.post("/chat/completions", {**CHAT, "max_tokens": 2}).status_code == 200
+    [event] = inf.audit("inference:serve")
+    grant = {"chat": inf.grant.id, "chat-lite": newer.id}[applies]
+    assert (event.payload["grant_id"], event.payload["tier"]) == (grant, applies)
+
+
+# -- the upstream's own model name ---------------------------------------------------------------
+SERVED_AS = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def set_options(inf: Inference, **options: Any) -> None:
+    body = {"url": inf.upstream_url, "key_ref": KEY_REF, **options}
+    response = inf.client.put(
+        f"/api/v1/models/{REPO}/upstream", json=body, headers=bearer(inf.publisher)
+    )
+    assert response.status_code == 200, response.get_data()
+
+
+def test_the_upstreams_model_name_is_sent_and_renamed_back(
+    inf: Inference, upstream: ReferenceUpstream
+) -> None:
+    set_options(inf, model=SERVED_AS)
+    answer = inf.post("/chat/completions", CHAT)
+    assert answer.status_code == 200
+    assert upstream.seen[-1].body["model"] == SERVED_AS
+    assert answer.get_json()["model"] == REPO
+    assert SERVED_AS not in answer.get_data(as_text=True)
+    embedded = inf.post("/embeddings", {"model": REPO, "input": "two words"})
+    assert embedded.get_json()["model"] == REPO
+
+
+def test_a_stream_is_renamed_chunk_by_chunk(inf: Inference, upstream: ReferenceUpstream) -> None:
+    set_options(inf, model=SERVED_AS)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    held = inf.client.post(
+        "/v1/chat/completions",
+        json={**body, "airlock_test": {"delay": 0.01}},
+        headers=bearer(inf.researcher),
+        buffered=False,
+    )
+    first = next(iter(held.response))  # relayed before the upstream has finished
+    assert json.loads(first.removeprefix(b"data: "))["model"] == REPO
+    held.close()
+    found = inf.events(body)
+    assert upstream.seen[-1].body["model"] == SERVED_AS
+    chunks = [json.loads(e) for e in found[:-1]]
+    assert len(chunks) == 18 and {c["model"] for c in chunks} == {REPO}
+    assert SERVED_AS not in "".join(found)
+
+
+def test_a_bad_upstream_model_name_is_422(inf: Inference) -> None:
+    body = {"url": "http://host/v1", "model": "has spaces"}
+    url = f"/api/v1/models/{REPO}/upstream"
+    response = inf.client.put(url, json=body, headers=bearer(inf.publisher))
+    assert response.status_code == 422 and response.get_json()["code"] == "invalid_input"
+
+
+# -- prompt digests ------------------------------------------------------------------------------
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def canonical(body: dict[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_no_digests_by_default(inf: Inference) -> None:
+    inf.post("/chat/completions", CHAT)
+    inf.events(CHAT)
+    for event in inf.audit("inference:serve"):
+        assert not {"prompt_sha256", "completion_sha256"} & set(event.payload)
+
+
+def test_digests_hash_what_was_sent_and_delivered(inf: Inference) -> None:
+    set_options(inf, prompt_digests=True)
+    messages = [{"role": "user", "content": "héllo there, a secret"}]
+    answer = inf.post("/chat/completions", {"model": REPO, "messages": messages}).get_json()
+    streamed = inf.events({"model": REPO, "messages": messages, "max_tokens": 5})
+    text = "".join(
+        c["choices"][0]["delta"].get("content", "") for c in map(json.loads, streamed[:-1])
+    )
+    inf.post("/completions", {"model": REPO, "prompt": "once upon"})
+    plain, stream, completion = inf.audit("inference:serve")
+    prompt = sha256(canonical({"messages": messages}))
+    assert plain.payload["prompt_sha256"] == stream.payload["prompt_sha256"] == prompt
+    content = answer["choices"][0]["message"]["content"]
+    assert plain.payload["completion_sha256"] == sha256(content)
+    assert stream.payload["completion_sha256"] == sha256(text) and len(text.split()) == 5
+    assert completion.payload["prompt_sha256"] == sha256(canonical({"prompt": "once upon"}))
+    for event in (plain, stream, completion):
+        assert "secret" not in json.dumps(event.payload) and content not in json.dumps(
+            event.payload
+        )
+
+
+# -- a client leaving mid-stream -----------------------------------------------------------------
+def test_a_client_leaving_is_charged_what_was_delivered(inf: Inference, limiter_kind: str) -> None:
+    set_limits(inf, "{tokens_per_month: 20}")
+    body = {**CHAT, "stream": True, "max_tokens": 12, "airlock_test": {"delay": 0.01}}
+    held = inf.client.post(
+        "/v1/chat/completions", json=body, headers=bearer(inf.researcher), buffered=False
+    )
+    events = iter(held.response)
+    for _ in range(3):
+        assert next(events).startswith(b"data: {")
+    held.close()
+    [left] = inf.audit("inference:serve")
+    assert left.payload["tokens_reserved"] == 6 + 12
+    assert left.payload["chunks_delivered"] == 3 and left.payload["tokens_used"] == 6 + 3
+    refused = inf.post("/chat/completions", {**CHAT, "max_tokens": 10})
+    assert "Used 9, Requested 16" in error(refused, 429, "insufficient_quota")["message"]
+
+
+# -- the upstream's credential -------------------------------------------------------------------
+@pytest.fixture
+def keyed(inf: Inference) -> Iterator[ReferenceUpstream]:
+    """A reference upstream that wants the model's credential as its API key."""
+    server = ReferenceUpstream(api_key="upstream-secret").start()
+    inf.upstream_url = server.base_url
+    yield server
+    server.stop()
+
+
+def test_the_credential_is_sent_as_bearer_and_the_callers_token_never_is(
+    inf: Inference, keyed: ReferenceUpstream
+) -> None:
+    set_options(inf)
+    assert inf.post("/chat/completions", CHAT).status_code == 200
+    assert inf.events(CHAT)[-1] == "[DONE]"
+    assert len(keyed.seen) == 2
+    for seen in keyed.seen:
+        assert seen.headers["Authorization"] == "Bearer upstream-secret"
+        assert not any(inf.researcher.token in v for v in seen.headers.values())
+        assert inf.researcher.token not in json.dumps(seen.body)
+
+
+def test_a_wrong_credential_is_502_and_a_missing_one_503_without_secrets(
+    inf: Inference, keyed: ReferenceUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    inf.airlock.inference.keys = {KEY_REF: "not-the-key"}
+    set_options(inf)
+    refused = error(inf.post("/chat/completions", CHAT), 502, "upstream_error")
+    assert "refused the gateway's credential" in refused["message"]
+    set_options(inf, key_ref="AIRLOCK_UPSTREAM_KEY_MISSING")
+    seen = len(keyed.seen)
+    found = error(inf.post("/chat/completions", CHAT), 503, "upstream_error")
+    assert found["message"] == f"{REPO}'s upstream credential is not set"
+    assert len(keyed.seen) == seen  # nothing was sent upstream
+    for text in (json.dumps(refused), json.dumps(found), caplog.text):
+        assert "upstream-secret" not in text and "not-the-key" not in text

@@ -105,3 +105,28 @@ def test_bad_json_is_a_400(upstream: ReferenceUpstream) -> None:
     answer = urllib3.request("POST", upstream.base_url + "/completions", body=b"{")
     assert answer.status == 400
     assert answer.json()["error"]["type"] == "upstream_error"
+
+
+def test_with_an_api_key_only_its_bearer_is_served() -> None:
+    server = ReferenceUpstream(api_key="dev-key").start()
+    try:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "dev-key"}):
+            refused = post(server, "/chat/completions", body, headers=headers)
+            assert refused.status == 401
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+            assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
+            assert "dev-key" not in refused.data.decode()
+        listed = urllib3.request("GET", server.base_url + "/models")
+        assert listed.status == 401
+        bearer = {"Authorization": "Bearer dev-key"}
+        served = post(server, "/chat/completions", body, headers=bearer)
+        assert served.status == 200 and served.json()["object"] == "chat.completion"
+        assert [s.headers.get("Authorization") for s in server.seen] == [
+            None,
+            "Bearer wrong",
+            "dev-key",
+            "Bearer dev-key",
+        ]
+    finally:
+        server.stop()

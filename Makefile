@@ -4,12 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 HUB036 := .venv-hub036
 OPENAI1 := .venv-openai1
+LITELLM := .venv-litellm
 S3RVER := tests/s3rver
 DATA_DIR ?= ./var/demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test lint typecheck contracts pytest services bench bench-vetting bench-ratelimit bench-inference bench-audit clean worker beat
+.PHONY: demo test lint typecheck contracts pytest services bench bench-vetting bench-ratelimit bench-inference bench-litellm bench-audit clean worker beat
 
 demo: $(VENV)/.runtime
 	$(BIN)/airlock demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
@@ -81,7 +82,7 @@ bench-vetting: $(VENV)/.dev
 bench-ratelimit: $(VENV)/.dev
 	$(BIN)/python bench/ratelimit.py
 
-bench-inference: $(VENV)/.dev
+bench-inference: $(VENV)/.dev $(LITELLM)/.installed
 	$(BIN)/python bench/inference.py
 
 # Audit appends by 8 writer processes, chained against plain inserts, and the offline verifier
@@ -89,5 +90,15 @@ bench-inference: $(VENV)/.dev
 bench-audit: $(VENV)/.dev
 	$(BIN)/python bench/audit.py
 
+# LiteLLM's proxy, the inference benchmark's comparison, in its own venv: never a project
+# dependency. 1.108.7 is the newest whose [proxy] extra resolves from PyPI here (the extras
+# packages that 1.109+ pin are not published there).
+bench-litellm: $(LITELLM)/.installed
+
+$(LITELLM)/.installed:
+	test -d $(LITELLM) || $(PYTHON) -m venv $(LITELLM)
+	$(LITELLM)/bin/pip install --quiet 'litellm[proxy]==1.108.7'
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(HUB036) $(OPENAI1) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HUB036) $(OPENAI1) $(LITELLM) var .pytest_cache .mypy_cache .ruff_cache

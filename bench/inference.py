@@ -1,13 +1,24 @@
-"""Benchmark the inference gateway's added latency against calling its upstream directly.
+"""Benchmark the inference gateway against calling its upstream directly and against LiteLLM's
+proxy, all in one run against the same upstream.
 
 The demo world (SQLite) with acme/tiny-llm wired to the reference upstream (`airlock
-dev-upstream`, its own process); the gateway under gunicorn. Sequential non-streaming chat
-completions over one keep-alive connection each way, alternating direct and gateway calls so
-both see the same machine load. Prints p50/p99 of each and the gateway's added latency (target:
-added p50 <= 2 ms). Figures are printed, never asserted. The comparison with LiteLLM's proxy
-(issue 5) is not here yet.
+dev-upstream`, its own process); the gateway under gunicorn; LiteLLM's proxy (from
+.venv-litellm, `make bench-litellm`) with uvicorn and as many worker processes as the gateway,
+pointed at the same upstream as an OpenAI-compatible provider. Both gateways enforce a bearer
+key and limits on every request: the demo tier's limits lifted far above what a run can use, so
+the limiter is consulted and charged but never refuses.
 
-    .venv/bin/python bench/inference.py --requests 500
+1. Latency: sequential non-streaming chat completions over one keep-alive connection per path,
+   rotating direct, Airlock and LiteLLM calls so all see the same machine load: p50/p99 and the
+   added latency of each gateway (target: Airlock's added p50 <= 2 ms).
+2. Throughput: the same request from a fixed number of keep-alive connections for a fixed time,
+   rounds alternating between the paths: requests/s (median of rounds) and each gateway's own
+   CPU per request (target: Airlock >= 1.5 x LiteLLM's requests/s).
+
+Figures are printed, never asserted; the exit status is non-zero only when the set-up fails.
+
+    make bench-inference   # = .venv/bin/python bench/inference.py
+    .venv/bin/python bench/inference.py --requests 300 --duration 5 --rounds 3
 """
 
 from __future__ import annotations
@@ -15,16 +26,22 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import secrets
 import socket
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import harness
+import litellm_proxy
+import loadgen
 import yaml
-from harness import ServerConfig
+from harness import BenchError, ServerConfig
+from litellm_proxy import KeyLimits
 from world import environment
 
 from gateway.db.migrate import upgrade
@@ -33,34 +50,125 @@ from gateway.services.container import build_airlock
 from gateway.settings import load_settings
 
 TARGET_ADDED_P50_MS = 2.0
-LIFTED = {"requests_per_minute": 10**7, "tokens_per_minute": 10**9, "tokens_per_day": 10**10}
-BODY = {"model": REPO, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
+TARGET_THROUGHPUT_RATIO = 1.5
+WARMUP = 20
+# Far above what a run can use, but configured: every request is reserved, charged and settled.
+RPM, TPM, CONCURRENT = 10**7, 10**9, 10**6
+LIFTED = {
+    "requests_per_minute": RPM,
+    "tokens_per_minute": TPM,
+    "tokens_per_day": 10**10,
+    "concurrent_requests": CONCURRENT,
+}
+BODY = json.dumps(
+    {"model": REPO, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
+).encode()
+PATH = "/v1/chat/completions"
+
+
+@dataclass
+class Route:
+    """One way to reach the upstream: its server, the headers it needs, what was measured."""
+
+    label: str
+    url: str
+    pgid: int
+    headers: dict[str, str]
+    latencies: list[float] = field(default_factory=list)
+    rounds: list[Throughput] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        """The server's loopback port."""
+        return int(self.url.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One load round on one path."""
+
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    cpu_ms_per_request: float
+    bad: int
 
 
 def main() -> int:
     """Run the benchmark; non-zero only when the set-up itself fails."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=500, help="sequential, per path")
+    parser.add_argument("--workers", type=int, default=2, help="processes, for both gateways")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    parser.add_argument("--connections", type=int, default=8, help="keep-alive, under load")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load round")
+    parser.add_argument("--rounds", type=int, default=3, help="load rounds per path")
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
     args = parser.parse_args()
+    config = ServerConfig(args.workers, args.threads)
     with tempfile.TemporaryDirectory(prefix="airlock-bench-inference-") as tmp:
-        root = Path(tmp)
+        paths = _run(Path(tmp), args, config, _litellm_note(args))
+    _report(paths, args, config)
+    return 0
+
+
+def _litellm_note(args: argparse.Namespace) -> str | None:
+    """Why LiteLLM is not measured in this run, or None when it is."""
+    if args.no_litellm:
+        return "skipped (--no-litellm)"
+    if not litellm_proxy.available():
+        venv = litellm_proxy.VENV.name
+        return f"not measured: {venv} is absent; build it with {litellm_proxy.BUILD_HINT}"
+    return None
+
+
+def _run(
+    root: Path, args: argparse.Namespace, config: ServerConfig, skip_litellm: str | None
+) -> list[Route]:
+    """Start the upstream and both gateways, measure every path, stop them all."""
+    with ExitStack() as stack:
         port = harness.free_port()
         upstream_cmd = [sys.executable, "-m", "gateway.cli", "dev-upstream", "--port", str(port)]
-        with harness._process(upstream_cmd, env=None, cwd=root, log=root / "upstream.log"):
-            upstream = f"http://{harness.HOST}:{port}/v1"
-            _wait(port)
-            token = _world(root, upstream)
-            config = ServerConfig(args.workers, args.threads)
-            env = environment(root, None)
-            with harness.gunicorn(
-                "gateway.app:create_app()", config=config, env=env, workdir=root
-            ) as gateway:
-                gport = int(gateway.url.rsplit(":", 1)[1])
-                direct, via = _measure(port, gport, token, args.requests)
-    _report(direct, via, config)
-    return 0
+        proc = stack.enter_context(
+            harness._process(upstream_cmd, env=None, cwd=root, log=root / "upstream.log")
+        )
+        upstream = f"http://{harness.HOST}:{port}/v1"
+        _wait(port)
+        token = _world(root, upstream)
+        gateway = stack.enter_context(
+            harness.gunicorn(
+                "gateway.app:create_app()",
+                config=config,
+                env=environment(root, None),
+                workdir=root,
+            )
+        )
+        paths = [
+            Route("upstream directly", f"http://{harness.HOST}:{port}", proc.pid, {}),
+            Route("through Airlock", gateway.url, gateway.pgid, _bearer(token)),
+        ]
+        if skip_litellm is None:
+            key = "sk-bench-" + secrets.token_hex(16)
+            proxy = stack.enter_context(
+                litellm_proxy.serve(
+                    model=REPO,
+                    upstream=upstream,
+                    key=key,
+                    limits=KeyLimits(RPM, TPM, CONCURRENT),
+                    workers=config.workers,
+                    workdir=root,
+                )
+            )
+            paths.append(Route("through LiteLLM", proxy.url, proxy.pgid, _bearer(key)))
+        for path in paths[1:]:
+            _preflight(path)
+        _latency(paths, args.requests)
+        _throughput(paths, args)
+        return paths
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def _world(root: Path, upstream: str) -> str:
@@ -94,29 +202,43 @@ def _wait(port: int) -> None:
             return
         except OSError:
             time.sleep(0.1)
-    raise harness.BenchError("the reference upstream did not start")
+    raise BenchError("the reference upstream did not start")
 
 
-def _measure(port: int, gport: int, token: str, count: int) -> tuple[list[float], list[float]]:
-    body = json.dumps(BODY).encode()
-    direct, via = _connect(port), _connect(gport)
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-    plain = {"Content-Type": "application/json"}
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(count + 20):  # the first 20 of each warm up and are not counted
-        for which, conn, sent in ((0, direct, plain), (1, via, headers)):
+def _preflight(path: Route) -> None:
+    """A gateway must refuse a wrong key and answer ours with its rate-limit headers."""
+    conn = _connect(path.port)
+    status, _ = _post(conn, {"Authorization": "Bearer sk-wrong"})
+    if status != 401:
+        raise BenchError(f"{path.label}: a wrong key answered {status}, expected 401")
+    status, headers = _post(conn, path.headers)
+    limited = [h for h in headers if h.startswith("x-ratelimit-") and "remaining-requests" in h]
+    if status != 200 or not limited:
+        raise BenchError(f"{path.label}: {status} without rate-limit headers: {sorted(headers)}")
+    conn.close()
+
+
+def _post(conn: http.client.HTTPConnection, headers: dict[str, str]) -> tuple[int, set[str]]:
+    conn.request("POST", PATH, body=BODY, headers={"Content-Type": "application/json", **headers})
+    response = conn.getresponse()
+    response.read()
+    return response.status, {k.lower() for k, _ in response.getheaders()}
+
+
+def _latency(paths: list[Route], count: int) -> None:
+    """Sequential requests, one path after another in turn; the first WARMUP are not counted."""
+    conns = [_connect(p.port) for p in paths]
+    for i in range(count + WARMUP):
+        for path, conn in zip(paths, conns, strict=True):
             start = time.perf_counter()
-            conn.request("POST", "/v1/chat/completions", body=body, headers=sent)
-            response = conn.getresponse()
-            response.read()
+            status, _ = _post(conn, path.headers)
             elapsed = (time.perf_counter() - start) * 1000
-            if response.status != 200:
-                raise harness.BenchError(
-                    f"status {response.status} ({'gateway' if which else 'direct'})"
-                )
-            if i >= 20:
-                times[which].append(elapsed)
-    return times
+            if status != 200:
+                raise BenchError(f"status {status} {path.label}")
+            if i >= WARMUP:
+                path.latencies.append(elapsed)
+    for conn in conns:
+        conn.close()
 
 
 def _connect(port: int) -> http.client.HTTPConnection:
@@ -129,22 +251,112 @@ def _connect(port: int) -> http.client.HTTPConnection:
     return conn
 
 
+def _throughput(paths: list[Route], args: argparse.Namespace) -> None:
+    """Rounds of closed-loop load, alternating between the paths."""
+    headers = {"Content-Type": "application/json"}
+    for path in paths:  # a short unmeasured round first: every worker warm, every pool filled
+        _load(path, headers, args.connections, min(2.0, args.duration))
+    for _ in range(args.rounds):
+        for path in paths:
+            before = sum(harness.group_cpu(path.pgid))
+            result = _load(path, headers, args.connections, args.duration)
+            cpu = sum(harness.group_cpu(path.pgid)) - before
+            bad = result.errors + sum(n for s, n in result.statuses.items() if s != 200)
+            per_request = 1000 * cpu / result.requests if result.requests else 0.0
+            path.rounds.append(
+                Throughput(
+                    result.rps,
+                    result.percentile_ms(0.5),
+                    result.percentile_ms(0.99),
+                    per_request,
+                    bad,
+                )
+            )
+
+
+def _load(
+    path: Route, headers: dict[str, str], connections: int, duration: float
+) -> loadgen.LoadResult:
+    return loadgen.run(
+        "POST",
+        path.url + PATH,
+        headers={**headers, **path.headers},
+        body=BODY,
+        connections=connections,
+        duration=duration,
+    )
+
+
 def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1]
 
 
-def _report(direct: list[float], via: list[float], config: ServerConfig) -> None:
-    added = statistics.median(via) - statistics.median(direct)
-    print(f"inference: {len(via)} sequential chat completions each way ({config.describe()})")
-    for name, values in (("upstream directly", direct), ("through Airlock", via)):
-        p50, p99 = statistics.median(values), _pct(values, 99)
-        print(f"  {name:18} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
-    added99 = _pct(via, 99) - _pct(direct, 99)
+def _report(paths: list[Route], args: argparse.Namespace, config: ServerConfig) -> None:
+    _report_latency(paths, config)
+    _report_throughput(paths, args)
+    note = _litellm_note(args)
+    if note is not None:
+        print(f"  through LiteLLM    {note}")
+
+
+def _report_latency(paths: list[Route], config: ServerConfig) -> None:
+    direct = paths[0].latencies
+    count = len(direct)
+    print(f"inference: {count} sequential non-streaming chat completions per path")
+    print(f"  Airlock: {config.describe()}")
+    if len(paths) > 2:
+        print(
+            f"  LiteLLM {litellm_proxy.version()}: uvicorn --num_workers {config.workers} "
+            "(custom-auth key with rpm/tpm/parallel limits, no database)"
+        )
+    print("  latency              p50         p99       added p50   added p99")
+    for path in paths:
+        p50, p99 = statistics.median(path.latencies), _pct(path.latencies, 99)
+        line = f"  {path.label:18} {p50:7.2f} ms  {p99:7.2f} ms"
+        if path is not paths[0]:
+            added50 = p50 - statistics.median(direct)
+            added99 = p99 - _pct(direct, 99)
+            line += f"  {added50:7.2f} ms  {added99:7.2f} ms"
+        print(line)
+    added = statistics.median(paths[1].latencies) - statistics.median(direct)
     verdict = "met" if added <= TARGET_ADDED_P50_MS else "MISSED"
+    print(f"  Airlock added p50 {added:.2f} ms (target <= {TARGET_ADDED_P50_MS} ms: {verdict})")
+
+
+def _report_throughput(paths: list[Route], args: argparse.Namespace) -> None:
     print(
-        f"  added by Airlock   p50 {added:7.2f} ms   p99 {added99:7.2f} ms"
-        f"   (target p50 <= {TARGET_ADDED_P50_MS} ms: {verdict})"
+        f"throughput: POST {PATH}, {args.connections} keep-alive connections, "
+        f"{args.rounds} rounds of {args.duration:.0f} s per path (median round; best)"
     )
+    print("  path                 req/s   (best)     p50        p99     server CPU/req")
+    for path in paths:
+        mid = _median_round(path.rounds)
+        best = max(r.rps for r in path.rounds)
+        line = (
+            f"  {path.label:18} {mid.rps:7.0f}  ({best:5.0f})  {_ms(mid.p50_ms)}  "
+            f"{_ms(mid.p99_ms)}  {mid.cpu_ms_per_request:6.2f} ms"
+        )
+        bad = sum(r.bad for r in path.rounds)
+        if bad:
+            line += f"  INVALID: {bad} errors or non-200 responses"
+        print(line)
+    if len(paths) > 2:
+        airlock, litellm = _median_round(paths[1].rounds), _median_round(paths[2].rounds)
+        ratio = airlock.rps / litellm.rps if litellm.rps else float("inf")
+        verdict = "met" if ratio >= TARGET_THROUGHPUT_RATIO else "MISSED"
+        cpu = litellm.cpu_ms_per_request / airlock.cpu_ms_per_request
+        print(
+            f"  Airlock / LiteLLM throughput {ratio:.2f}x "
+            f"(target >= {TARGET_THROUGHPUT_RATIO}x: {verdict}); CPU per request {cpu:.2f}x less"
+        )
+
+
+def _median_round(rounds: list[Throughput]) -> Throughput:
+    return sorted(rounds, key=lambda r: r.rps)[len(rounds) // 2]
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:6.2f} ms" if value is not None else "   n/a   "
 
 
 if __name__ == "__main__":

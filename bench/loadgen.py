@@ -1,4 +1,5 @@
-"""A small closed-loop HTTP/1.1 load generator for HEAD (wrk cannot: it waits for a HEAD body).
+"""A small closed-loop HTTP/1.1 load generator for HEAD (wrk cannot: it waits for a HEAD body)
+and for POSTs of a fixed small body.
 
 Each process drives a fixed number of keep-alive connections with non-blocking sockets and one
 request in flight per connection, like wrk; it stops by itself at a deadline.
@@ -54,14 +55,18 @@ class LoadResult:
         return cuts[min(len(cuts) - 1, max(0, round(q * 1000) - 1))] * 1000
 
 
-def request_bytes(method: str, url: str, headers: Mapping[str, str]) -> tuple[str, int, bytes]:
-    """Host, port and the raw request to send over and over."""
+def request_bytes(
+    method: str, url: str, headers: Mapping[str, str], body: bytes = b""
+) -> tuple[str, int, bytes]:
+    """Host, port and the raw request (with its body, if any) to send over and over."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}", "User-Agent: airlock-bench"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
-    return host, port, ("\r\n".join(lines) + "\r\n\r\n").encode()
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return host, port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def run(
@@ -72,9 +77,10 @@ def run(
     connections: int,
     duration: float,
     processes: int = 1,
+    body: bytes = b"",
 ) -> LoadResult:
     """Send `method url` over `connections` connections (split over processes) for `duration`."""
-    host, port, raw = request_bytes(method, url, headers)
+    host, port, raw = request_bytes(method, url, headers, body)
     start_at = time.time() + 0.5 + 0.1 * processes
     share = [connections // processes + (i < connections % processes) for i in range(processes)]
     ctx = multiprocessing.get_context("fork")

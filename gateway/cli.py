@@ -624,8 +624,29 @@ def audit() -> None:
 
 
 @audit.command("verify")
-def audit_verify() -> None:
+@click.option("--events", type=click.Path(dir_okay=False), help="Exported events (offline).")
+@click.option(
+    "--checkpoints",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Checkpoint notes; repeat to compare the export with the object-storage copy.",
+)
+@click.option(
+    "--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False), help="Verifier keys."
+)
+@click.option("--manifest", type=click.Path(dir_okay=False), help="The export's manifest.json.")
+@click.option("--proof", type=click.Path(dir_okay=False), help="An `audit prove` file to check.")
+def audit_verify(
+    events: str | None,
+    checkpoints: tuple[str, ...],
+    pubkeys: tuple[str, ...],
+    manifest: str | None,
+    proof: str | None,
+) -> None:
     """Verify the chain and its signed checkpoints (database and storage); exit 1 on a fault."""
+    if events or proof:  # offline: exported files only, the database is never opened
+        _verify_offline(events, checkpoints, pubkeys, manifest, proof)
+        return
     from gateway.db.engine import Database
     from gateway.services.audit_log import AuditLogService
 
@@ -732,6 +753,138 @@ def audit_keygen(name: str, out: str) -> None:
     except (NoteError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(key.verifier().to_text())
+
+
+def _when(value: str | None) -> Any:
+    """A timezone-aware datetime from ISO 8601 (a date or a time; UTC when no offset)."""
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@audit.command("export")
+@click.option("--since", help="First event time (ISO 8601, inclusive; UTC when no offset).")
+@click.option("--until", help="Last event time (ISO 8601, exclusive).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory.")
+def audit_export(since: str | None, until: str | None, fmt: str, out: str) -> None:
+    """Write events, their covering checkpoints and a manifest for offline verification."""
+    from gateway.db.engine import Database
+    from gateway.services.audit_export import ExportError, export_audit
+
+    database = Database(load_settings().database_url)
+    try:
+        with database.session() as session:
+            manifest = export_audit(
+                session, out=Path(out), fmt=fmt, since=_when(since), until=_when(until)
+            )
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    events, covering = manifest["events"], manifest["checkpoints"]["covering"]
+    click.echo(
+        f"exported {events['rows']} events (seq {events['first_seq']}..{events['last_seq']}) "
+        f"and {manifest['checkpoints']['count']} checkpoints to {out}"
+    )
+    if covering is None:
+        click.echo("no checkpoint covers the last events yet: that tail is unanchored")
+    else:
+        click.echo(f"covering checkpoint: size {covering['size']}, key {covering['key_id']}")
+
+
+@audit.command("prove")
+@click.argument("seq", type=int)
+@click.option("--size", type=int, help="The checkpoint's tree size (default: the first after SEQ).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the proof here (else stdout).")
+def audit_prove(seq: int, size: int | None, out: str | None) -> None:
+    """Print an inclusion proof that event SEQ is in a signed checkpoint (verify --proof)."""
+    from gateway.db.engine import Database
+    from gateway.services.audit_export import ExportError, prove_event
+
+    database = Database(load_settings().database_url)
+    try:
+        with database.session() as session:
+            document = prove_event(session, seq, size=size)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(f"proof of event {seq} in the checkpoint of size {document['tree_size']}")
+    else:
+        click.echo(text, nl=False)
+
+
+def _verify_offline(
+    events: str | None,
+    checkpoints: tuple[str, ...],
+    pubkeys: tuple[str, ...],
+    manifest: str | None,
+    proof: str | None,
+) -> None:
+    """Verify exported files with public keys only: no database, no network."""
+    from gateway.audit.notes import NoteError
+    from gateway.audit.offline import read_verifier_keys
+
+    try:
+        keys = read_verifier_keys(Path(p) for p in pubkeys)
+    except (OSError, NoteError) as exc:
+        raise click.ClickException(f"cannot read the public keys: {exc}") from None
+    if (checkpoints or proof) and not keys:
+        raise click.UsageError("checking signatures needs --pubkey (airlock audit keys)")
+    if proof:
+        _verify_proof_file(Path(proof), keys)
+    if events:
+        _verify_export(Path(events), [Path(c) for c in checkpoints], keys, manifest)
+
+
+def _verify_proof_file(path: Path, keys: Any) -> None:
+    from gateway.audit.offline import verify_proof
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read the proof: {exc}") from None
+    found = verify_proof(document, keys)
+    if not found.ok:
+        click.echo(f"inclusion proof BROKEN for seq {found.seq}: {found.problem}", err=True)
+        sys.exit(1)
+    click.echo(f"inclusion proof OK: event {found.seq} is in the signed tree of {found.tree_size}")
+
+
+def _verify_export(events: Path, checkpoints: list[Path], keys: Any, manifest: str | None) -> None:
+    from gateway.audit.exports import MANIFEST_FILE
+    from gateway.audit.offline import verify_files
+
+    found = Path(manifest) if manifest else events.parent / MANIFEST_FILE
+    report = verify_files(
+        events, checkpoints, keys, manifest=found if manifest or found.exists() else None
+    )
+    if not report.ok:
+        click.echo(
+            f"audit export BROKEN at seq {report.first_bad_seq}: {report.problem} "
+            f"({report.events} events verified before it)",
+            err=True,
+        )
+        sys.exit(1)
+    span = f"seq {report.first_seq}..{report.last_seq}" if report.events else "no events"
+    click.echo(
+        f"audit export OK: {report.events} events ({span}), {report.checkpoints} checkpoints "
+        f"matched, anchored up to seq {report.anchored_to}"
+    )
+    for note in report.notes:
+        click.echo(f"  note: {note}")
 
 
 def _call(action: Any) -> Any:

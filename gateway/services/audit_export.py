@@ -1,0 +1,219 @@
+"""Audit exports and inclusion proofs read from the database, in the files the offline
+verifier checks (gateway.audit.exports describes the formats and the sub-range anchor)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gateway.audit import event_body
+from gateway.audit.canonical import format_timestamp
+from gateway.audit.exports import (
+    CHECKPOINTS_FILE,
+    EVENT_FILES,
+    EXPORT_FORMAT,
+    MANIFEST_FILE,
+    Anchor,
+    dump_json,
+    proof_document,
+    write_checkpoints,
+    write_events,
+)
+from gateway.audit.merkle import Frontier, inclusion_proof, leaf_hash
+from gateway.db.models import AuditCheckpoint, AuditEvent, utcnow
+
+BATCH = 5000
+
+
+class ExportError(ValueError):
+    """An export or proof that cannot be made, with the reason."""
+
+
+@dataclass(frozen=True)
+class SeqRange:
+    """The contiguous sequence numbers an export holds (empty when last < first)."""
+
+    first: int
+    last: int
+
+
+def export_audit(
+    session: Session,
+    *,
+    out: Path,
+    fmt: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """Write events, checkpoints and manifest for [since, until) into `out`; the manifest."""
+    if fmt not in EVENT_FILES:
+        raise ExportError(f"unknown format {fmt!r}: jsonl or csv")
+    out.mkdir(parents=True, exist_ok=True)
+    span = _range(session, since, until)
+    covering = _covering(session, span)
+    anchor = Anchor(_prefix(session, span.first - 1), _suffix(session, span, covering))
+    events = write_events(_rows(session, span), out / EVENT_FILES[fmt], fmt)
+    upto = covering.tree_size if covering else None
+    notes = write_checkpoints(_notes(session, upto), out / CHECKPOINTS_FILE)
+    manifest = {
+        "format": EXPORT_FORMAT,
+        "created_at": format_timestamp(utcnow()),
+        "range": {
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+        },
+        "events": {
+            "file": EVENT_FILES[fmt],
+            "format": fmt,
+            "rows": events.rows,
+            "first_seq": events.first_seq,
+            "last_seq": events.last_seq,
+            "sha256": events.sha256,
+        },
+        "checkpoints": {
+            "file": CHECKPOINTS_FILE,
+            "count": notes.rows,
+            "sha256": notes.sha256,
+            "covering": _describe(covering),
+        },
+        "anchor": anchor.to_json(),
+    }
+    dump_json(manifest, out / MANIFEST_FILE)
+    return manifest
+
+
+def _range(session: Session, since: datetime | None, until: datetime | None) -> SeqRange:
+    """The sequence numbers from the first event at or after `since` to the last before
+    `until`: every event in between is exported, whatever its timestamp."""
+    first_q = select(func.min(AuditEvent.seq))
+    last_q = select(func.max(AuditEvent.seq))
+    if since is not None:
+        first_q = first_q.where(AuditEvent.occurred_at >= since)
+    if until is not None:
+        last_q = last_q.where(AuditEvent.occurred_at < until)
+    first, last = session.scalar(first_q), session.scalar(last_q)
+    if first is None or last is None or last < first:
+        head = session.scalar(select(func.max(AuditEvent.seq))) or 0
+        return SeqRange(head + 1, head)
+    return SeqRange(first, last)
+
+
+def _covering(session: Session, span: SeqRange) -> AuditCheckpoint | None:
+    """The smallest checkpoint at or past the export's last event."""
+    return session.scalar(
+        select(AuditCheckpoint)
+        .where(AuditCheckpoint.tree_size >= max(span.last, 1))
+        .order_by(AuditCheckpoint.tree_size)
+        .limit(1)
+    )
+
+
+def _prefix(session: Session, size: int) -> Frontier:
+    """The Merkle frontier of the first `size` events: the last checkpoint's, extended."""
+    base = session.scalar(
+        select(AuditCheckpoint)
+        .where(AuditCheckpoint.tree_size <= size)
+        .order_by(AuditCheckpoint.tree_size.desc())
+        .limit(1)
+    )
+    frontier = Frontier.from_json(base.frontier) if base else Frontier()
+    for seq, digest in _entry_hashes(session, frontier.size, size):
+        if seq != frontier.size + 1:
+            raise ExportError(f"event {frontier.size + 1} is missing: no anchor before the range")
+        frontier.append(leaf_hash(bytes.fromhex(digest)))
+    if frontier.size != size:
+        raise ExportError(f"events up to {size} are missing: no anchor before the range")
+    return frontier
+
+
+def _suffix(session: Session, span: SeqRange, covering: AuditCheckpoint | None) -> list[str]:
+    """Entry hashes after the export up to its covering checkpoint."""
+    if covering is None:
+        return []
+    return [digest for _, digest in _entry_hashes(session, span.last, covering.tree_size)]
+
+
+def _entry_hashes(session: Session, after: int, upto: int) -> Iterator[tuple[int, str]]:
+    while after < upto:
+        batch = session.execute(
+            select(AuditEvent.seq, AuditEvent.entry_hash)
+            .where(AuditEvent.seq > after, AuditEvent.seq <= upto)
+            .order_by(AuditEvent.seq)
+            .limit(BATCH)
+        ).all()
+        if not batch:
+            return
+        yield from ((seq, digest) for seq, digest in batch)
+        after = batch[-1][0]
+
+
+def _rows(session: Session, span: SeqRange) -> Iterator[dict[str, Any]]:
+    """Export rows of the range in sequence order, read in batches."""
+    after = span.first - 1
+    while after < span.last:
+        batch = list(
+            session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.seq > after, AuditEvent.seq <= span.last)
+                .order_by(AuditEvent.seq)
+                .limit(BATCH)
+            )
+        )
+        if not batch:
+            return
+        for event in batch:
+            yield export_row(event)
+        after = batch[-1].seq
+        session.expunge_all()
+
+
+def export_row(event: AuditEvent) -> dict[str, Any]:
+    """An event as exported: its hashed body plus its two link fields."""
+    return {**event_body(event), "prev_hash": event.prev_hash, "entry_hash": event.entry_hash}
+
+
+def _notes(session: Session, upto: int | None) -> Iterator[str]:
+    query = select(AuditCheckpoint.note).order_by(AuditCheckpoint.tree_size)
+    if upto is not None:
+        query = query.where(AuditCheckpoint.tree_size <= upto)
+    yield from session.scalars(query)
+
+
+def _describe(checkpoint: AuditCheckpoint | None) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    return {
+        "size": checkpoint.tree_size,
+        "root": checkpoint.root_hash,
+        "head_hash": checkpoint.head_hash,
+        "key_name": checkpoint.key_name,
+        "key_id": checkpoint.key_id,
+    }
+
+
+def prove_event(session: Session, seq: int, *, size: int | None = None) -> dict[str, Any]:
+    """An inclusion proof of event `seq` in a checkpoint (default the first that covers it)."""
+    query = select(AuditCheckpoint).where(AuditCheckpoint.tree_size >= seq)
+    if size is not None:
+        query = select(AuditCheckpoint).where(AuditCheckpoint.tree_size == size)
+    checkpoint = session.scalar(query.order_by(AuditCheckpoint.tree_size).limit(1))
+    event = session.get(AuditEvent, seq)
+    if event is None:
+        raise ExportError(f"no event with sequence number {seq}")
+    if checkpoint is None or checkpoint.tree_size < seq:
+        raise ExportError(
+            f"no checkpoint covers event {seq} yet (airlock audit checkpoint signs one)"
+        )
+    leaves = [
+        leaf_hash(bytes.fromhex(d)) for _, d in _entry_hashes(session, 0, checkpoint.tree_size)
+    ]
+    if len(leaves) != checkpoint.tree_size:
+        raise ExportError(f"events before {checkpoint.tree_size} were pruned: no proof possible")
+    proof = inclusion_proof(leaves, seq - 1, checkpoint.tree_size)
+    return proof_document(export_row(event), checkpoint.tree_size, proof, checkpoint.note)

@@ -70,6 +70,9 @@ LEASE_TTL_MARGIN = 60  # a crashed process's lease outlives the longest upstream
 KEY_REF = re.compile(re.escape(UPSTREAM_KEY_PREFIX) + r"[A-Z0-9_]{1,100}")
 UPSTREAM_MODEL = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
 PROMPT_KEYS = ("messages", "prompt", "input")
+# A streamed chunk that carries generated text: a non-empty content, text, tool-call arguments
+# or reasoning string (escaped quotes inside strings cannot match: they follow a backslash).
+CONTENT = re.compile(rb'"(?:content|text|arguments|reasoning_content)":\s*"(?!")')
 DONE = b"data: [DONE]\n\n"
 
 
@@ -441,14 +444,12 @@ class InferenceService:
                 if event == DONE:
                     yield event
                     return
-                chunk = _chunk_of(event)
-                usage = _usage_of(chunk)
+                event, usage = delivery.take(event)
                 if usage is not None:
                     used = usage
                     if not wants_usage:
                         continue
-                delivery.delivered(chunk)
-                yield delivery.outgoing(event, chunk)
+                yield event
             raise UpstreamFailed("the model's upstream ended the stream before it was complete")
         except UpstreamFailed as exc:
             status = exc.status
@@ -516,26 +517,32 @@ class Delivery:
         self.chunks = 0
         self.prompt_tokens: int | None = None
         self.completion = hashlib.sha256() if admission.digests else None
+        self.parse = admission.digests or admission.target.model is not None
 
-    def outgoing(self, event: bytes, chunk: dict[str, Any] | None) -> bytes:
-        """The event as the client gets it: `model` named as Airlock names it."""
-        if chunk is None or self.admission.target.model is None or "model" not in chunk:
-            return event
-        chunk["model"] = self.admission.model.repo_id
-        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
-
-    def delivered(self, chunk: dict[str, Any] | None) -> None:
-        """Count a chunk handed to the client's connection (and hash its text)."""
+    def take(self, event: bytes) -> tuple[bytes, dict[str, Any] | None]:
+        """An upstream event as the client gets it (counted as handed to its connection), and
+        the usage it reports if it is the final usage chunk. Events are parsed only when the
+        model is renamed or digested, or when they carry a usage."""
+        if CONTENT.search(event):
+            self.chunks += 1
+        if not self.parse and b'"prompt_tokens"' not in event:
+            return event, None  # the common case: no JSON parsing per event
+        chunk = _chunk_of(event)
         if chunk is None:
-            return
+            return event, None
         usage = chunk.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             self.prompt_tokens = usage["prompt_tokens"]
-        text = _chunk_text(chunk)
-        if text:
-            self.chunks += 1
-            if self.completion is not None:
-                self.completion.update(text.encode())
+        if self.completion is not None:
+            self.completion.update(_chunk_text(chunk).encode())
+        return self._renamed(event, chunk), _usage_of(chunk)
+
+    def _renamed(self, event: bytes, chunk: dict[str, Any]) -> bytes:
+        """The event with `model` named as Airlock names it."""
+        if self.admission.target.model is None or "model" not in chunk:
+            return event
+        chunk["model"] = self.admission.model.repo_id
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
     def answered(self, answer: dict[str, Any]) -> None:
         """Hash a whole (non-streaming) answer's text."""

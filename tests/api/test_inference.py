@@ -24,7 +24,7 @@ from gateway.devtools.upstream import ReferenceUpstream, completion_text
 from gateway.ratelimit.base import month_of
 from gateway.ratelimit.redis import RedisLimiter
 from gateway.services.container import Airlock
-from gateway.services.inference import go_duration
+from gateway.services.inference import CONTENT, go_duration
 from gateway.services.upstream import HttpUpstream
 from gateway.settings import Settings, load_settings
 from tests.api.hubkit import bearer, fresh_model
@@ -394,6 +394,8 @@ def test_cut_stream_ends_with_an_error_event(inf: Inference) -> None:
     [event] = inf.audit("inference:serve")
     assert event.payload["upstream_status"] == 502
     assert event.payload["usage_reported"] is False
+    # charged the prompt estimate and the two words delivered, not the reservation
+    assert event.payload["tokens_used"] == 6 + 2 < event.payload["tokens_reserved"]
 
 
 def test_unreachable_upstream_is_503(inf: Inference) -> None:
@@ -858,3 +860,21 @@ def test_a_wrong_credential_is_502_and_a_missing_one_503_without_secrets(
     assert len(keyed.seen) == seen  # nothing was sent upstream
     for text in (json.dumps(refused), json.dumps(found), caplog.text):
         assert "upstream-secret" not in text and "not-the-key" not in text
+
+
+@pytest.mark.parametrize(
+    ("chunk", "counted"),
+    [
+        ({"choices": [{"delta": {"content": " word"}}]}, True),
+        ({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, False),
+        ({"choices": [{"index": 0, "text": "a", "logprobs": None}]}, True),
+        ({"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "{"}}]}}]}, True),
+        ({"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": None}, False),
+        ({"choices": [{"delta": {}, "logprobs": {"content": [{"token": "x"}]}}]}, False),
+        ({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}, False),
+    ],
+)
+def test_content_bearing_chunks(chunk: dict[str, Any], counted: bool) -> None:
+    for separators in ((",", ":"), (", ", ": ")):  # servers differ in spacing
+        event = b"data: " + json.dumps(chunk, separators=separators).encode() + b"\n\n"
+        assert bool(CONTENT.search(event)) is counted

@@ -240,8 +240,16 @@ class InferenceService:
         raise AccessDenied(f"You may not use the model {model.repo_id}. {summary}", reasons=reasons)
 
     def _audit_deny(
-        self, session: Session, user_id: int, model: ModelRow, reasons: list[dict[str, str]]
+        self,
+        session: Session,
+        user_id: int,
+        model: ModelRow,
+        reasons: list[dict[str, str]],
+        admission: Admission | None = None,
     ) -> None:
+        payload: dict[str, Any] = {"reasons": reasons}
+        if admission is not None:  # a limit refused it: whose limits
+            payload |= {"grant_id": admission.grant.id, "tier": admission.tier.name}
         session.rollback()  # a fresh transaction for the audit (see DownloadService._deny)
         self.audit.record(
             session,
@@ -251,7 +259,7 @@ class InferenceService:
             subject_user_id=user_id,
             model_id=model.id,
             effect="deny",
-            payload={"reasons": reasons},
+            payload=payload,
         )
         session.commit()
 
@@ -323,7 +331,7 @@ class InferenceService:
             result = self.limiter.acquire(dims)
         except LimiterUnavailable:
             reason = _reason("rate_limiter_unavailable", rule, LIMITER_DOWN_MESSAGE)
-            self._audit_deny(session, admission.user_id, admission.model, [reason])
+            self._audit_deny(session, admission.user_id, admission.model, [reason], admission)
             raise
         if result.allowed:
             return result
@@ -338,7 +346,7 @@ class InferenceService:
             f"{rule}.{refused.name}",
             message,
         )
-        self._audit_deny(session, admission.user_id, admission.model, [reason])
+        self._audit_deny(session, admission.user_id, admission.model, [reason], admission)
         wait = DAY if never else max(result.retry_after, 0.001)
         if isinstance(refused, Lease):
             # A slot frees when any request ends, usually within seconds, not at the lease's
@@ -370,7 +378,7 @@ class InferenceService:
             )
         rule = f"tiers[{admission.tier.name}].limits.tokens_per_month"
         reason = _reason("token_quota_exhausted", rule, message)
-        self._audit_deny(session, admission.user_id, admission.model, [reason])
+        self._audit_deny(session, admission.user_id, admission.model, [reason], admission)
         wait = max(state.reset_after, 0.001)
         headers = openai_ratelimit_headers(result)
         headers["retry-after-ms"] = str(math.ceil(wait * 1000))

@@ -661,6 +661,7 @@ def test_a_spent_monthly_quota_is_insufficient_quota_until_the_month_ends(
     assert refused.headers["x-ratelimit-limit-requests"] == "600"
     [denial] = inf.audit("inference:deny")
     assert denial.payload["reasons"][0]["code"] == "token_quota_exhausted"
+    assert (denial.payload["grant_id"], denial.payload["tier"]) == (inf.grant.id, "chat")
     # the refusal consumed nothing: 27 + 2 still fits
     hi = {"model": REPO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     assert inf.post("/chat/completions", hi).status_code == 200

@@ -13,6 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import openai
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
@@ -879,3 +881,20 @@ def test_content_bearing_chunks(chunk: dict[str, Any], counted: bool) -> None:
     for separators in ((",", ":"), (", ", ": ")):  # servers differ in spacing
         event = b"data: " + json.dumps(chunk, separators=separators).encode() + b"\n\n"
         assert bool(CONTENT.search(event)) is counted
+
+
+def test_the_sdk_reads_a_spent_quota_as_insufficient_quota_and_tries_once(inf: Inference) -> None:
+    set_limits(inf, "{tokens_per_month: 12}")
+    assert inf.post("/chat/completions", {**CHAT, "max_tokens": 2}).status_code == 200  # 7 used
+    attempts: list[httpx2.Request] = []
+    http = httpx2.Client(
+        transport=httpx2.WSGITransport(app=inf.client.application),
+        event_hooks={"request": [attempts.append]},
+    )
+    sdk = openai.OpenAI(
+        base_url="http://airlock.test/v1", api_key=inf.researcher.token, http_client=http
+    )
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk.chat.completions.create(model=REPO, messages=CHAT["messages"], max_tokens=4)
+    assert caught.value.code == "insufficient_quota" and caught.value.type == "insufficient_quota"
+    assert len(attempts) == 1

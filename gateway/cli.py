@@ -872,8 +872,9 @@ def _verify_export(events: Path, checkpoints: list[Path], keys: Any, manifest: s
         events, checkpoints, keys, manifest=found if manifest or found.exists() else None
     )
     if not report.ok:
+        where = f" at seq {report.first_bad_seq}" if report.first_bad_seq else ""
         click.echo(
-            f"audit export BROKEN at seq {report.first_bad_seq}: {report.problem} "
+            f"audit export BROKEN{where}: {report.problem} "
             f"({report.events} events verified before it)",
             err=True,
         )

@@ -104,8 +104,11 @@ def open_checkpoint_files(
     return opened
 
 
-def merge_checkpoints(files: Sequence[Sequence[SignedCheckpoint]]) -> list[SignedCheckpoint]:
-    """One list by size: each file only grows, the files agree, none lacks a later one.
+def merge_checkpoints(
+    files: Sequence[Sequence[SignedCheckpoint]], *, upto: int | None = None
+) -> list[SignedCheckpoint]:
+    """One list by size: each file only grows, the files agree, none lacks a later one (up to
+    size `upto` for an export that stops before the log's end).
 
     Times are not compared across sizes: pruning signs a checkpoint at its cut after later ones.
     """
@@ -116,8 +119,9 @@ def merge_checkpoints(files: Sequence[Sequence[SignedCheckpoint]]) -> list[Signe
             _agree(by_size.setdefault(item.checkpoint.size, item), item)
     merged = [by_size[size] for size in sorted(by_size)]
     _check_origins(merged)
+    compared = [c for c in merged if upto is None or c.checkpoint.size <= upto]
     for found in files:
-        _check_complete(found, merged)
+        _check_complete(found, compared)
     return merged
 
 
@@ -411,31 +415,35 @@ def verify_files(
 ) -> OfflineReport:
     """Verify an export: the events file, one or more checkpoints files, the public keys."""
     try:
-        anchor, complete = _read_manifest(manifest, events)
+        anchor, upto = _read_manifest(manifest, events)
         texts = [(path.name, path.read_text(encoding="utf-8")) for path in checkpoint_files]
-        merged = merge_checkpoints(open_checkpoint_files(texts, verifiers))
+        merged = merge_checkpoints(open_checkpoint_files(texts, verifiers), upto=upto)
     except VerificationFailed as failure:
         return OfflineReport().fail(failure.seq, failure.problem)
     except (OSError, ValueError) as exc:
         return OfflineReport().fail(None, f"cannot read the export: {exc}")
+    complete = upto is None
     if event_format(events) == EVENT_FORMAT_CSV:
         return verify_rows(read_events(events), merged, anchor=anchor, complete=complete)
     with events.open("rb") as lines:
         return verify_lines(lines, merged, anchor=anchor, complete=complete)
 
 
-def _read_manifest(manifest: Path | None, events: Path) -> tuple[Anchor, bool]:
-    """The anchor and whether the export reaches the log's end (no manifest: from seq 1, yes)."""
+def _read_manifest(manifest: Path | None, events: Path) -> tuple[Anchor, int | None]:
+    """The anchor, and where the export's tree ends if it stops before the log's end (None:
+    it reaches the end; no manifest: the events start at seq 1 and reach the end)."""
     if manifest is None:
-        return Anchor(), True
+        return Anchor(), None
     document = STRICT_JSON.decode(manifest.read_text(encoding="utf-8"))
     listed = document.get("events", {})
     if listed.get("sha256") and listed["sha256"] != file_sha256(events):
         raise VerificationFailed(
             None, f"{events.name} is not the file the manifest lists (SHA-256 differs)"
         )
-    complete = document.get("range", {}).get("until") is None
-    return Anchor.from_json(document.get("anchor")), complete
+    anchor = Anchor.from_json(document.get("anchor"))
+    if document.get("range", {}).get("until") is None:
+        return anchor, None
+    return anchor, anchor.prefix.size + int(listed.get("rows", 0)) + len(anchor.suffix)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from gateway.client import (
     repo_path,
     send_file,
 )
+from gateway.errors import AirlockError
 from gateway.settings import Settings, load_settings
 
 endpoint_option = click.option("--endpoint", envvar="AIRLOCK_ENDPOINT", help="Airlock base URL.")
@@ -127,6 +128,63 @@ def sweep() -> None:
     finally:
         airlock.close()
     click.echo("sweep done")
+
+
+@main.command()
+@click.argument(
+    "suspects",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option("--model", "repo_id", help="The model it leaked from (default: every marked model).")
+@click.option("--revision", help="Only copies of this revision (a commit id or 'main').")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def trace(
+    suspects: tuple[Path, ...], repo_id: str | None, revision: str | None, as_json: bool
+) -> None:
+    """Attribute leaked SUSPECTS (safetensors shards) to the grants they were delivered to.
+
+    Runs on the deployment (its database, storage and fingerprint keys): an exact digest match
+    against every delivered copy, then each grant's mark tested as a z-score.
+    """
+    from gateway.services.container import build_airlock
+
+    airlock = build_airlock(load_settings())
+    try:
+        with airlock.db.session() as session:
+            repos = [repo_id] if repo_id else airlock.tracing.marked_models(session)
+            reports = [
+                airlock.tracing.trace(
+                    session, principal=None, repo_id=r, suspects=suspects, revision=revision
+                )
+                for r in repos
+            ]
+    except AirlockError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        airlock.close()
+    if as_json:
+        _print([r.to_dict() for r in reports])
+        return
+    for report in reports:
+        _echo_trace(report)
+    if not reports:
+        click.echo("no model has marked copies: nothing to trace against")
+
+
+def _echo_trace(report: Any) -> None:
+    named = ", ".join(f"grant {g}" for g in report.attributed)
+    click.echo(f"{report.model}: {report.verdict}" + (f" to {named}" if named else ""))
+    for match in report.exact:
+        click.echo(
+            f"  exact copy of {match['path']} delivered to grant {match['grant_id']}"
+            f" ({match['username']}, tier {match['tier']})"
+        )
+    click.echo(f"  {'grant':>7}  {'user':<16} {'tier':<20} {'z':>8}  compared")
+    for f in report.ranked[:10]:
+        click.echo(f"  {f.grant_id:>7}  {f.username:<16} {f.tier:<20} {f.z:>8.2f}  {f.compared}")
+    click.echo(f"  threshold: z >= {report.threshold} ({len(report.ranked)} grants tested)")
 
 
 def _broker_settings() -> Settings:

@@ -350,6 +350,30 @@ def revoke_grant(grant_id: int, body: s.RevokeIn) -> s.GrantOut:
     return grant_out(grant)
 
 
+@endpoint(
+    bp,
+    MODEL + "/trace",
+    "POST",
+    summary="Trace a leaked safetensors file to the grant whose marked copy it is",
+    query=s.TraceQuery,
+    response=s.TraceOut,
+    scopes=("models:write", "audit:read"),
+    raw_body="application/octet-stream",
+)
+def trace_copy(org: str, name: str, query: s.TraceQuery) -> s.TraceOut:
+    limit = airlock().settings.max_upload_bytes
+    request.max_content_length = limit
+    report = airlock().tracing.trace_upload(
+        db(),
+        principal=principal(),
+        repo_id=f"{org}/{name}",
+        stream=cast(BinaryIO, request.stream),
+        max_bytes=limit,
+        revision=query.revision,
+    )
+    return s.TraceOut.model_validate(report.to_dict())
+
+
 def _version_out(version, created: bool, repo_id: str | None = None) -> s.PolicyVersionOut:  # type: ignore[no-untyped-def]
     return s.PolicyVersionOut(
         repo_id=repo_id or version.document.get("model", ""),

@@ -117,6 +117,45 @@ class UploadedPartOut(BaseModel):
     """A part the object store already holds."""
 
     number: int
+class TraceQuery(BaseModel):
+    """Which revision's delivered copies to trace against (default: every revision)."""
+
+    revision: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class TraceMatchOut(BaseModel):
+    """A delivered copy whose exact sha256 the suspect has."""
+
+    grant_id: int
+    username: str
+    tier: str
+    path: str
+    sha256: str
+
+
+class TraceFindingOut(BaseModel):
+    """One grant's evidence: the z-score of the suspect's differences against its mark."""
+
+    grant_id: int
+    username: str
+    tier: str
+    z: float
+    compared: int
+    positions: int
+    tensors: int
+
+
+class TraceOut(BaseModel):
+    """The outcome of tracing a suspect: exact matches, every candidate ranked, the verdict."""
+
+    model: str
+    verdict: Literal["attributed", "inconclusive"]
+    attributed: list[int]
+    threshold: float
+    exact: list[TraceMatchOut]
+    ranked: list[TraceFindingOut]
+
+
     size: int
 
 

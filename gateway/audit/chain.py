@@ -41,6 +41,7 @@ class AuditAction(StrEnum):
     MODEL_UNFREEZE = "model:unfreeze"
     MODEL_UPSTREAM = "model:upstream"
     ORG_CREATE = "org:create"
+    MODEL_TRACE = "model:trace"
     PACK_DEPLOY = "pack:deploy"
     POLICY_APPLY = "policy:apply"
     REQUEST_APPROVE = "request:approve"

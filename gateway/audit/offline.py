@@ -435,6 +435,8 @@ def _read_manifest(manifest: Path | None, events: Path) -> tuple[Anchor, int | N
     if manifest is None:
         return Anchor(), None
     document = STRICT_JSON.decode(manifest.read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or not isinstance(document.get("events", {}), dict):
+        raise ValueError(f"{manifest.name} is not an export manifest")
     listed = document.get("events", {})
     if listed.get("sha256") and listed["sha256"] != file_sha256(events):
         raise VerificationFailed(
@@ -460,8 +462,8 @@ def verify_proof(document: Any, verifiers: Sequence[VerifierKey]) -> ProofReport
     """Check an inclusion proof file: the note's signature, the event's hash, the audit path."""
     try:
         return _verify_proof(document, verifiers)
-    except (KeyError, TypeError, ValueError) as exc:
-        return ProofReport(False, None, None, f"not an inclusion proof: {exc}")
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        return ProofReport(False, None, None, f"not an inclusion proof: {exc!r}")
 
 
 def _verify_proof(document: Any, verifiers: Sequence[VerifierKey]) -> ProofReport:

@@ -26,6 +26,7 @@ from gateway.services.reevaluation import ReevaluationService
 from gateway.services.signing import BlobSigner
 from gateway.services.sweeps import SweepService
 from gateway.services.upstream import HttpUpstream
+from gateway.services.tracing import TraceService
 from gateway.settings import Settings
 from gateway.storage import Storage, storage_from_settings
 from gateway.tasks import InProcessRunner, TaskRunner
@@ -97,6 +98,16 @@ class Airlock:
 
 def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Airlock:
     """Construct backends named by the settings and the services over them.
+
+    @cached_property
+    def tracing(self) -> TraceService:
+        """Attributes leaked copies to grants (`airlock trace` and the trace API)."""
+        return TraceService(
+            audit=self.audit,
+            storage=self.storage,
+            publishing=self.publishing,
+            keys=self.provisioning.keys,
+        )
 
     Tasks go to Celery when a broker is configured, else run in this process after commit.
     """

@@ -44,9 +44,11 @@ def enqueue_after_commit(
 ) -> None:
     """Queue a task to be sent only once the session's transaction commits."""
     pending: list[tuple[TaskRunner, str, dict[str, Any]]] = session.info.setdefault(_PENDING, [])
-    if not pending:
-        event.listen(session, "after_commit", _flush, once=True)
-        event.listen(session, "after_rollback", _discard, once=True)
+    # Listen for the session's lifetime: a `once` listener stays registered after it fires, so
+    # registering it again is a no-op and tasks enqueued after a first commit were never sent.
+    if not event.contains(session, "after_commit", _flush):
+        event.listen(session, "after_commit", _flush)
+        event.listen(session, "after_rollback", _discard)
     pending.append((runner, name, kwargs))
 
 

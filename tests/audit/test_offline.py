@@ -4,14 +4,21 @@ checkpoint files compared, inclusion proofs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.audit.exports import Anchor, proof_document
+from gateway.audit.exports import Anchor, proof_document, write_checkpoints, write_events
 from gateway.audit.merkle import Frontier, inclusion_proof, leaf_hash
 from gateway.audit.notes import SigningKey
-from gateway.audit.offline import VerificationFailed, verify_lines, verify_proof, verify_rows
+from gateway.audit.offline import (
+    VerificationFailed,
+    verify_files,
+    verify_lines,
+    verify_proof,
+    verify_rows,
+)
 from tests.audit.chainkit import chain, lines, note_at, opened, rehash
 
 KEY = SigningKey.generate("test-audit")
@@ -169,4 +176,24 @@ def test_a_tampered_proof_fails() -> None:
     assert "audit path" in (verify_proof(bent, [KEY.verifier()]).problem or "")
     other = SigningKey.generate("test-audit")
     assert "no known key" in (verify_proof(document, [other.verifier()]).problem or "")
-    assert not verify_proof({"format": "nope"}, [KEY.verifier()]).ok
+    for junk in (
+        {"format": "nope"},
+        [],
+        {**document, "event": {"seq": "5"}},
+        {**document, "proof": [1]},
+    ):
+        assert not verify_proof(junk, [KEY.verifier()]).ok
+
+
+def test_verify_files_reads_both_formats_and_refuses_a_junk_manifest(tmp_path: Path) -> None:
+    notes = tmp_path / "checkpoints.notes"
+    write_checkpoints(NOTES, notes)
+    for fmt in ("jsonl", "csv"):
+        events = tmp_path / f"events.{fmt}"
+        write_events([dict(row) for row in ROWS], events, fmt)
+        report = verify_files(events, [notes], [KEY.verifier()])
+        assert (report.ok, report.events, report.anchored_to) == (True, 40, 33)
+    junk = tmp_path / "manifest.json"
+    junk.write_text("[]")
+    report = verify_files(events, [notes], [KEY.verifier()], manifest=junk)
+    assert not report.ok and "not an export manifest" in (report.problem or "")

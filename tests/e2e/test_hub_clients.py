@@ -19,6 +19,7 @@ pytestmark = pytest.mark.e2e
 REPO = "acme/tiny-llm"
 BIN = Path(sys.executable).parent
 OUTSIDE_GRANT = "README.md"  # in the repository, outside the weights tier's file globs
+WEIGHTS = "model.safetensors"  # marked per grantee by the demo's weights tier
 
 # Runs inside the client's own interpreter; prints one JSON line. Works with hub 0.36 and 2.x.
 CLIENT = r"""
@@ -49,11 +50,18 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def published(server: Server) -> dict[str, str]:
-    """path -> sha256 of every file of the head revision, as the publisher sees it."""
+    """path -> sha256 of every file of the head revision as the researcher receives it: the
+    publisher's digests, but the weights are the researcher's own marked copy (fingerprinted)."""
     revision = server.get(f"/api/v1/models/{REPO}/revisions/main", "publisher")
     files = {f["path"]: f["sha256"] for f in revision["files"]}
     assert OUTSIDE_GRANT in files
-    return files
+    tree = server.get(f"/api/models/{REPO}/tree/main?recursive=true", "researcher")
+    own = {e["path"]: e["lfs"]["oid"] for e in tree if e["type"] == "file"}
+    assert own[WEIGHTS] != files[WEIGHTS]
+    assert {p: h for p, h in own.items() if p != WEIGHTS} == {
+        p: h for p, h in files.items() if p not in (WEIGHTS, OUTSIDE_GRANT)
+    }
+    return {**files, **own}
 
 
 def run(command: list[str], env: dict[str, str]) -> str:
@@ -126,3 +134,49 @@ def test_hub_036_snapshot_download(server: Server, published: dict[str, str]) ->
     assert result["version"].startswith("0.36.")
     assert_snapshot(Path(result["snapshot"]), published)
     assert_refusals(result, server)
+
+
+# Downloads the weights and reads what model info and paths-info said about them.
+TRACED_CLIENT = r"""
+import json, os, sys
+from huggingface_hub import get_paths_info, hf_hub_download, model_info
+
+token, cache = sys.argv[1], sys.argv[2]
+path = hf_hub_download("acme/tiny-llm", "model.safetensors", token=token, cache_dir=cache)
+info = model_info("acme/tiny-llm", token=token, files_metadata=True)
+(sibling,) = [s for s in info.siblings if s.rfilename == "model.safetensors"]
+(entry,) = get_paths_info("acme/tiny-llm", ["model.safetensors"], token=token)
+print(json.dumps({
+    "path": path,
+    "etag": os.path.basename(os.path.realpath(path)),
+    "info": [sibling.lfs.sha256, sibling.size],
+    "paths": [entry.lfs.sha256, entry.size],
+}))
+"""
+
+
+def test_the_researchers_download_is_their_own_copy_and_traces_to_their_grant(
+    server: Server,
+) -> None:
+    env = server.hub_env("traced")
+    cache = str(server.tmp / "traced-cache")
+    seen = json.loads(
+        run([sys.executable, "-c", TRACED_CLIENT, server.tokens["researcher"], cache], env)
+    )
+    path = Path(seen["path"])
+    digest, size = sha256_of(path), path.stat().st_size
+    assert seen["etag"] == digest  # the client's cache names the blob by the ETag it was sent
+    assert seen["info"] == seen["paths"] == [digest, size]
+    grants = server.get("/api/v1/me/grants", "researcher")
+    (grant,) = [g for g in grants["grants"] if g["tier"] == "weights-vetted"]
+    trace_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")}
+    trace_env["AIRLOCK_DATA_DIR"] = str(server.tmp / "data")
+    command = [sys.executable, "-m", "gateway.cli", "trace", str(path), "--model", REPO, "--json"]
+    done = subprocess.run(
+        command, env=trace_env, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads(done.stdout)
+    assert report["verdict"] == "attributed" and report["attributed"] == [grant["id"]]
+    assert report["exact"][0]["sha256"] == digest
+    assert report["ranked"][0]["grant_id"] == grant["id"] and report["ranked"][0]["z"] >= 6

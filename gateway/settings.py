@@ -216,6 +216,11 @@ def _local_secret(root: Path, name: str) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process created it first: use theirs
         return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value
+
+
 def _fingerprint_version(env: Mapping[str, str]) -> int:
     return int(env.get("AIRLOCK_FINGERPRINT_KEY_VERSION") or 1)
 
@@ -231,8 +236,3 @@ def _fingerprint_secrets(env: Mapping[str, str], root: Path) -> dict[int, str]:
     }
     current = env.get(FINGERPRINT_SECRET) or _local_secret(root, "fingerprint_secret")
     return {**found, _fingerprint_version(env): current}
-
-
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
-    return value

@@ -382,9 +382,6 @@ class StagedFile(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class DownloadTicket(Base):
-    """One authorized file request against a grant: the signed URL handed out."""
-
 class DownloadFingerprint(Base):
     """A grant's marked copy of one file as delivered: key version, parameters, exact digest.
 
@@ -408,6 +405,9 @@ class DownloadFingerprint(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+
+class DownloadTicket(Base):
+    """One authorized file request against a grant: the signed URL handed out."""
 
     __tablename__ = "download_tickets"
 

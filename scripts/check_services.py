@@ -24,6 +24,8 @@ SERVICES = {
 }
 # The database-restart test runs a private cluster of its own with these binaries.
 SERVER_BINARIES = ("initdb", "pg_ctl")
+# Programs tests run as real peers: deploy/nginx.conf is checked by the nginx it is written for.
+TOOLS = {"nginx": "apt-get install nginx-light"}
 
 
 def reachable(host: str, port: int) -> bool:
@@ -52,6 +54,11 @@ def main() -> int:
         missing.append(
             ("PostgreSQL server binaries (initdb, pg_ctl)", "apt-get install postgresql")
         )
+    missing += [
+        (tool, how)
+        for tool, how in TOOLS.items()
+        if not shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    ]
     for name, how in missing:
         print(f"{name}: missing or not reachable. {how}", file=sys.stderr)
     if missing and os.environ.get("CI"):

@@ -105,18 +105,6 @@ class BlobOut(BaseModel):
     size: int | None = None
 
 
-class UploadIn(BaseModel):
-    """Ask how to send one file's bytes (starts or resumes a multipart upload on S3)."""
-
-    model_config = Strict
-    sha256: Sha256
-    size: int = Field(ge=0, le=2**50)
-
-
-class UploadedPartOut(BaseModel):
-    """A part the object store already holds."""
-
-    number: int
 class TraceQuery(BaseModel):
     """Which revision's delivered copies to trace against (default: every revision)."""
 
@@ -156,6 +144,18 @@ class TraceOut(BaseModel):
     ranked: list[TraceFindingOut]
 
 
+class UploadIn(BaseModel):
+    """Ask how to send one file's bytes (starts or resumes a multipart upload on S3)."""
+
+    model_config = Strict
+    sha256: Sha256
+    size: int = Field(ge=0, le=2**50)
+
+
+class UploadedPartOut(BaseModel):
+    """A part the object store already holds."""
+
+    number: int
     size: int
 
 

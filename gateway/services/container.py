@@ -88,6 +88,16 @@ class Airlock:
             lease_ttl=self.settings.inference_lease_seconds,
         )
 
+    @cached_property
+    def tracing(self) -> TraceService:
+        """Attributes leaked copies to grants (`airlock trace` and the trace API)."""
+        return TraceService(
+            audit=self.audit,
+            storage=self.storage,
+            publishing=self.publishing,
+            keys=self.provisioning.keys,
+        )
+
     def close(self) -> None:
         """Release pooled connections."""
         self.db.dispose()
@@ -98,16 +108,6 @@ class Airlock:
 
 def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Airlock:
     """Construct backends named by the settings and the services over them.
-
-    @cached_property
-    def tracing(self) -> TraceService:
-        """Attributes leaked copies to grants (`airlock trace` and the trace API)."""
-        return TraceService(
-            audit=self.audit,
-            storage=self.storage,
-            publishing=self.publishing,
-            keys=self.provisioning.keys,
-        )
 
     Tasks go to Celery when a broker is configured, else run in this process after commit.
     """

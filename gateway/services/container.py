@@ -25,8 +25,8 @@ from gateway.services.publishing import PublishingService
 from gateway.services.reevaluation import ReevaluationService
 from gateway.services.signing import BlobSigner
 from gateway.services.sweeps import SweepService
-from gateway.services.upstream import HttpUpstream
 from gateway.services.tracing import TraceService
+from gateway.services.upstream import HttpUpstream
 from gateway.settings import Settings
 from gateway.storage import Storage, storage_from_settings
 from gateway.tasks import InProcessRunner, TaskRunner

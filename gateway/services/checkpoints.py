@@ -7,14 +7,15 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from gateway.audit import GENESIS_HASH, entry_hash, event_body
+from gateway.audit.canonical import BODY_FIELDS, GENESIS_HASH, body_of, entry_hash
 from gateway.audit.merkle import Frontier, leaf_hash
 from gateway.audit.notes import (
     Checkpoint,
@@ -37,6 +38,9 @@ SIZE_DIGITS = 20  # any BIGINT tree size: keys sort in tree order
 KEY_FILE = "audit_signing_key"
 NOTE_MAX_BYTES = 64 * 1024
 BATCH = 5000
+# One run signs at most this many new events (about 10 s of work), so a first checkpoint over a
+# long history finishes within the task's time limit; the next runs continue from it.
+MAX_EVENTS_PER_RUN = 100_000
 # Creators serialize on this PostgreSQL advisory lock (SQLite's BEGIN IMMEDIATE does it there).
 LOCK_ID = 0x41495243  # "AIRC"
 
@@ -179,24 +183,12 @@ class CheckpointService:
         """Sign, store (database, then object storage) and return a checkpoint of the first
         `size` events (default: all); None when one exists at that size. Commits."""
         self._lock(session)
-        head_seq = session.execute(select(AuditHead.seq).where(AuditHead.id == 1)).scalar_one()
-        target = head_seq if size is None else size
-        if not 0 < target <= head_seq:
+        target = self._target(session, size)
+        base = self.before(session, target) if target else None
+        if not target or (base is not None and base.tree_size == target):
             session.commit()
-            if size is None:
-                return None
-            raise ValueError(f"no checkpoint at size {size}: the chain holds {head_seq} events")
-        latest = self.latest(session)
-        if size is None and latest is not None and latest.tree_size > head_seq:
-            session.commit()
-            raise ChainBroken(
-                f"the chain's head ({head_seq}) is behind the checkpoint at size "
-                f"{latest.tree_size}: events were removed; nothing signed"
-            )
-        base = self.before(session, target)
-        if base is not None and base.tree_size == target:
-            session.commit()
-            self._ensure_copy(storage, base)
+            if base is not None:
+                self._ensure_copy(storage, base)
             return None
         row = self._sign(session, base, target, signer=signer, origin=origin)
         session.add(row)
@@ -204,6 +196,22 @@ class CheckpointService:
         self._write(storage, row)
         log.info("audit checkpoint at size %d signed by %s", row.tree_size, row.key_name)
         return row
+
+    def _target(self, session: Session, size: int | None) -> int:
+        """`size`, else the head, at most MAX_EVENTS_PER_RUN past the latest checkpoint."""
+        head = session.execute(select(AuditHead.seq).where(AuditHead.id == 1)).scalar_one()
+        if size is not None:
+            if not 0 < size <= head:
+                raise ValueError(f"no checkpoint at size {size}: the chain holds {head} events")
+            return size
+        latest = self.latest(session)
+        done = latest.tree_size if latest is not None else 0
+        if done > head:
+            raise ChainBroken(
+                f"the chain's head ({head}) is behind the checkpoint at size {done}: "
+                "events were removed; nothing signed"
+            )
+        return int(min(head, done + MAX_EVENTS_PER_RUN))
 
     def before(self, session: Session, size: int) -> AuditCheckpoint | None:
         """The checkpoint with the largest tree size not above `size`."""
@@ -239,7 +247,7 @@ class CheckpointService:
         prev = base.head_hash if base else GENESIS_HASH
         for event in _events(session, frontier.size, target):
             prev = _linked(event, frontier.size + 1, prev)
-            frontier.append(leaf_hash(bytes.fromhex(event.entry_hash)))
+            frontier.append(leaf_hash(bytes.fromhex(prev)))
         if frontier.size != target:
             raise ChainBroken(f"events end at {frontier.size}, before {target}: nothing signed")
         now = utcnow().replace(microsecond=0)
@@ -287,32 +295,37 @@ class CheckpointService:
         return report
 
 
-def _events(session: Session, after: int, upto: int) -> Iterator[AuditEvent]:
-    """Events after..upto in sequence order, read in batches."""
+_EVENT_ROWS = select(
+    *(getattr(AuditEvent, name) for name in (*BODY_FIELDS, "prev_hash", "entry_hash"))
+)
+
+
+def _events(session: Session, after: int, upto: int) -> Iterator[Mapping[str, Any]]:
+    """Events after..upto in sequence order, as plain rows (no ORM identity map), in batches."""
     while after < upto:
-        batch = list(
-            session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.seq > after, AuditEvent.seq <= upto)
+        batch = (
+            session.execute(
+                _EVENT_ROWS.where(AuditEvent.seq > after, AuditEvent.seq <= upto)
                 .order_by(AuditEvent.seq)
                 .limit(BATCH)
             )
+            .mappings()
+            .all()
         )
         if not batch:
             return
-        for event in batch:
-            yield event
-            session.expunge(event)  # a first checkpoint over millions of events stays small
-        after = batch[-1].seq
+        yield from cast(Sequence[Mapping[str, Any]], batch)
+        after = batch[-1]["seq"]
 
 
-def _linked(event: AuditEvent, expected: int, prev: str) -> str:
+def _linked(event: Mapping[str, Any], expected: int, prev: str) -> str:
     """The event's entry hash, once its sequence, link and content hold."""
-    if event.seq != expected:
-        raise ChainBroken(f"expected event {expected}, found {event.seq}: nothing signed")
-    if event.prev_hash != prev or entry_hash(prev, event_body(event)) != event.entry_hash:
-        raise ChainBroken(f"event {event.seq} does not link or was edited: nothing signed")
-    return event.entry_hash
+    seq, digest = event["seq"], event["entry_hash"]
+    if seq != expected:
+        raise ChainBroken(f"expected event {expected}, found {seq}: nothing signed")
+    if event["prev_hash"] != prev or entry_hash(prev, body_of(event)) != digest:
+        raise ChainBroken(f"event {seq} does not link or was edited: nothing signed")
+    return str(digest)
 
 
 def _check_note(

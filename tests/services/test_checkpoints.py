@@ -289,3 +289,12 @@ def test_a_copy_missing_from_storage_is_a_warning_and_the_next_run_writes_it(
     assert airlock.storage.exists(storage_key(3))
     with airlock.db.session() as session:
         assert session.scalar(select(func.count()).select_from(AuditCheckpoint)) == 1
+
+
+def test_a_long_history_is_signed_in_steps_each_within_a_run(
+    airlock: Airlock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.services.checkpoints.MAX_EVENTS_PER_RUN", 4)
+    record(airlock, 10)
+    assert [create(airlock) for _ in range(4)] == [4, 8, 10, None]
+    assert verify(airlock).ok

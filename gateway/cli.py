@@ -946,6 +946,143 @@ def _verify_export(events: Path, checkpoints: list[Path], keys: Any, manifest: s
         click.echo(f"  note: {note}")
 
 
+@audit.command("forward")
+def audit_forward() -> None:
+    """Send the events after the SIEM cursor to AIRLOCK_AUDIT_FORWARD now (the beat task does
+    it every 10 s), and print how many."""
+    from gateway.audit.forward import SinkError, open_sink
+    from gateway.services.forwarding import ForwardingService
+
+    airlock = _services()
+    try:
+        if not airlock.settings.audit_forward:
+            raise click.ClickException("AIRLOCK_AUDIT_FORWARD is not set: forwarding is off")
+        sink = open_sink(airlock.settings.audit_forward)
+        try:
+            done = ForwardingService().forward(airlock.db, sink)
+        except SinkError as exc:
+            raise click.ClickException(f"the sink refused the batch: {exc}") from None
+        finally:
+            sink.close()
+    finally:
+        airlock.close()
+    click.echo(f"forwarded {done.events} events; cursor at seq {done.cursor}", err=True)
+
+
+@audit.command("prune")
+@click.option("--dry-run", is_flag=True, help="Print what would be pruned; change nothing.")
+@click.option("--at", help="Prune as of this instant (ISO 8601 with a zone), not now.")
+def audit_prune(dry_run: bool, at: str | None) -> None:
+    """Delete the events older than AIRLOCK_AUDIT_RETENTION_YEARS that no legal hold keeps,
+    after signing a checkpoint at the cut (the beat task does it daily)."""
+    from gateway.services.checkpoints import SigningKeyMissing
+    from gateway.tasks import jobs
+
+    airlock = _services()
+    try:
+        years = airlock.settings.audit_retention_years
+        if dry_run:
+            with airlock.db.session() as session:
+                plan = airlock.retention.plan(session, now=_at(at), years=years)
+        else:
+            plan = None
+            result = jobs.prune_audit(airlock, at=at)
+    except (SigningKeyMissing, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        airlock.close()
+    shown = plan if plan is not None else result.plan
+    held = f"; a legal hold stops it before seq {shown.held_from}" if shown.held_from else ""
+    click.echo(
+        f"retention {years} years: events before {shown.horizon:%Y-%m-%dT%H:%M:%SZ} are due, "
+        f"up to seq {shown.due}{held}; pruned so far up to seq {shown.previous}"
+    )
+    if plan is not None:
+        click.echo(f"dry run: would prune seq {plan.previous + 1} to {plan.cut} ({plan.count})")
+    else:
+        cut = result.cuts[-1][0] if result.cuts else shown.previous
+        click.echo(f"pruned {result.deleted} events; the chain now starts after seq {cut}")
+
+
+def _at(text: str | None) -> Any:
+    from datetime import datetime
+
+    from gateway.db.models import utcnow
+
+    if text is None:
+        return utcnow()
+    found = datetime.fromisoformat(text)
+    if found.tzinfo is None:
+        raise ValueError(f"'{text}' names no time zone; write it as 2036-01-01T00:00:00Z")
+    return found
+
+
+@audit.group("holds")
+def audit_holds() -> None:
+    """Legal holds: a held user's or model's events are never pruned."""
+
+
+@audit_holds.command("list")
+@click.option("--active", is_flag=True, help="Only holds not yet released.")
+def audit_holds_list(active: bool) -> None:
+    """Print every legal hold as JSON."""
+    airlock = _services()
+    try:
+        with airlock.db.session() as session:
+            holds = airlock.legal_holds.list(session, principal=None, active_only=active)
+            _print([_hold_out(h) for h in holds])
+    finally:
+        airlock.close()
+
+
+@audit_holds.command("place")
+@click.option("--org", required=True, help="The organization the hold is for (slug).")
+@click.option("--kind", required=True, type=click.Choice(["model", "user"]))
+@click.option("--subject", required=True, help="A username, or a model as org/name.")
+@click.option("--reason", required=True, help="Why (a case reference), recorded and audited.")
+def audit_holds_place(org: str, kind: str, subject: str, reason: str) -> None:
+    """Place a legal hold (audited as legal_hold:place, by the operator)."""
+    airlock = _services()
+    try:
+        with airlock.db.session() as session:
+            hold = _domain(
+                lambda: airlock.legal_holds.place(
+                    session, principal=None, org=org, kind=kind, subject=subject, reason=reason
+                )
+            )
+            _print(_hold_out(hold))
+    finally:
+        airlock.close()
+
+
+@audit_holds.command("release")
+@click.argument("hold_id", type=int)
+def audit_holds_release(hold_id: int) -> None:
+    """Release a legal hold (audited as legal_hold:release, by the operator)."""
+    airlock = _services()
+    try:
+        with airlock.db.session() as session:
+            hold = _domain(
+                lambda: airlock.legal_holds.release(session, principal=None, hold_id=hold_id)
+            )
+            _print(_hold_out(hold))
+    finally:
+        airlock.close()
+
+
+def _hold_out(hold: Any) -> dict[str, Any]:
+    return {
+        "id": hold.id,
+        "org_id": hold.org_id,
+        "kind": hold.kind,
+        "subject_id": hold.subject_id,
+        "reason": hold.reason,
+        "created_by": hold.created_by,
+        "created_at": hold.created_at.isoformat(),
+        "released_at": hold.released_at.isoformat() if hold.released_at else None,
+    }
+
+
 def _call(action: Any) -> Any:
     try:
         return action()

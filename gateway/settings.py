@@ -84,6 +84,8 @@ class Settings:
     audit_origin: str | None = None
     audit_checkpoint_seconds: int = 300
     audit_checkpoint_events: int = 10_000
+    audit_forward: str | None = None  # stdout | file:/path | syslog+udp://h:p | syslog+tcp://h:p
+    audit_retention_years: int = 10
 
     @property
     def checkpoint_origin(self) -> str:
@@ -155,6 +157,8 @@ def load_settings(
         audit_origin=env.get("AIRLOCK_AUDIT_ORIGIN") or None,
         audit_checkpoint_seconds=int(env.get("AIRLOCK_AUDIT_CHECKPOINT_SECONDS", 300)),
         audit_checkpoint_events=int(env.get("AIRLOCK_AUDIT_CHECKPOINT_EVENTS", 10_000)),
+        audit_forward=env.get("AIRLOCK_AUDIT_FORWARD") or None,
+        audit_retention_years=_retention_years(env.get("AIRLOCK_AUDIT_RETENTION_YEARS")),
     )
 
 
@@ -219,6 +223,13 @@ def _local_secret(root: Path, name: str) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(value)
     return value
+
+
+def _retention_years(value: str | None) -> int:
+    years = int(value or 10)
+    if years < 1:
+        raise ValueError(f"AIRLOCK_AUDIT_RETENTION_YEARS must be at least 1, not {years}")
+    return years
 
 
 def _fingerprint_version(env: Mapping[str, str]) -> int:

@@ -18,6 +18,10 @@ from gateway.tasks.broker import CeleryRunner, configure
 from gateway.tasks.catalog import (
     CHECKPOINT_TASK,
     CHECKPOINT_TICK_SECONDS,
+    FORWARD_TASK,
+    FORWARD_TICK_SECONDS,
+    PRUNE_INTERVAL_SECONDS,
+    PRUNE_TASK,
     QUEUES,
     RESCREEN_INTERVAL_SECONDS,
     RESCREEN_TASK,
@@ -86,6 +90,16 @@ def make_celery(settings: Settings) -> Celery:
                     "queue": SPECS[CHECKPOINT_TASK].queue,
                     "expires": CHECKPOINT_TICK_SECONDS,
                 },
+            },
+            "forward-audit": {
+                "task": FORWARD_TASK,
+                "schedule": float(FORWARD_TICK_SECONDS),
+                "options": {"queue": SPECS[FORWARD_TASK].queue, "expires": FORWARD_TICK_SECONDS},
+            },
+            "prune-audit": {
+                "task": PRUNE_TASK,
+                "schedule": float(PRUNE_INTERVAL_SECONDS),
+                "options": {"queue": SPECS[PRUNE_TASK].queue, "expires": 3600},
             },
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),

@@ -15,8 +15,10 @@ from gateway.services.provisioning import StagingRace
 from gateway.tasks import jobs
 from gateway.tasks.catalog import (
     CHECKPOINT_TASK,
+    FORWARD_TASK,
     KYC_TASK,
     PROVISION_TASK,
+    PRUNE_TASK,
     REEVALUATE_MODEL_TASK,
     REEVALUATE_USER_TASK,
     RESCREEN_TASK,
@@ -77,6 +79,12 @@ def register_tasks(app: Celery, airlock: Callable[[], Airlock]) -> None:
     def checkpoint_audit() -> None:
         jobs.checkpoint_audit(airlock())
 
+    def forward_audit() -> None:
+        jobs.forward_audit(airlock())
+
+    def prune_audit() -> None:
+        jobs.prune_audit(airlock())
+
     for name, run in (
         (VET_TASK, vet_revision),
         (PROVISION_TASK, provision_download),
@@ -86,5 +94,7 @@ def register_tasks(app: Celery, airlock: Callable[[], Airlock]) -> None:
         (RESCREEN_TASK, rescreen_grants),
         (KYC_TASK, apply_kyc_event),
         (CHECKPOINT_TASK, checkpoint_audit),
+        (FORWARD_TASK, forward_audit),
+        (PRUNE_TASK, prune_audit),
     ):
         app.task(**task_options(name))(run)

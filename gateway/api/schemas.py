@@ -575,3 +575,40 @@ class WhoamiOut(BaseModel):
     username: str
     scopes: list[str]
     roles: dict[str, list[str]]
+
+
+class LegalHoldIn(BaseModel):
+    """Place a legal hold on a user's or a model's audit events in one of your organizations."""
+
+    model_config = Strict
+    org: str = Field(min_length=1, max_length=64)
+    kind: Literal["model", "user"]
+    subject: str = Field(min_length=1, max_length=200, description="username, or org/name")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class LegalHoldOut(BaseModel):
+    """A legal hold: its events are kept past retention until it is released."""
+
+    id: int
+    org_id: int
+    kind: str
+    subject_id: int
+    reason: str
+    created_by: int | None
+    created_at: datetime
+    released_at: datetime | None
+    released_by: int | None
+
+
+class LegalHoldQuery(BaseModel):
+    """Which holds to list."""
+
+    model_config = ConfigDict(extra="forbid")
+    active: bool = False
+
+
+class LegalHoldList(BaseModel):
+    """Legal holds of your organizations."""
+
+    holds: list[LegalHoldOut]

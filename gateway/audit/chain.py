@@ -22,6 +22,7 @@ _body = body_of  # the name bench/audit.py knew before the pure module split out
 class AuditAction(StrEnum):
     """Audit actions, grammar `subject:action`, kept sorted."""
 
+    AUDIT_PRUNE = "audit:prune"
     DOWNLOAD_DENY = "download:deny"
     DOWNLOAD_ISSUE = "download:issue"
     GRANT_CREATE = "grant:create"
@@ -35,6 +36,8 @@ class AuditAction(StrEnum):
     INFERENCE_SERVE = "inference:serve"
     KYC_START = "kyc:start"
     KYC_VERIFY = "kyc:verify"
+    LEGAL_HOLD_PLACE = "legal_hold:place"
+    LEGAL_HOLD_RELEASE = "legal_hold:release"
     MEMBERSHIP_ADD = "membership:add"
     MODEL_CREATE = "model:create"
     MODEL_FREEZE = "model:freeze"
@@ -143,10 +146,15 @@ class ChainReport:
 
 
 def verify_chain(
-    events: Iterable[AuditEvent], *, head_seq: int | None = None, head_hash: str | None = None
+    events: Iterable[AuditEvent],
+    *,
+    head_seq: int | None = None,
+    head_hash: str | None = None,
+    after: tuple[int, str] = (0, GENESIS_HASH),
 ) -> ChainReport:
-    """Recompute every link; report the first sequence number whose record does not hold."""
-    expected_seq, prev, checked = 1, GENESIS_HASH, 0
+    """Recompute every link from `after` (seq and entry hash of the last pruned event, or the
+    genesis); report the first sequence number whose record does not hold."""
+    expected_seq, prev, checked = after[0] + 1, after[1], 0
     for event in events:
         problem = _check_event(event, expected_seq, prev)
         if problem:

@@ -297,6 +297,7 @@ def _fast(line: bytes, expected: int, prev: str | None) -> str | None:
     j = line.rfind(b',"prev_hash":"')
     if (
         i < 0
+        or j < i + 80
         or line[i + 79 : i + 92] != b'","model_id":'
         or line.find(b',"payload":{') < i
         or line[j + 78 : j + 86] != b'","seq":'

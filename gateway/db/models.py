@@ -482,3 +482,59 @@ class AuditCheckpoint(Base):
     frontier: Mapped[Any] = mapped_column(JSON)
     storage_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LegalHoldKind(StrEnum):
+    """What a legal hold is placed on, kept sorted."""
+
+    MODEL = "model"
+    USER = "user"
+
+
+class AuditLegalHold(Base):
+    """A legal hold: the events of one user or model are kept past retention until released."""
+
+    __tablename__ = "audit_legal_holds"
+    __table_args__ = (Index("ix_audit_legal_holds_kind_subject_id", "kind", "subject_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    subject_id: Mapped[int]
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    released_at: Mapped[datetime | None]
+    released_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class AuditForwardCursor(Base):
+    """How far events were delivered to a SIEM sink: everything up to `seq` was accepted."""
+
+    __tablename__ = "audit_forward_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditPrune(Base):
+    """One pruning of the chain's oldest events: the anchor verification starts from after it."""
+
+    __tablename__ = "audit_prunes"
+
+    cut_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    cut_hash: Mapped[str] = mapped_column(String(64))  # entry hash of the last pruned event
+    frontier: Mapped[Any] = mapped_column(JSON)  # the Merkle frontier at the cut
+    deleted: Mapped[int] = mapped_column(BigInteger)
+    horizon: Mapped[datetime]  # events older than this were due (retention)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditPrunePermit(Base):
+    """The narrow path past the append-only triggers: while a row here names a cut, inside the
+    pruning transaction only, events up to that cut may be deleted. Never committed non-empty."""
+
+    __tablename__ = "audit_prune_permits"
+
+    cut: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)

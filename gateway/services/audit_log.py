@@ -14,6 +14,7 @@ from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, AuditHead, Model, Organization, User
 from gateway.errors import Forbidden
 from gateway.services.principal import Principal
+from gateway.services.retention import anchor_of, anchor_problem, pruned_anchor
 
 VERIFY_BATCH = 5000
 
@@ -76,9 +77,18 @@ class AuditLogService:
         return query
 
     def verify(self, session: Session) -> ChainReport:
-        """Verify the whole chain in the database against its head row."""
+        """Verify the chain in the database, from the pruned horizon if any, against its head."""
         head = session.get_one(AuditHead, 1)
-        return verify_chain(_all_events(session), head_seq=head.seq, head_hash=head.entry_hash)
+        anchor = pruned_anchor(session)
+        problem = anchor_problem(session, anchor)
+        if anchor is not None and problem is not None:
+            return ChainReport(False, 0, anchor.cut_seq, anchor.cut_seq + 1, problem)
+        return verify_chain(
+            _all_events(session),
+            head_seq=head.seq,
+            head_hash=head.entry_hash,
+            after=anchor_of(anchor),
+        )
 
 
 def _all_events(session: Session) -> Iterator[AuditEvent]:

@@ -23,6 +23,7 @@ from gateway.services.policy import PolicyService
 from gateway.services.provisioning import ProvisioningService
 from gateway.services.publishing import PublishingService
 from gateway.services.reevaluation import ReevaluationService
+from gateway.services.retention import LegalHoldService, RetentionService
 from gateway.services.signing import BlobSigner
 from gateway.services.sweeps import SweepService
 from gateway.services.tracing import TraceService
@@ -72,6 +73,16 @@ class Airlock:
     def checkpoints(self) -> CheckpointService:
         """Signs audit checkpoints and verifies them (keys come from `load_keys(settings)`)."""
         return CheckpointService()
+
+    @cached_property
+    def legal_holds(self) -> LegalHoldService:
+        """Places and releases legal holds on a user's or a model's audit events."""
+        return LegalHoldService(audit=self.audit)
+
+    @cached_property
+    def retention(self) -> RetentionService:
+        """Plans and performs prunes of the audit events past retention."""
+        return RetentionService(audit=self.audit, checkpoints=self.checkpoints)
 
     @cached_property
     def inference(self) -> InferenceService:

@@ -12,6 +12,8 @@ REEVALUATE_USER_TASK = "airlock.policy.reevaluate_user"
 RESCREEN_TASK = "airlock.policy.rescreen_grants"
 KYC_TASK = "airlock.kyc.apply_event"
 CHECKPOINT_TASK = "airlock.audit.checkpoint"
+FORWARD_TASK = "airlock.audit.forward"
+PRUNE_TASK = "airlock.audit.prune"
 
 QUEUES = ("vetting", "provisioning", "kyc", "audit", "default")
 DEFAULT_QUEUE = "default"
@@ -20,6 +22,9 @@ RESCREEN_INTERVAL_SECONDS = 24 * 3600
 # The checkpoint task decides cheaply whether one is due (AIRLOCK_AUDIT_CHECKPOINT_SECONDS or
 # _EVENTS): ticking often bounds how late a checkpoint can be.
 CHECKPOINT_TICK_SECONDS = 30
+# SIEM forwarding (AIRLOCK_AUDIT_FORWARD) drains the events after its cursor on every tick.
+FORWARD_TICK_SECONDS = 10
+PRUNE_INTERVAL_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,10 @@ SPECS = {
         TaskSpec(KYC_TASK, "kyc", soft_time_limit=110, time_limit=120),
         # Reads and links the events since the last checkpoint (10,000 by default), signs one note.
         TaskSpec(CHECKPOINT_TASK, "audit", soft_time_limit=110, time_limit=120),
+        # At most 100 batches of 500 events per run, each one sink write and one cursor update.
+        TaskSpec(FORWARD_TASK, "audit", soft_time_limit=110, time_limit=120),
+        # Deletes 50,000 events per transaction, a checkpoint at each cut.
+        TaskSpec(PRUNE_TASK, "audit", soft_time_limit=3300, time_limit=3600),
     )
 }
 LONGEST_TIME_LIMIT = max(spec.time_limit for spec in SPECS.values())

@@ -13,15 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from gateway.audit.forward import open_sink
 from gateway.db.engine import begin_read_only
 from gateway.db.models import Revision, utcnow
 from gateway.services.checkpoints import load_keys
+from gateway.services.forwarding import ForwardingService
+from gateway.services.retention import PruneResult
 from gateway.services.sweeps import notice_pack_changes
 from gateway.services.vetting import vetting_report
 from gateway.tasks.catalog import (
     CHECKPOINT_TASK,
+    FORWARD_TASK,
     KYC_TASK,
     PROVISION_TASK,
+    PRUNE_TASK,
     REEVALUATE_MODEL_TASK,
     REEVALUATE_USER_TASK,
     RESCREEN_TASK,
@@ -175,6 +180,33 @@ def checkpoint_audit(airlock: Airlock, *, force: bool = False) -> None:
         )
 
 
+def forward_audit(airlock: Airlock) -> None:
+    """Deliver the audit events after the SIEM cursor to AIRLOCK_AUDIT_FORWARD (unset: none)."""
+    spec = airlock.settings.audit_forward
+    if not spec:
+        return
+    sink = open_sink(spec)
+    try:
+        ForwardingService().forward(airlock.db, sink)
+    finally:
+        sink.close()
+
+
+def prune_audit(airlock: Airlock, *, at: str | None = None) -> PruneResult:
+    """Daily: delete the audit events past retention (AIRLOCK_AUDIT_RETENTION_YEARS) that no
+    legal hold keeps, leaving a signed checkpoint at each cut. `at` prunes as of that instant."""
+    settings = airlock.settings
+    keys = load_keys(settings)  # no signing key: no checkpoint, so nothing is pruned
+    return airlock.retention.prune(
+        airlock.db.session,
+        now=_instant(at) if at is not None else utcnow(),
+        years=settings.audit_retention_years,
+        signer=keys.signer,
+        storage=airlock.storage,
+        origin=settings.checkpoint_origin,
+    )
+
+
 def _instant(text: str) -> datetime:
     found = datetime.fromisoformat(text)
     if found.tzinfo is None:
@@ -191,4 +223,6 @@ JOBS: dict[str, Callable[..., Any]] = {
     RESCREEN_TASK: rescreen_grants,
     KYC_TASK: apply_kyc_event,
     CHECKPOINT_TASK: checkpoint_audit,
+    FORWARD_TASK: forward_audit,
+    PRUNE_TASK: prune_audit,
 }

@@ -81,6 +81,17 @@ def test_a_hash_field_moved_into_the_payload_is_refused() -> None:
     assert "line 5:" in (report.problem or "")
 
 
+def test_a_prev_hash_field_moved_into_the_payload_is_refused() -> None:
+    encoded = lines(ROWS)
+    line = encoded[4]
+    start = line.rindex(b',"prev_hash":"')
+    segment = line[start : start + 79]
+    cut = line.replace(segment, b"", 1)
+    encoded[4] = cut.replace(b',"seq":1}', segment + b',"seq":1}', 1)
+    report = verify_lines(encoded, CHECKPOINTS)
+    assert (report.ok, report.first_bad_seq) == (False, 5)
+
+
 @pytest.mark.parametrize(
     ("old", "new", "problem"),
     [

@@ -24,6 +24,8 @@ NAMES = {
     "airlock.policy.rescreen_grants": "default",
     "airlock.kyc.apply_event": "kyc",
     "airlock.audit.checkpoint": "audit",
+    "airlock.audit.forward": "audit",
+    "airlock.audit.prune": "audit",
 }
 
 
@@ -58,6 +60,10 @@ def test_the_app_speaks_json_acks_late_and_prefetches_one(broker_settings: Setti
     checkpoint = conf.beat_schedule["checkpoint-audit"]
     assert checkpoint["task"] == "airlock.audit.checkpoint" and checkpoint["schedule"] == 30
     assert checkpoint["options"] == {"queue": "audit", "expires": 30}
+    forward = conf.beat_schedule["forward-audit"]
+    assert forward["task"] == "airlock.audit.forward" and forward["schedule"] == 10
+    prune = conf.beat_schedule["prune-audit"]
+    assert prune["task"] == "airlock.audit.prune" and prune["schedule"] == 86400
 
 
 def test_every_task_has_its_stable_name_queue_limits_and_retry_policy(

@@ -87,3 +87,17 @@ def test_an_empty_log_exports_nothing_and_proves_nothing(airlock: Airlock, tmp_p
     assert manifest["events"]["rows"] == 0 and manifest["checkpoints"]["covering"] is None
     report = verify_files(tmp_path / "events.jsonl", [], [], manifest=tmp_path / "manifest.json")
     assert report.ok and report.events == 0
+
+
+def test_without_checkpoints_the_export_verifies_as_an_unanchored_chain(
+    airlock: Airlock, tmp_path: Path
+) -> None:
+    record(airlock, 4)
+    with airlock.db.session() as session:
+        manifest = export_audit(session, out=tmp_path, fmt="jsonl")
+        with pytest.raises(ExportError, match="no checkpoint covers event 2 yet"):
+            prove_event(session, 2)
+    assert manifest["checkpoints"] == {**manifest["checkpoints"], "count": 0, "covering": None}
+    report = verify_files(tmp_path / "events.jsonl", [tmp_path / "checkpoints.notes"], [])
+    assert (report.ok, report.events, report.anchored_to) == (True, 4, 0)
+    assert report.notes == ["no checkpoint: the chain is unanchored (hashes and links only)"]

@@ -371,7 +371,7 @@ def _check_roots(session: Session, rows: list[AuditCheckpoint], report: Checkpoi
     if want is not None:
         report.problems.append(
             f"checkpoint at size {want.tree_size} covers events the database no longer holds "
-            f"(it ends at {frontier.size}): events were removed from the tail"
+            f"(they stop at {frontier.size}): events were removed, from the tail or after it"
         )
 
 

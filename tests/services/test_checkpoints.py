@@ -17,6 +17,7 @@ from gateway.db.models import AuditCheckpoint, AuditEvent, utcnow
 from gateway.services.audit_log import AuditLogService
 from gateway.services.checkpoints import (
     PREFIX,
+    ChainBroken,
     CheckpointReport,
     CheckpointService,
     storage_key,
@@ -257,11 +258,21 @@ def test_verify_fails_when_events_a_checkpoint_covers_are_gone(airlock: Airlock)
         conn.execute(text("UPDATE audit_head SET seq = 2"))
     report = verify(airlock)
     assert report.problems == [
-        "checkpoint at size 4 covers events the database no longer holds (it ends at 2): "
-        "events were removed from the tail"
+        "checkpoint at size 4 covers events the database no longer holds (they stop at 2): "
+        "events were removed, from the tail or after it"
     ]
-    with pytest.raises(Exception, match="behind the checkpoint at size 4"):
+    with pytest.raises(ChainBroken, match="behind the checkpoint at size 4"):
         create(airlock)
+
+
+def test_verify_fails_when_a_middle_event_a_checkpoint_covers_is_gone(airlock: Airlock) -> None:
+    record(airlock, 5)
+    create(airlock)
+    untriggered(airlock, "DELETE FROM audit_events WHERE seq = 3")
+    assert verify(airlock).problems == [
+        "checkpoint at size 5 covers events the database no longer holds (they stop at 2): "
+        "events were removed, from the tail or after it"
+    ]
 
 
 def test_old_checkpoints_verify_with_the_retired_key_after_rotation(airlock: Airlock) -> None:

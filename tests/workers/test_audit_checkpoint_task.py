@@ -39,6 +39,7 @@ def keyed(settings: Settings) -> Settings:
 
 
 def test_the_task_twice_signs_one_checkpoint_when_due(keyed: Settings) -> None:
+    assert "PRIVATE" not in repr(keyed)
     airlock = build_airlock(keyed)
     try:
         record(airlock, 3)

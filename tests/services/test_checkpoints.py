@@ -309,3 +309,15 @@ def test_a_long_history_is_signed_in_steps_each_within_a_run(
     record(airlock, 10)
     assert [create(airlock) for _ in range(4)] == [4, 8, 10, None]
     assert verify(airlock).ok
+
+
+def test_after_a_prune_the_checkpoint_at_the_cut_anchors_the_rest(airlock: Airlock) -> None:
+    record(airlock, 8)
+    assert (create(airlock, size=2), create(airlock, size=5), create(airlock)) == (2, 5, 8)
+    untriggered(airlock, "DELETE FROM audit_events WHERE seq <= 5")
+    report = verify(airlock)
+    assert report.ok, report.problems  # 2 is signed, older than the cut; 8 recomputed from 5
+    untriggered(airlock, "DELETE FROM audit_events WHERE seq = 6")
+    assert verify(airlock).problems == [
+        "events 1 to 6 are missing and no checkpoint anchors the cut at 6"
+    ]

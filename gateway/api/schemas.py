@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
+from gateway.audit.chain import AuditAction
+from gateway.audit.facets import REASON_CODES
 from gateway.auth.tokens import Scope
+from policies.iso3166 import is_country_code
 
 Strict = ConfigDict(extra="forbid", strict=True)
 RepoId = Annotated[
@@ -531,19 +543,154 @@ class KycList(BaseModel):
     verifications: list[KycOut]
 
 
-class AuditQuery(BaseModel):
-    """Filters and cursor for the audit log."""
+AuditActionName: TypeAlias = Literal[tuple(str(a) for a in AuditAction)]  # type: ignore[valid-type]
+ReasonCodeName: TypeAlias = Literal[tuple(sorted(REASON_CODES))]  # type: ignore[valid-type]
+TierName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Username = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Cursor = Annotated[int, Field(ge=0, le=2**63 - 1, description="next_cursor of the previous page")]
+PageSize = Annotated[int, Field(ge=1, le=1000)]
+
+
+def _assigned_country(code: str) -> str:
+    if not is_country_code(code):
+        raise ValueError(f"'{code}' is not an assigned ISO 3166-1 alpha-2 code")
+    return code
+
+
+CountryCode = Annotated[
+    str, StringConstraints(pattern=r"^[A-Z]{2}$"), AfterValidator(_assigned_country)
+]
+
+
+class Period(BaseModel):
+    """A time range: since inclusive, until exclusive, both with a time zone."""
 
     model_config = ConfigDict(extra="forbid")
-    action: str | None = Field(default=None, max_length=64)
-    effect: Literal["allow", "deny", "review"] | None = None
-    actor: str | None = Field(default=None, max_length=64)
-    subject: str | None = Field(default=None, max_length=64)
-    repo_id: RepoId | None = None
     since: AwareDatetime | None = Field(default=None, description="inclusive, with a time zone")
     until: AwareDatetime | None = Field(default=None, description="exclusive, with a time zone")
-    cursor: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    limit: int = Field(default=100, ge=1, le=1000)
+
+    @field_validator("until")
+    @classmethod
+    def _after_since(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
+        since = info.data.get("since")
+        if until is not None and since is not None and until <= since:
+            raise ValueError("must be later than since")
+        return until
+
+
+class AuditFilters(Period):
+    """Filters over the audit log, combined with AND; tier, reason and country are the values
+    the event's payload recorded (a reason code of its decision, a request or KYC country)."""
+
+    action: AuditActionName | None = None
+    effect: Literal["allow", "deny", "review"] | None = None
+    actor: Username | None = Field(default=None, description="username of who acted")
+    subject: Username | None = Field(default=None, description="username the event is about")
+    repo_id: RepoId | None = None
+    tier: TierName | None = None
+    reason: ReasonCodeName | None = None
+    country: CountryCode | None = None
+
+
+class AuditQuery(AuditFilters):
+    """Filters and cursor for the audit log."""
+
+    cursor: Cursor | None = None
+    limit: PageSize = 100
+
+
+class AuditExportQuery(AuditFilters):
+    """Filters of an export, and its format: JSON lines or CSV of the hashed fields and links."""
+
+    format: Literal["jsonl", "csv"] = "jsonl"
+
+
+class TimelineQuery(Period):
+    """Whose or which model's events: exactly one of user (a username) and model (org/name)."""
+
+    user: Username | None = None
+    model: RepoId | None = None
+    cursor: Cursor | None = None
+    limit: PageSize = 100
+
+
+class AccessReportQuery(BaseModel):
+    """The access report's format."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["json", "csv"] = "json"
+
+
+class AccessGrantOut(BaseModel):
+    """A grant in force: who holds it, on what, since when, under which policy, and why."""
+
+    grant_id: int
+    user_id: int
+    username: str
+    email: str
+    affiliation: str | None
+    organization: str
+    repo_id: str
+    tier: str
+    granted_at: datetime
+    expires_at: datetime | None
+    policy_version: int
+    kyc_level: str | None
+    nationality: str | None
+    residence_country: str | None
+    document_country: str | None
+    decision_effect: str | None
+    reasons: list[Reason]
+
+
+class AccessReportOut(BaseModel):
+    """Every grant in force on your organizations' models."""
+
+    generated_at: datetime
+    grants: list[AccessGrantOut]
+
+
+class DenialsQuery(Period):
+    """The period (default: the last 30 days) and the series' bucket."""
+
+    bucket: Literal["day", "week"] = "day"
+
+
+class DenialCounts(BaseModel):
+    """Deny and review decisions."""
+
+    deny: int
+    review: int
+
+
+class ReasonDenials(DenialCounts):
+    """Decisions a reason code stood against."""
+
+    code: str
+
+
+class CountryDenials(DenialCounts):
+    """Decisions of events recording a country (null: none recorded)."""
+
+    country: str | None
+
+
+class BucketDenials(DenialCounts):
+    """Decisions in the bucket starting on `start` (UTC)."""
+
+    start: date
+
+
+class DenialStatsOut(BaseModel):
+    """Deny and review decisions of a period by reason code, by country and over time."""
+
+    since: datetime
+    until: datetime
+    bucket: str
+    totals: DenialCounts
+    by_reason: list[ReasonDenials]
+    by_country: list[CountryDenials]
+    series: list[BucketDenials]
 
 
 class AuditEventOut(BaseModel):

@@ -7,7 +7,8 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
@@ -37,6 +38,7 @@ class Endpoint:
     scopes: tuple[str, ...]
     raw_body: str | None = None
     operation_id: str = ""
+    media: tuple[str, ...] = ()  # other content types the success response may have (text)
 
 
 @dataclass
@@ -61,6 +63,7 @@ def endpoint(
     status: int = 200,
     scopes: tuple[str, ...] = (),
     raw_body: str | None = None,
+    media: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a view on `bp`, validate its JSON body and query, document it."""
 
@@ -79,6 +82,7 @@ def endpoint(
                 scopes,
                 raw_body,
                 view.__name__,
+                media,
             )
         )
 
@@ -171,10 +175,18 @@ def _query_dict(model: type[BaseModel]) -> dict[str, Any]:
         values = request.args.getlist(name)
         if not values:
             continue
-        is_list = "list" in str(info.annotation).lower()
-        result[name] = values if is_list else values[-1]
+        result[name] = values if _is_list(info.annotation) else values[-1]
     _check_text(result, "query")
     return result
+
+
+def _is_list(annotation: Any) -> bool:
+    """Whether a query field takes every value given (`list[...]`, optional or not)."""
+    if get_origin(annotation) is list:
+        return True
+    return get_origin(annotation) in (Union, UnionType) and any(
+        _is_list(arg) for arg in get_args(annotation)
+    )
 
 
 def _parse(model: type[BaseModel], data: Any) -> BaseModel:
@@ -260,6 +272,8 @@ def _operation(ep: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "Success"}
     if ep.response is not None:
         ok["content"] = {"application/json": {"schema": _schema_ref(ep.response, schemas)}}
+    for kind in ep.media:
+        ok.setdefault("content", {})[kind] = {"schema": {"type": "string"}}
     op["responses"][str(ep.status)] = ok
     for status in ERROR_STATUSES:
         op["responses"][status] = {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -97,22 +98,44 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, size: int) -> list[bytes]:
-    """RFC 9162 PATH: the audit path of leaf `index` in the tree of the first `size` leaves."""
-    if not 0 <= index < size <= len(leaf_hashes):
+def inclusion_proof(leaf_hashes: Iterable[bytes], index: int, size: int) -> list[bytes]:
+    """RFC 9162 PATH: the audit path of leaf `index` in the tree of the first `size` leaves.
+
+    The leaves may be a stream: it is read once, keeping one frontier per proof node (the
+    nodes cover disjoint ranges), so a proof in a tree of any size needs O(log n) memory.
+    """
+    if not 0 <= index < size:
         raise ValueError(f"leaf {index} is not in a tree of size {size}")
-    proof: list[bytes] = []
+    ranges = _path_ranges(index, size)
+    trees = [Frontier() for _ in ranges]
+    by_start = sorted(range(len(ranges)), key=lambda n: ranges[n][0])
+    current, seen = 0, 0
+    for position, leaf in enumerate(itertools.islice(leaf_hashes, size)):
+        seen = position + 1
+        if position == index:
+            continue
+        while ranges[by_start[current]][1] <= position:
+            current += 1
+        trees[by_start[current]].append(leaf)
+    if seen != size:
+        raise ValueError(f"leaf {index} is not in a tree of size {size}: only {seen} leaves")
+    return [tree.root() for tree in trees]
+
+
+def _path_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose subtree roots form the audit path, deepest first."""
+    ranges = []
     lo, hi = 0, size
     while hi - lo > 1:
         k = _split(hi - lo)
         if index < lo + k:
-            proof.append(root(leaf_hashes[lo + k : hi]))
+            ranges.append((lo + k, hi))
             hi = lo + k
         else:
-            proof.append(root(leaf_hashes[lo : lo + k]))
+            ranges.append((lo, lo + k))
             lo += k
-    proof.reverse()
-    return proof
+    ranges.reverse()
+    return ranges
 
 
 def verify_inclusion(

@@ -457,6 +457,19 @@ class AuditEvent(Base):
     entry_hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+class AuditFacet(Base):
+    """One indexed value an event's payload records (tier, reason code, country); derived data."""
+
+    __tablename__ = "audit_event_facets"
+    __table_args__ = (Index("ix_audit_event_facets_name_value", "name", "value", "seq"),)
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("audit_events.seq", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class AuditHead(Base):
     """The single row that serializes audit appends (locked FOR UPDATE)."""
 

@@ -207,13 +207,21 @@ def prove_event(session: Session, seq: int, *, size: int | None = None) -> dict[
     if event is None:
         raise ExportError(f"no event with sequence number {seq}")
     if checkpoint is None or checkpoint.tree_size < seq:
+        which = f" of size {size}" if size is not None else ""
         raise ExportError(
-            f"no checkpoint covers event {seq} yet (airlock audit checkpoint signs one)"
+            f"no checkpoint{which} covers event {seq} yet (airlock audit checkpoint signs one)"
         )
-    leaves = [
-        leaf_hash(bytes.fromhex(d)) for _, d in _entry_hashes(session, 0, checkpoint.tree_size)
-    ]
-    if len(leaves) != checkpoint.tree_size:
-        raise ExportError(f"events before {checkpoint.tree_size} were pruned: no proof possible")
-    proof = inclusion_proof(leaves, seq - 1, checkpoint.tree_size)
-    return proof_document(export_row(event), checkpoint.tree_size, proof, checkpoint.note)
+    size = checkpoint.tree_size
+    try:
+        proof = inclusion_proof(_leaves(session, size), seq - 1, size)
+    except ValueError as exc:
+        raise ExportError(f"events of the checkpoint of size {size} are missing: {exc}") from None
+    return proof_document(export_row(event), size, proof, checkpoint.note)
+
+
+def _leaves(session: Session, size: int) -> Iterator[bytes]:
+    """The leaf hashes of the first `size` events, streamed; refuses a gap (pruned events)."""
+    for position, (seq, digest) in enumerate(_entry_hashes(session, 0, size), start=1):
+        if seq != position:
+            raise ExportError(f"events before {seq} were pruned: no proof in this checkpoint")
+        yield leaf_hash(bytes.fromhex(digest))

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import ChainReport, verify_chain
+from gateway.audit.facets import FacetName
 from gateway.auth.tokens import Scope
-from gateway.db.models import AuditEvent, AuditHead, Model, Organization, User
-from gateway.errors import Forbidden
+from gateway.db.engine import begin_read_only
+from gateway.db.models import AuditEvent, AuditFacet, AuditHead, Model, Organization, User
+from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.services.principal import Principal
 from gateway.services.retention import anchor_of, anchor_problem, pruned_anchor
 
 VERIFY_BATCH = 5000
+EXPORT_BATCH = 1000
+# The columns of an exported row: the hashed fields, then the links (chain.ROW_FIELDS' order).
+EXPORT_COLUMNS = (
+    AuditEvent.seq,
+    AuditEvent.occurred_at,
+    AuditEvent.action,
+    AuditEvent.actor_id,
+    AuditEvent.org_id,
+    AuditEvent.subject_user_id,
+    AuditEvent.model_id,
+    AuditEvent.effect,
+    AuditEvent.payload,
+    AuditEvent.prev_hash,
+    AuditEvent.entry_hash,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +48,10 @@ class AuditFilter:
     repo_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    tier: str | None = None
+    reason: str | None = None
+    country: str | None = None
+    party: str | None = None  # a username the event is by or about (actor or subject)
 
 
 class AuditLogService:
@@ -45,11 +67,7 @@ class AuditLogService:
         limit: int,
     ) -> tuple[list[AuditEvent], int | None]:
         """A page of events in sequence order after `cursor`, and the next cursor."""
-        orgs = principal.orgs_with_scope(Scope.AUDIT_READ)
-        if not orgs:
-            principal.require_scope(Scope.AUDIT_READ)
-            raise Forbidden("no compliance role in any organization")
-        query = select(AuditEvent).where(AuditEvent.org_id.in_(orgs))
+        query = select(AuditEvent).where(AuditEvent.org_id.in_(readable_orgs(principal)))
         query = self._apply(session, query, filters)
         if cursor is not None:
             query = query.where(AuditEvent.seq > cursor)
@@ -58,7 +76,66 @@ class AuditLogService:
         rows = rows[:limit]
         return rows, rows[-1].seq if more and rows else None
 
-    def _apply(self, session: Session, query, filters: AuditFilter):  # type: ignore[no-untyped-def]
+    def timeline(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        filters: AuditFilter,
+        cursor: int | None,
+        limit: int,
+    ) -> tuple[list[AuditEvent], int | None]:
+        """One user's (`party`: by or about them) or one model's (`repo_id`) events in order,
+        a page at a time."""
+        orgs = readable_orgs(principal)
+        repo_id = filters.repo_id
+        if (filters.party is None) == (repo_id is None):
+            raise InvalidInput(
+                "give exactly one of user and model",
+                errors=[{"path": "user", "message": "give exactly one of user and model"}],
+            )
+        if repo_id is not None and _model_org(session, repo_id) not in orgs:
+            raise NotFound(f"no model '{repo_id}' in your organizations")
+        return self.query(session, principal=principal, filters=filters, cursor=cursor, limit=limit)
+
+    def export(
+        self,
+        sessions: Callable[[], Session],
+        *,
+        principal: Principal,
+        filters: AuditFilter,
+        batch: int = EXPORT_BATCH,
+    ) -> Iterator[dict[str, Any]]:
+        """The matching events as exported rows (hashed fields and links), read a batch of
+        sequence numbers at a time, each batch in a session of its own; authorized at once."""
+        orgs = readable_orgs(principal)
+        return self._stream(sessions, orgs, filters, batch)
+
+    def _stream(
+        self,
+        sessions: Callable[[], Session],
+        orgs: set[int],
+        filters: AuditFilter,
+        batch: int,
+    ) -> Iterator[dict[str, Any]]:
+        with sessions() as session:
+            begin_read_only(session)  # takes no write lock (SQLite): the request may hold one
+            head = session.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0
+            base = self._apply(session, select(*EXPORT_COLUMNS), filters)
+        query = base.where(AuditEvent.org_id.in_(orgs), AuditEvent.seq <= head)
+        last = 0
+        while True:
+            with sessions() as session:
+                begin_read_only(session)
+                page = query.where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
+                rows = session.execute(page).all()
+            for row in rows:
+                yield dict(row._mapping)
+            if len(rows) < batch:
+                return
+            last = rows[-1].seq
+
+    def _apply(self, session: Session, query: Select[Any], filters: AuditFilter) -> Select[Any]:
         f = filters
         if f.action:
             query = query.where(AuditEvent.action == f.action)
@@ -74,6 +151,13 @@ class AuditLogService:
             query = query.where(AuditEvent.subject_user_id == _user_id(session, f.subject))
         if f.repo_id:
             query = query.where(AuditEvent.model_id == _model_id(session, f.repo_id))
+        if f.party:
+            party = _user_id(session, f.party)
+            query = query.where(
+                or_(AuditEvent.actor_id == party, AuditEvent.subject_user_id == party)
+            )
+        for name, value in _facets(f):
+            query = query.where(AuditEvent.seq.in_(_with_facet(name, value)))
         return query
 
     def verify(self, session: Session) -> ChainReport:
@@ -107,6 +191,35 @@ def _all_events(session: Session) -> Iterator[AuditEvent]:
         yield from batch
         last = batch[-1].seq
         session.expunge_all()
+
+
+def readable_orgs(principal: Principal) -> set[int]:
+    """The organizations whose audit the caller may read; Forbidden when there are none."""
+    orgs = principal.orgs_with_scope(Scope.AUDIT_READ)
+    if not orgs:
+        principal.require_scope(Scope.AUDIT_READ)
+        raise Forbidden("no compliance role in any organization")
+    return orgs
+
+
+def _facets(f: AuditFilter) -> list[tuple[FacetName, str]]:
+    wanted = (
+        (FacetName.TIER, f.tier),
+        (FacetName.REASON, f.reason),
+        (FacetName.COUNTRY, f.country),
+    )
+    return [(name, value) for name, value in wanted if value]
+
+
+def _with_facet(name: FacetName, value: str) -> Select[int]:
+    return select(AuditFacet.seq).where(AuditFacet.name == str(name), AuditFacet.value == value)
+
+
+def _model_org(session: Session, repo_id: str) -> int | None:
+    org, _, name = repo_id.partition("/")
+    return session.scalar(
+        select(Model.org_id).join(Organization).where(Organization.slug == org, Model.name == name)
+    )
 
 
 def _user_id(session: Session, username: str) -> int:

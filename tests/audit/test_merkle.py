@@ -193,3 +193,13 @@ def test_a_proof_outside_the_tree_is_refused() -> None:
     with pytest.raises(ValueError):
         consistency_proof(MANY, 6, 5)
     assert not verify_inclusion(MANY[0], 0, 0, [], EMPTY_ROOT)
+
+
+def test_a_proof_reads_its_leaves_as_a_stream_once() -> None:
+    for size in (1, 2, 7, 16, 33):
+        for index in (0, size // 2, size - 1):
+            stream = iter(MANY)
+            assert inclusion_proof(stream, index, size) == inclusion_proof(MANY, index, size)
+            assert next(stream) == MANY[size]  # read no further than the tree
+    with pytest.raises(ValueError, match="only 3 leaves"):
+        inclusion_proof(iter(MANY[:3]), 1, 5)

@@ -1,0 +1,42 @@
+"""Facets of audit events: the tier, reason codes and countries a payload records, indexed.
+
+The payload is hashed JSON whose shape varies by action; a database trigger (migration 0008)
+lifts the few values compliance queries filter and count by into `audit_event_facets` rows when
+an event is inserted, so those queries use an index on SQLite and PostgreSQL alike and the
+append sends no extra statement. Facets are derived data, outside the chain.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from policies.vocab import ReasonCode
+
+
+class FacetName(StrEnum):
+    """What a facet records, kept sorted."""
+
+    COUNTRY = "country"  # payload request_country, nationality, residence_country, document_country
+    OBJECTION = "objection"  # a reason code whose own effect is deny or review
+    REASON = "reason"  # the code of any reason in payload.reasons or payload.decision.reasons
+    TIER = "tier"  # payload.tier or payload.decision.tier
+
+
+class RefusalCode(StrEnum):
+    """Codes of the gateway's own refusals (downloads, inference), beside the engine's codes."""
+
+    CONCURRENT_DOWNLOADS_EXCEEDED = "concurrent_downloads_exceeded"
+    CONCURRENT_REQUESTS_EXCEEDED = "concurrent_requests_exceeded"
+    GRANT_EXPIRED = "grant_expired"
+    GRANT_REVOKED = "grant_revoked"
+    GRANT_SUSPENDED = "grant_suspended"
+    NO_GRANT = "no_grant"
+    RATE_LIMITED = "rate_limited"
+    RATE_LIMITER_UNAVAILABLE = "rate_limiter_unavailable"
+    REVISION_NOT_VETTED = "revision_not_vetted"
+    TOKEN_QUOTA_EXHAUSTED = "token_quota_exhausted"  # noqa: S105
+    TOKEN_SCOPE_MISSING = "token_scope_missing"  # noqa: S105 (a reason code, not a secret)
+
+
+# Every reason code an audit event can carry: what the reason filter accepts.
+REASON_CODES = frozenset(str(c) for c in ReasonCode) | frozenset(str(c) for c in RefusalCode)

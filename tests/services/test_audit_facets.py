@@ -1,0 +1,114 @@
+"""Audit facets: the trigger of migration 0008 derives tier, reason codes, objections and
+countries from every inserted event's payload, the same way on SQLite and PostgreSQL, and the
+migration derives them for the events recorded before it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.audit import AuditAction
+from gateway.audit.facets import REASON_CODES
+from gateway.db.engine import Database
+from gateway.db.migrate import upgrade
+from gateway.db.models import AuditFacet
+from gateway.services.container import Airlock
+from tests.pg import on_both_engines
+
+DENY = {"code": "jurisdiction_denied", "effect": "deny", "rule": "r", "message": "m"}
+MET = {"code": "kyc_level_met", "effect": "allow", "rule": "r", "message": "m"}
+REVIEW = {"code": "approval_required", "effect": "review", "rule": "r", "message": "m"}
+
+# payload -> the facets it must yield, as {(name, value)}
+CASES: list[tuple[dict[str, Any], set[tuple[str, str]]]] = [
+    (
+        {
+            "tier": "weights-auto",
+            "request_country": "IR",
+            "decision": {"tier": "weights-auto", "reasons": [DENY, MET, REVIEW]},
+        },
+        {
+            ("tier", "weights-auto"),
+            ("country", "IR"),
+            ("reason", "jurisdiction_denied"),
+            ("reason", "kyc_level_met"),
+            ("reason", "approval_required"),
+            ("objection", "jurisdiction_denied"),
+            ("objection", "approval_required"),
+        },
+    ),
+    (  # a refusal: reasons at the top, no tier
+        {"grant_id": 3, "reasons": [{"code": "rate_limited", "effect": "deny"}]},
+        {("reason", "rate_limited"), ("objection", "rate_limited")},
+    ),
+    (  # KYC facts: three countries, two of them equal
+        {"nationality": "DE", "residence_country": "FR", "document_country": "DE", "level": "x"},
+        {("country", "DE"), ("country", "FR")},
+    ),
+    (  # shapes that are not facets are skipped, never an error that would lose the event
+        {
+            "tier": 7,
+            "request_country": "",
+            "nationality": None,
+            "reasons": ["jurisdiction_denied", 3, None, {"code": 5}, {"effect": "deny"}],
+            "decision": "allow",
+        },
+        set(),
+    ),
+    ({"reasons": {"code": "no_grant", "effect": "deny"}, "decision": {"reasons": "x"}}, set()),
+    ({"tier": "t" * 100}, {("tier", "t" * 64)}),
+    ({}, set()),
+]
+
+
+def facets(database: Database, seq: int) -> set[tuple[str, str]]:
+    with database.session() as session:
+        rows = session.execute(
+            select(AuditFacet.name, AuditFacet.value).where(AuditFacet.seq == seq)
+        )
+        return {(name, value) for name, value in rows}
+
+
+@on_both_engines
+def test_every_inserted_event_gets_the_facets_of_its_payload(airlock: Airlock) -> None:
+    for payload, expected in CASES:
+        with airlock.db.session() as session:
+            seq = airlock.audit.record(
+                session, AuditAction.REQUEST_CREATE, actor_id=None, payload=payload
+            ).seq
+            session.commit()
+        assert facets(airlock.db, seq) == expected, payload
+
+
+def test_the_migration_derives_facets_of_events_recorded_before_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0007")
+    database = Database(url)
+    try:
+        with database.engine.begin() as conn:  # the recorder's own statements, before 0008
+            for seq, (payload, _) in enumerate(CASES, 1):
+                conn.exec_driver_sql(
+                    "INSERT INTO audit_events (seq, occurred_at, action, payload, prev_hash, "
+                    "entry_hash) VALUES (?, '2026-01-01 00:00:00.000000', 'request:create', ?, "
+                    "?, ?)",
+                    (seq, json.dumps(payload), "0" * 64, f"{seq:064x}"),
+                )
+        upgrade(url)
+        for seq, (payload, expected) in enumerate(CASES, 1):
+            assert facets(database, seq) == expected, payload
+    finally:
+        database.dispose()
+
+
+def test_every_reason_code_the_gateway_writes_is_filterable() -> None:
+    """The reason filter accepts only known codes: each code literal in the services is one."""
+    root = Path(__file__).resolve().parents[2] / "gateway" / "services"
+    pattern = re.compile(r'(?:"code": |_reason\(\s*)"([a-z_]+)"')
+    found = {code for path in root.glob("*.py") for code in pattern.findall(path.read_text())}
+    found |= {f"grant_{status}" for status in ("expired", "revoked", "suspended")}
+    assert found
+    assert found <= REASON_CODES, found - REASON_CODES

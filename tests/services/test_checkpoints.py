@@ -138,7 +138,7 @@ def test_a_checkpoint_at_a_given_size_extends_the_one_before_it(airlock: Airlock
         create(airlock, size=11)
 
 
-@pytest.mark.postgres
+@on_both_engines
 def test_concurrent_creators_make_one_checkpoint_per_size(airlock: Airlock) -> None:
     record(airlock, 50)
     results: list[int | None] = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sys
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,22 +33,27 @@ class Keyring:
 def codeword(key: FingerprintKey, grant_id: int, tensor: str, numel: int, k: int) -> list[int]:
     """K distinct positions in a tensor of `numel` values, each signed by the grant's codeword.
 
-    Each entry is `position * 2 + up` (up is 1 for +1 ULP): one compact int per mark. The
-    stream is HMAC-SHA256 in counter mode under a seed keyed by the secret, key version,
-    grant and tensor name, so only the deployment can reproduce or predict it.
+    Each entry is `position * 2 + up` (up is 1 for +1 ULP): one compact int per mark, sorted.
+    The seed is HMAC-SHA256 of the secret over the key version, grant and tensor name; SHAKE-256
+    of the seed is the stream of 64-bit big-endian words (position from the high 63 bits, the
+    direction from the lowest), so only the deployment can reproduce or predict them.
     """
     label = f"airlock-fingerprint|v{key.version}|grant:{grant_id}|tensor:{tensor}"
     seed = hmac.new(key.secret, label.encode(), hashlib.sha256).digest()
     chosen: dict[int, int] = {}
-    counter = 0
+    k = min(k, numel)
+    words = k + k // 4 + 8  # enough for the collisions of K <= numel / 128, almost always
     while len(chosen) < k:
-        block = hmac.new(seed, counter.to_bytes(8, "big"), hashlib.sha256).digest()
-        counter += 1
-        for i in range(0, 32, 8):
-            word = int.from_bytes(block[i : i + 8], "big")
+        stream = array("Q", hashlib.shake_256(seed).digest(8 * words))
+        if sys.byteorder == "little":
+            stream.byteswap()
+        for word in stream:
             position = (word >> 1) % numel
-            if position not in chosen and len(chosen) < k:
+            if position not in chosen:
                 chosen[position] = word & 1
+                if len(chosen) == k:
+                    break
+        words *= 2  # rare: re-read a longer stream (a prefix of the same one)
     return sorted(p * 2 + up for p, up in chosen.items())
 
 

@@ -11,9 +11,9 @@ import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-from gateway.fingerprint.floats import FloatFormat, markable, nudge
+from gateway.fingerprint.floats import FloatFormat
 from gateway.fingerprint.keys import FingerprintKey, codeword
 from gateway.fingerprint.safetensors import Header, TensorInfo, read_header
 from policies import Fingerprint
@@ -39,76 +39,104 @@ def marked_tensors(header: Header, settings: Fingerprint) -> list[MarkedTensor]:
     return found
 
 
-@dataclass(frozen=True, slots=True)
-class Patch:
-    """One value to move: its offset in the data section, format and direction."""
+@dataclass(frozen=True)
+class TensorPatches:
+    """The values one tensor's mark moves: `position * 2 + up` entries, sorted."""
 
-    offset: int
+    start: int  # the tensor's offset in the data section
     fmt: FloatFormat
-    up: bool
+    entries: list[int]
+
+    def offset(self, i: int) -> int:
+        """The data-section offset of the i-th value to move."""
+        return self.start + (self.entries[i] >> 1) * self.fmt.size
 
 
 def patches(
     header: Header, marks: list[MarkedTensor], key: FingerprintKey, grant_id: int
-) -> list[Patch]:
-    """Every value the grant's mark moves, in file order."""
+) -> list[TensorPatches]:
+    """Every value the grant's mark moves, tensor by tensor in file order."""
     tensors = header.by_name()
-    found: list[Patch] = []
+    found = []
     for mark in marks:
         tensor = tensors[mark.name]
         fmt = tensor.float_format
         assert fmt is not None  # marked_tensors keeps float tensors only
-        for entry in codeword(key, grant_id, tensor.name, tensor.numel, mark.positions):
-            found.append(Patch(tensor.start + (entry >> 1) * fmt.size, fmt, bool(entry & 1)))
-    found.sort(key=lambda p: p.offset)
-    return found
+        entries = codeword(key, grant_id, tensor.name, tensor.numel, mark.positions)
+        found.append(TensorPatches(tensor.start, fmt, entries))
+    return sorted(found, key=lambda t: t.start)
 
 
 class MarkedStream(io.RawIOBase):
     """A readable stream of the marked copy of a safetensors `source`."""
 
-    def __init__(self, source: BinaryIO, header: Header, todo: list[Patch], *, chunk: int = CHUNK):
+    def __init__(
+        self, source: BinaryIO, header: Header, todo: list[TensorPatches], *, chunk: int = CHUNK
+    ):
         self._chunks = _marked_chunks(source, header, todo, chunk)
-        self._pending = b""
+        self._pending = memoryview(b"")
 
     def readable(self) -> bool:
         """Always."""
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        """Fill `buffer` from the current marked chunk (one chunk at most per call)."""
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to `size` bytes (at most one marked chunk per call), or all that is left; b""
+        at the end."""
+        if size is None or size < 0:
+            return b"".join([bytes(self._pending), *self._chunks])
         if not self._pending:
-            self._pending = next(self._chunks, b"")
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
+            self._pending = memoryview(next(self._chunks, b""))
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return bytes(data)
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Fill `buffer` from the current marked chunk."""
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _marked_chunks(
-    source: BinaryIO, header: Header, todo: list[Patch], chunk: int
-) -> Iterator[bytes]:
+    source: BinaryIO, header: Header, todo: list[TensorPatches], chunk: int
+) -> Iterator[bytes | bytearray]:
     yield header.raw
-    offset, i = 0, 0  # offset of the next byte in the data section; next patch
+    offset, t, i = 0, 0, 0  # next byte of the data section; next tensor and entry
     while data := source.read(chunk):
         buf = bytearray(data)
         end = offset + len(buf)
-        # a value split by the chunk boundary: read the rest of it into this chunk
-        if i < len(todo) and todo[i].offset < end < todo[i].offset + todo[i].fmt.size:
-            buf += source.read(todo[i].offset + todo[i].fmt.size - end)
-            end = offset + len(buf)
-        while i < len(todo) and todo[i].offset + todo[i].fmt.size <= end:
-            _apply(buf, todo[i].offset - offset, todo[i])
-            i += 1
+        if t < len(todo):  # a value split by the chunk boundary: read the rest of it now
+            at, size = todo[t].offset(i), todo[t].fmt.size
+            if at < end < at + size:
+                buf += source.read(at + size - end)
+                end = offset + len(buf)
+        while t < len(todo):
+            i = _apply_tensor(buf, offset, end, todo[t], i)
+            if i < len(todo[t].entries):
+                break
+            t, i = t + 1, 0
         offset = end
-        yield bytes(buf)
+        yield buf
 
 
-def _apply(buf: bytearray, at: int, patch: Patch) -> None:
-    code = "<H" if patch.fmt.size == 2 else "<I"
-    (bits,) = struct.unpack_from(code, buf, at)
-    if markable(patch.fmt, bits):  # zeros, extremes, inf and NaN are skipped, as trace skips
-        struct.pack_into(code, buf, at, nudge(patch.fmt, bits, patch.up))
+_WORDS = {2: struct.Struct("<H"), 4: struct.Struct("<I")}
+
+
+def _apply_tensor(buf: bytearray, offset: int, end: int, tensor: TensorPatches, i: int) -> int:
+    """Move the tensor's values that lie in `buf` from entry i on; the next entry left."""
+    fmt, entries = tensor.fmt, tensor.entries
+    word, size, base = _WORDS[fmt.size], fmt.size, tensor.start - offset
+    sign, top = fmt.sign_bit, fmt.infinity - 1
+    while i < len(entries):
+        at = base + (entries[i] >> 1) * size
+        if at + size > end - offset:
+            break
+        (bits,) = word.unpack_from(buf, at)
+        if 1 < bits & (sign - 1) < top:  # zeros, extremes, inf and NaN are skipped, as trace does
+            up, negative = entries[i] & 1, bits & sign
+            word.pack_into(buf, at, bits - 1 if bool(up) == bool(negative) else bits + 1)
+        i += 1
+    return i
 
 
 def mark(
@@ -123,7 +151,7 @@ def mark(
     header = read_header(source)
     marks = marked_tensors(header, settings)
     stream = MarkedStream(source, header, patches(header, marks, key, grant_id), chunk=chunk)
-    return io.BufferedReader(stream, buffer_size=chunk), marks
+    return cast(BinaryIO, stream), marks
 
 
 def tensor_values(

@@ -98,19 +98,24 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def inclusion_proof(leaf_hashes: Iterable[bytes], index: int, size: int) -> list[bytes]:
+def inclusion_proof(
+    leaf_hashes: Iterable[bytes], index: int, size: int, *, prefix: Frontier | None = None
+) -> list[bytes]:
     """RFC 9162 PATH: the audit path of leaf `index` in the tree of the first `size` leaves.
 
     The leaves may be a stream: it is read once, keeping one frontier per proof node (the
     nodes cover disjoint ranges), so a proof in a tree of any size needs O(log n) memory.
+    With `prefix` (the frontier of the first leaves, e.g. where older ones were pruned) the
+    stream starts after it, and `index` must too.
     """
-    if not 0 <= index < size:
-        raise ValueError(f"leaf {index} is not in a tree of size {size}")
+    start = prefix.size if prefix else 0
+    if not start <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of size {size} after leaf {start}")
     ranges = _path_ranges(index, size)
-    trees = [Frontier() for _ in ranges]
+    trees = [_seeded(prefix, lo, hi) for lo, hi in ranges]
     by_start = sorted(range(len(ranges)), key=lambda n: ranges[n][0])
-    current, seen = 0, 0
-    for position, leaf in enumerate(itertools.islice(leaf_hashes, size)):
+    current, seen = 0, start
+    for position, leaf in enumerate(itertools.islice(leaf_hashes, size - start), start=start):
         seen = position + 1
         if position == index:
             continue
@@ -120,6 +125,30 @@ def inclusion_proof(leaf_hashes: Iterable[bytes], index: int, size: int) -> list
     if seen != size:
         raise ValueError(f"leaf {index} is not in a tree of size {size}: only {seen} leaves")
     return [tree.root() for tree in trees]
+
+
+def _seeded(prefix: Frontier | None, lo: int, hi: int) -> Frontier:
+    """The part of the range [lo, hi) the prefix already holds, as a frontier to extend.
+
+    A proof node's range is an aligned subtree, so the prefix's subtrees inside it are exactly
+    the frontier of its first min(hi, prefix size) - lo leaves."""
+    tree = Frontier()
+    if prefix is None or lo >= prefix.size:
+        return tree
+    position, inside = 0, []
+    for node, width in zip(prefix.nodes, _widths(prefix.size), strict=True):
+        if lo <= position and position + width <= hi:
+            inside.append(node)
+        position += width
+    tree._nodes, tree._size = inside, min(hi, prefix.size) - lo
+    if len(inside) != tree._size.bit_count():
+        raise ValueError(f"the prefix does not split at leaf {lo}")
+    return tree
+
+
+def _widths(size: int) -> list[int]:
+    """The perfect subtrees' sizes of a frontier of `size` leaves, largest first."""
+    return [1 << bit for bit in reversed(range(size.bit_length())) if size >> bit & 1]
 
 
 def _path_ranges(index: int, size: int) -> list[tuple[int, int]]:

@@ -211,17 +211,30 @@ def prove_event(session: Session, seq: int, *, size: int | None = None) -> dict[
         raise ExportError(
             f"no checkpoint{which} covers event {seq} yet (airlock audit checkpoint signs one)"
         )
-    size = checkpoint.tree_size
+    size, prefix = checkpoint.tree_size, _pruned_prefix(session)
     try:
-        proof = inclusion_proof(_leaves(session, size), seq - 1, size)
+        leaves = _leaves(session, prefix.size, size)
+        proof = inclusion_proof(leaves, seq - 1, size, prefix=prefix)
     except ValueError as exc:
         raise ExportError(f"events of the checkpoint of size {size} are missing: {exc}") from None
     return proof_document(export_row(event), size, proof, checkpoint.note)
 
 
-def _leaves(session: Session, size: int) -> Iterator[bytes]:
-    """The leaf hashes of the first `size` events, streamed; refuses a gap (pruned events)."""
-    for position, (seq, digest) in enumerate(_entry_hashes(session, 0, size), start=1):
+def _pruned_prefix(session: Session) -> Frontier:
+    """The Merkle frontier of the events pruned away (empty when none were): the one the
+    checkpoint at the cut recorded."""
+    first = session.scalar(select(func.min(AuditEvent.seq))) or 1
+    if first == 1:
+        return Frontier()
+    cut = session.get(AuditCheckpoint, first - 1)
+    if cut is None:
+        raise ExportError(f"events before {first} were pruned and no checkpoint marks the cut")
+    return Frontier.from_json(cut.frontier)
+
+
+def _leaves(session: Session, after: int, size: int) -> Iterator[bytes]:
+    """The leaf hashes of events after..size, streamed; refuses a gap."""
+    for position, (seq, digest) in enumerate(_entry_hashes(session, after, size), after + 1):
         if seq != position:
-            raise ExportError(f"events before {seq} were pruned: no proof in this checkpoint")
+            raise ExportError(f"event {position} is missing: no proof in this checkpoint")
         yield leaf_hash(bytes.fromhex(digest))

@@ -203,3 +203,17 @@ def test_a_proof_reads_its_leaves_as_a_stream_once() -> None:
             assert next(stream) == MANY[size]  # read no further than the tree
     with pytest.raises(ValueError, match="only 3 leaves"):
         inclusion_proof(iter(MANY[:3]), 1, 5)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 8, 13, 33])
+def test_a_proof_after_a_pruned_prefix_equals_the_full_one(size: int) -> None:
+    """Leaves before `cut` gone, only their frontier kept: every later leaf still proves."""
+    for cut in range(size):
+        prefix = Frontier()
+        for leaf in MANY[:cut]:
+            prefix.append(leaf)
+        for index in range(cut, size):
+            proof = inclusion_proof(iter(MANY[cut:]), index, size, prefix=prefix)
+            assert proof == inclusion_proof(MANY, index, size)
+        with pytest.raises(ValueError):
+            inclusion_proof(MANY[cut:], cut - 1, size, prefix=prefix)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from gateway.audit import AuditAction
 from gateway.audit.notes import SigningKey
 from gateway.audit.offline import verify_files, verify_proof
+from gateway.db.models import utcnow
 from gateway.services.audit_export import ExportError, export_audit, prove_event
 from gateway.services.container import Airlock
 from tests.pg import on_both_engines
@@ -101,3 +102,34 @@ def test_without_checkpoints_the_export_verifies_as_an_unanchored_chain(
     report = verify_files(tmp_path / "events.jsonl", [tmp_path / "checkpoints.notes"], [])
     assert (report.ok, report.events, report.anchored_to) == (True, 4, 0)
     assert report.notes == ["no checkpoint: the chain is unanchored (hashes and links only)"]
+
+
+@on_both_engines
+def test_after_a_prune_exports_and_proofs_start_from_the_cut(
+    airlock: Airlock, tmp_path: Path
+) -> None:
+    record(airlock, 6)
+    result = airlock.retention.prune(
+        airlock.db.session,
+        now=utcnow() + timedelta(days=366 * 11),
+        years=10,
+        signer=KEY,
+        storage=airlock.storage,
+        origin="test/audit",
+    )
+    assert result.deleted == 6
+    record(airlock, 5)
+    checkpoint(airlock)
+    with airlock.db.session() as session:
+        manifest = export_audit(session, out=tmp_path, fmt="jsonl")
+        head = manifest["events"]["last_seq"]
+        proof = prove_event(session, 9)
+    assert manifest["events"]["first_seq"] == 7 and manifest["anchor"]["prefix"]["size"] == 6
+    report = verify_files(
+        tmp_path / "events.jsonl",
+        [tmp_path / "checkpoints.notes"],
+        [KEY.verifier()],
+        manifest=tmp_path / "manifest.json",
+    )
+    assert (report.ok, report.first_seq, report.anchored_to) == (True, 7, head), report.problem
+    assert verify_proof(proof, [KEY.verifier()]).ok

@@ -417,17 +417,27 @@ def verify_files(
     """Verify an export: the events file, one or more checkpoints files, the public keys."""
     try:
         anchor, upto = _read_manifest(manifest, events)
-        texts = [(path.name, path.read_text(encoding="utf-8")) for path in checkpoint_files]
+        texts = [
+            (_label(path, checkpoint_files), path.read_text("utf-8")) for path in checkpoint_files
+        ]
         merged = merge_checkpoints(open_checkpoint_files(texts, verifiers), upto=upto)
     except VerificationFailed as failure:
         return OfflineReport().fail(failure.seq, failure.problem)
     except (OSError, ValueError) as exc:
         return OfflineReport().fail(None, f"cannot read the export: {exc}")
     complete = upto is None
-    if event_format(events) == EVENT_FORMAT_CSV:
-        return verify_rows(read_events(events), merged, anchor=anchor, complete=complete)
-    with events.open("rb") as lines:
-        return verify_lines(lines, merged, anchor=anchor, complete=complete)
+    try:
+        if event_format(events) == EVENT_FORMAT_CSV:
+            return verify_rows(read_events(events), merged, anchor=anchor, complete=complete)
+        with events.open("rb") as lines:
+            return verify_lines(lines, merged, anchor=anchor, complete=complete)
+    except OSError as exc:
+        return OfflineReport().fail(None, f"cannot read the events: {exc}")
+
+
+def _label(path: Path, paths: Sequence[Path]) -> str:
+    """A file's name, or its whole path when another file given has the same name."""
+    return path.name if [p.name for p in paths].count(path.name) == 1 else str(path)
 
 
 def _read_manifest(manifest: Path | None, events: Path) -> tuple[Anchor, int | None]:

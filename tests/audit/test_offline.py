@@ -204,6 +204,14 @@ def test_verify_files_reads_both_formats_and_refuses_a_junk_manifest(tmp_path: P
         write_events([dict(row) for row in ROWS], events, fmt)
         report = verify_files(events, [notes], [KEY.verifier()])
         assert (report.ok, report.events, report.anchored_to) == (True, 40, 33)
+    for missing in (tmp_path / "none.jsonl", tmp_path / "none.csv"):
+        report = verify_files(missing, [notes], [KEY.verifier()])
+        assert not report.ok and "cannot read" in (report.problem or "")
+    twin = tmp_path / "copy" / notes.name
+    twin.parent.mkdir()
+    twin.write_text(NOTES[0])
+    report = verify_files(events, [notes, twin], [KEY.verifier()])
+    assert f"but {twin} ends at size 8" in (report.problem or "")
     junk = tmp_path / "manifest.json"
     junk.write_text("[]")
     report = verify_files(events, [notes], [KEY.verifier()], manifest=junk)

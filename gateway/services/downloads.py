@@ -263,10 +263,11 @@ class DownloadService:
                         "message": "The API token lacks the 'models:read' scope downloads need.",
                     }
                 ],
+                country=request_country,
             )
         if not usable or policy is None:
             reasons = self._no_grant_reasons(session, user_id, model)
-            self._deny(session, principal, model, apply_url, reasons)
+            self._deny(session, principal, model, apply_url, reasons, country=request_country)
         assert policy is not None
         if found.facts is None:  # the user was deleted after the token was read
             raise AccessDenied(f"Access to model {model.repo_id} is restricted.")
@@ -300,7 +301,7 @@ class DownloadService:
             else:
                 kept.append((grant, tier))
         if not kept:
-            self._deny(session, principal, model, apply_url, reasons)
+            self._deny(session, principal, model, apply_url, reasons, country=request_country)
         return tuple(kept)
 
     def _revision(self, session: Session, model: ModelRow, rev: str) -> RevisionRow:
@@ -361,6 +362,8 @@ class DownloadService:
         model: ModelRow,
         apply_url: str,
         reasons: list[dict[str, str]],
+        *,
+        country: str | None = None,
     ) -> None:
         # A read-only request's transaction began deferred on SQLite, and a deferred read
         # cannot safely become a writer under concurrent writers: audit in a fresh one.
@@ -373,7 +376,7 @@ class DownloadService:
             subject_user_id=principal.user_id,
             model_id=model.id,
             effect="deny",
-            payload={"reasons": reasons},
+            payload={"reasons": reasons, **({"request_country": country} if country else {})},
         )
         session.commit()
         summary = " ".join(r["message"] for r in reasons)

@@ -198,7 +198,7 @@ class InferenceService:
             raise NotFound(f"The model '{repo_id[:200]}' does not exist")
         kept, reasons = self._live(session, principal, found, request_country)
         if not kept:
-            self._deny(session, user_id, found.model, reasons)
+            self._deny(session, user_id, found.model, reasons, request_country)
         grant, tier = max(kept, key=lambda kt: (_room(kt[1].limits), kt[0].id))
         target, digests = self._target(session, found.model)
         return Admission(user_id, found.model, grant, tier, target, time.monotonic(), digests)
@@ -233,9 +233,14 @@ class InferenceService:
         return kept, reasons
 
     def _deny(
-        self, session: Session, user_id: int, model: ModelRow, reasons: list[dict[str, str]]
+        self,
+        session: Session,
+        user_id: int,
+        model: ModelRow,
+        reasons: list[dict[str, str]],
+        country: str | None,
     ) -> None:
-        self._audit_deny(session, user_id, model, reasons)
+        self._audit_deny(session, user_id, model, reasons, country=country)
         summary = " ".join(r["message"] for r in reasons)
         raise AccessDenied(f"You may not use the model {model.repo_id}. {summary}", reasons=reasons)
 
@@ -246,8 +251,12 @@ class InferenceService:
         model: ModelRow,
         reasons: list[dict[str, str]],
         admission: Admission | None = None,
+        *,
+        country: str | None = None,
     ) -> None:
         payload: dict[str, Any] = {"reasons": reasons}
+        if country:  # the request's country, as the access decision saw it
+            payload["request_country"] = country
         if admission is not None:  # a limit refused it: whose limits
             payload |= {"grant_id": admission.grant.id, "tier": admission.tier.name}
         session.rollback()  # a fresh transaction for the audit (see DownloadService._deny)

@@ -43,7 +43,7 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def api(client: Any, world: World) -> Api:
+def cast(client: Any, world: World) -> tuple[Api, Actor]:
     """Acme and globex each grant rob (GB) weights from FR/DE, deny ira (IR) from IR, and acme
     sends rob's request for the manual tier to review."""
     api = make_api(client, world)
@@ -56,7 +56,17 @@ def api(client: Any, world: World) -> Api:
     assert ask(api, ira, REPO, "weights-auto", "IR")["status"] == "denied"
     assert ask(api, api.researcher, RIVAL_REPO, "weights-auto", "DE")["status"] == "approved"
     assert ask(api, ira, RIVAL_REPO, "weights-auto", "IR")["status"] == "denied"
-    return api
+    return api, ira
+
+
+@pytest.fixture
+def api(cast: tuple[Api, Actor]) -> Api:
+    return cast[0]
+
+
+@pytest.fixture
+def ira(cast: tuple[Api, Actor]) -> Actor:
+    return cast[1]
 
 
 def ask(api: Api, actor: Actor, repo: str, tier: str, country: str) -> dict[str, Any]:
@@ -248,7 +258,7 @@ def test_access_report_lists_grants_in_force_with_kyc_and_reasons(api: Api) -> N
 
 
 @on_both_engines
-def test_denial_statistics_by_reason_country_and_day(api: Api) -> None:
+def test_denial_statistics_by_reason_country_and_day(api: Api, ira: Actor) -> None:
     stats = ok(api.get("/api/v1/compliance/denials", api.compliance))
     assert stats["totals"] == {"deny": 1, "review": 1}
     by_reason = {r["code"]: (r["deny"], r["review"]) for r in stats["by_reason"]}
@@ -271,6 +281,19 @@ def test_denial_statistics_by_reason_country_and_day(api: Api) -> None:
     later = {"since": utcnow() + timedelta(hours=1), "until": utcnow() + timedelta(hours=2)}
     quiet = ok(api.get(f"/api/v1/compliance/denials?{urlencode(later)}", api.compliance))
     assert quiet["totals"] == {"deny": 0, "review": 0}
+
+    # Refused downloads and inference calls count too, under the request's country.
+    origin = {"headers": {HEADER: "IR"}, "environ_base": {"REMOTE_ADDR": PROXY}}
+    download = api.get(f"/{REPO}/resolve/main/model.safetensors", ira, **origin)
+    assert download.status_code == 403
+    chat = {"model": REPO, "messages": [{"role": "user", "content": "hi"}]}
+    assert api.post("/v1/chat/completions", ira, json=chat, **origin).status_code == 403
+    stats = ok(api.get("/api/v1/compliance/denials", api.compliance))
+    assert stats["totals"] == {"deny": 3, "review": 1}
+    by_reason = {r["code"]: (r["deny"], r["review"]) for r in stats["by_reason"]}
+    assert by_reason["no_grant"] == (2, 0)
+    assert {c["country"]: c["deny"] for c in stats["by_country"]}["IR"] == 3
+    assert ok(api.get("/api/v1/compliance/denials", api.rival_compliance))["totals"]["deny"] == 1
 
 
 def test_timelines_of_a_user_and_a_model(api: Api) -> None:

@@ -22,6 +22,7 @@ from gateway.observability.readiness import ReadinessProbe
 from gateway.services.container import Airlock, build_airlock
 from gateway.services.principal import Principal
 from gateway.settings import Settings, load_settings
+from gateway.web import WEB_BLUEPRINTS, init_web
 
 REQUEST_ID_HEADERS = ("X-Request-Id", "X-Amzn-Trace-Id")
 # The same headers as WSGI environ keys: read without building a Headers view per request.
@@ -45,8 +46,9 @@ def create_app(settings: Settings | None = None, *, airlock: Airlock | None = No
     app.extensions["airlock_auth"] = TokenAuthenticator(_authenticator(services))
     app.extensions["airlock_readiness"] = ReadinessProbe(services)
     metrics.check_mode(services.settings.metrics_dir)
-    for blueprint in BLUEPRINTS:
+    for blueprint in (*BLUEPRINTS, *WEB_BLUEPRINTS):
         app.register_blueprint(blueprint)
+    init_web(app, services)
     app.before_request(_assign_request_id)
     app.after_request(_after)
     app.teardown_request(_leave_request)

@@ -66,6 +66,14 @@ class Settings:
     max_upload_bytes: int = 64 * 1024**3
     blob_url_ttl_seconds: int = 600
     token_ttl_days: int = 90
+    web_idle_minutes: int = 60
+    web_max_hours: int = 12
+    login_link_minutes: int = 15
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = field(default=None, repr=False)
+    oidc_scopes: str = "openid email profile"
+    oidc_allow_signup: bool = False
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_dir: Path | None = None
@@ -135,6 +143,14 @@ def load_settings(
         geoip_db=env.get("AIRLOCK_GEOIP_DB") or None,
         max_body_bytes=int(env.get("AIRLOCK_MAX_BODY_BYTES", 1024 * 1024)),
         blob_url_ttl_seconds=int(env.get("AIRLOCK_BLOB_URL_TTL", 600)),
+        web_idle_minutes=int(env.get("AIRLOCK_WEB_IDLE_MINUTES", 60)),
+        web_max_hours=int(env.get("AIRLOCK_WEB_MAX_HOURS", 12)),
+        login_link_minutes=int(env.get("AIRLOCK_LOGIN_LINK_MINUTES", 15)),
+        oidc_issuer=env.get("AIRLOCK_OIDC_ISSUER") or None,
+        oidc_client_id=env.get("AIRLOCK_OIDC_CLIENT_ID") or None,
+        oidc_client_secret=_value_or_file(env, "AIRLOCK_OIDC_CLIENT_SECRET") or None,
+        oidc_scopes=env.get("AIRLOCK_OIDC_SCOPES") or "openid email profile",
+        oidc_allow_signup=env.get("AIRLOCK_OIDC_ALLOW_SIGNUP", "").lower() in ("1", "true", "yes"),
         log_level=env.get("AIRLOCK_LOG_LEVEL", "INFO"),
         log_format=_one_of(
             env.get("AIRLOCK_LOG_FORMAT") or "text", "AIRLOCK_LOG_FORMAT", LOG_FORMATS

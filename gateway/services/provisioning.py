@@ -215,6 +215,8 @@ class ProvisioningService:
         except NotSafetensors as exc:
             raise UnmarkableFile(f"{item.path} cannot be marked: {exc}") from exc
         stored = self.storage.put_stream(temp, marked, max_bytes=item.size)
+        if not marks:  # no tensor qualifies: an exact copy, which must not name the grant
+            return StoredCopy(stored.key, stored.size, stored.sha256)
         return StoredCopy(stored.key, stored.size, stored.sha256, tuple(marks), key.version)
 
     def record(

@@ -193,7 +193,7 @@ def split_notes(text: str) -> list[str]:
     notes: list[str] = []
     current: list[str] = []
     in_signatures = False
-    for line in text.splitlines(keepends=True):
+    for line in re.findall(r"[^\n]*\n|[^\n]+$", text):  # only \n ends a line in a note
         if in_signatures and not line.startswith(SIGNATURE_PREFIX):
             notes.append("".join(current))
             current, in_signatures = [], False

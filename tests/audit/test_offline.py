@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from gateway.audit.exports import Anchor, proof_document, write_checkpoints, write_events
+from gateway.audit.exports import (
+    Anchor,
+    proof_document,
+    split_notes,
+    write_checkpoints,
+    write_events,
+)
 from gateway.audit.merkle import Frontier, inclusion_proof, leaf_hash
 from gateway.audit.notes import SigningKey
 from gateway.audit.offline import (
@@ -216,3 +222,8 @@ def test_verify_files_reads_both_formats_and_refuses_a_junk_manifest(tmp_path: P
     junk.write_text("[]")
     report = verify_files(events, [notes], [KEY.verifier()], manifest=junk)
     assert not report.ok and "not an export manifest" in (report.problem or "")
+
+
+def test_notes_split_on_newlines_only_and_blank_lines_between_are_skipped() -> None:
+    odd = note_at(ROWS, 3, KEY).replace("test/audit", "test\u2028audit")
+    assert split_notes(odd + "\n" + NOTES[0] + NOTES[1]) == [odd, NOTES[0], NOTES[1]]

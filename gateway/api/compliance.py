@@ -15,6 +15,7 @@ from gateway.api.context import airlock, db, principal
 from gateway.api.serialize import audit_out
 from gateway.api.spec import ID, endpoint
 from gateway.audit.canonical import canonical_json, format_timestamp
+from gateway.audit.exports import EVENT_COLUMNS, canonical_line
 from gateway.db.models import utcnow
 from gateway.services.audit_log import AuditFilter, AuditLogService
 from gateway.services.compliance import AccessRow, Bucket, ComplianceService, DenialStats
@@ -22,19 +23,6 @@ from gateway.services.compliance import AccessRow, Bucket, ComplianceService, De
 bp = Blueprint("compliance", __name__, url_prefix="/api/v1")
 service = AuditLogService()
 reports = ComplianceService()
-EXPORT_FIELDS = (
-    "seq",
-    "occurred_at",
-    "action",
-    "actor_id",
-    "org_id",
-    "subject_user_id",
-    "model_id",
-    "effect",
-    "payload",
-    "prev_hash",
-    "entry_hash",
-)
 ROWS_PER_CHUNK = 200
 EXPORT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
 
@@ -149,16 +137,17 @@ def _filters(query: s.AuditFilters) -> AuditFilter:
 
 
 def _export_chunks(rows: Iterable[dict[str, Any]], kind: str) -> Iterator[bytes]:
-    """The rows as JSON lines (canonical JSON) or CSV (payload as canonical JSON), in chunks."""
+    """The rows as gateway.audit.exports writes them (canonical JSON lines, or CSV with the
+    payload as canonical JSON), in chunks; `airlock audit verify`'s reader parses either."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n") if kind == "csv" else None
     if writer is not None:
-        writer.writerow(EXPORT_FIELDS)
+        writer.writerow(EVENT_COLUMNS)
     lines: list[bytes] = []
     for count, row in enumerate(rows, 1):
         row["occurred_at"] = format_timestamp(row["occurred_at"])
         if writer is None:
-            lines.append(canonical_json(row) + b"\n")
+            lines.append(canonical_line(row).encode("utf-8") + b"\n")
         else:
             writer.writerow(_csv_values(row))
         if count % ROWS_PER_CHUNK == 0:
@@ -168,7 +157,7 @@ def _export_chunks(rows: Iterable[dict[str, Any]], kind: str) -> Iterator[bytes]
 
 def _csv_values(row: dict[str, Any]) -> list[Any]:
     payload = canonical_json(row["payload"]).decode("utf-8")
-    return ["" if row[f] is None else payload if f == "payload" else row[f] for f in EXPORT_FIELDS]
+    return ["" if row[f] is None else payload if f == "payload" else row[f] for f in EVENT_COLUMNS]
 
 
 def _drain(lines: list[bytes], buffer: io.StringIO) -> bytes:

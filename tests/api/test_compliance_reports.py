@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,6 +14,7 @@ import pytest
 from werkzeug.test import TestResponse
 
 from gateway.audit.canonical import BODY_FIELDS, entry_hash
+from gateway.audit.exports import read_events
 from gateway.auth.tokens import Scope
 from gateway.db.models import Grant, utcnow
 from gateway.services.audit_log import AuditFilter, AuditLogService
@@ -164,49 +165,39 @@ def test_bad_filters_and_periods_are_refused_naming_the_field(client: Any, world
     ok(api.get(f"/api/v1/compliance/denials?{long_weeks}", api.compliance))
 
 
-def exported(response: TestResponse) -> list[dict[str, Any]]:
-    """Rows of a JSONL or CSV export, with typed values as in the JSON lines."""
+def exported(response: TestResponse, tmp_path: Path) -> list[dict[str, Any]]:
+    """The rows of an export, read back by the offline verifier's strict reader."""
     assert response.status_code == 200, response.get_data(as_text=True)
-    text = response.get_data(as_text=True)
-    if response.mimetype == "application/x-ndjson":
-        return [json.loads(line) for line in text.splitlines()]
-    assert response.mimetype == "text/csv"
-    reader = csv.reader(io.StringIO(text))
-    assert tuple(next(reader)) == ROW_FIELDS
-    rows = []
-    for cells in reader:
-        row: dict[str, Any] = {k: v or None for k, v in zip(ROW_FIELDS, cells, strict=True)}
-        for name in ("seq", "actor_id", "org_id", "subject_user_id", "model_id"):
-            row[name] = None if row[name] is None else int(row[name])
-        row["payload"] = json.loads(row["payload"])
-        rows.append(row)
-    return rows
+    kind = {"application/x-ndjson": "jsonl", "text/csv": "csv"}[response.mimetype]
+    path = tmp_path / f"events.{kind}"
+    path.write_bytes(response.get_data())
+    return list(read_events(path, kind))
 
 
 @on_both_engines
-def test_export_streams_verifiable_rows_of_own_orgs_only(api: Api) -> None:
+def test_export_streams_verifiable_rows_of_own_orgs_only(api: Api, tmp_path: Path) -> None:
     for kind in ("jsonl", "csv"):
-        check_export(api, kind)
+        check_export(api, kind, tmp_path)
 
 
-def check_export(api: Api, kind: str) -> None:
+def check_export(api: Api, kind: str, tmp_path: Path) -> None:
     listed = events(api, api.compliance, limit=1000)
-    rows = exported(api.get(f"/api/v1/audit/export?format={kind}", api.compliance))
+    rows = exported(api.get(f"/api/v1/audit/export?format={kind}", api.compliance), tmp_path)
     assert [r["seq"] for r in rows] == [e["seq"] for e in listed]
     for row in rows:
         assert set(row) == set(ROW_FIELDS)
         body = {name: row[name] for name in BODY_FIELDS}
         assert entry_hash(row["prev_hash"], body) == row["entry_hash"], row["seq"]
-    rival = exported(api.get(f"/api/v1/audit/export?format={kind}", api.rival_compliance))
+    rival = exported(api.get(f"/api/v1/audit/export?format={kind}", api.rival_compliance), tmp_path)
     assert rival
     assert {r["org_id"] for r in rival} == {org_id(api, "globex")}
     assert not {r["seq"] for r in rival} & {r["seq"] for r in rows}
     filtered = f"/api/v1/audit/export?format={kind}&reason=jurisdiction_denied&country=IR"
-    assert [r["seq"] for r in exported(api.get(filtered, api.compliance))] == [
+    assert [r["seq"] for r in exported(api.get(filtered, api.compliance), tmp_path)] == [
         e["seq"] for e in events(api, api.compliance, reason="jurisdiction_denied")
     ]
     theirs = f"/api/v1/audit/export?format={kind}&repo_id={RIVAL_REPO}"
-    assert exported(api.get(theirs, api.compliance)) == []
+    assert exported(api.get(theirs, api.compliance), tmp_path) == []
 
 
 def test_export_reads_in_batches_and_stops_at_the_head(api: Api) -> None:

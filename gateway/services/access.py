@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
@@ -31,7 +31,7 @@ from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound, RepoNotF
 from gateway.kyc import KycFacts
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
-from gateway.services.rows import CURRENT_KYC_ID, KycRow, UserFacts
+from gateway.services.rows import CURRENT_KYC_ID, CURRENT_KYC_IDS, KycRow, UserFacts
 from gateway.tasks import TaskRunner, enqueue_after_commit
 from gateway.tasks.catalog import PROVISION_TASK, REEVALUATE_USER_TASK
 from policies import (
@@ -155,6 +155,26 @@ def kyc_row(kyc: KycVerification) -> KycRow:
     )
 
 
+def user_subject(
+    user: User,
+    kyc: KycVerification | None,
+    *,
+    request_country: str | None,
+    form: Mapping[str, object] | None = None,
+    agreement: tuple[str, int] | None = None,
+) -> Subject:
+    """The facts the engine sees about `user` whose current verification is `kyc`."""
+    org = user.affiliation
+    facts = UserFacts(
+        user.id,
+        user.email,
+        org.slug if org else None,
+        org.hq_country if org else None,
+        kyc_row(kyc) if kyc else None,
+    )
+    return subject_of(facts, request_country=request_country, form=form, agreement=agreement)
+
+
 def visible_to(principal: Principal, org_id: int, policy: ReleasePolicy | None) -> bool:
     """Members always see their models; others only once a policy opens it beyond internal."""
     if principal.is_member(org_id):
@@ -239,15 +259,9 @@ class AccessService:
     ) -> Subject:
         """The facts the engine sees about `user` asking for `model`."""
         kyc = self.current_kyc(session, user_id=user.id, org_id=model.org_id)
-        org = user.affiliation
-        facts = UserFacts(
-            user.id,
-            user.email,
-            org.slug if org else None,
-            org.hq_country if org else None,
-            kyc_row(kyc) if kyc else None,
+        return user_subject(
+            user, kyc, request_country=request_country, form=form, agreement=agreement
         )
-        return subject_of(facts, request_country=request_country, form=form, agreement=agreement)
 
     def current_kyc(self, session: Session, *, user_id: int, org_id: int) -> KycVerification | None:
         """The newest approved verification valid for decisions of `org_id`."""
@@ -255,6 +269,17 @@ class AccessService:
             select(KycVerification).where(KycVerification.id == CURRENT_KYC_ID),
             {"user_id": user_id, "org_id": org_id},
         )
+
+    def current_kycs(
+        self, session: Session, *, user_ids: Collection[int], org_id: int
+    ) -> dict[int, KycVerification]:
+        """What `current_kyc` reads, for many users in one statement: by user id (a user with
+        no current verification is absent)."""
+        if not user_ids:
+            return {}
+        query = select(KycVerification).where(KycVerification.id.in_(CURRENT_KYC_IDS))
+        found = session.scalars(query, {"org_id": org_id, "user_ids": list(user_ids)})
+        return {kyc.user_id: kyc for kyc in found}
 
     def decide(
         self, policy: ReleasePolicy, tier: str, subject: Subject, model: Freezable, now: datetime

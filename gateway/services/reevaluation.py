@@ -10,7 +10,7 @@ carrying the reasons.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -25,13 +25,14 @@ from gateway.db.models import (
     AccessRequest,
     Grant,
     GrantStatus,
+    KycVerification,
     Model,
     RequestStatus,
     User,
     utcnow,
 )
 from gateway.errors import InvalidInput
-from gateway.services.access import AccessService
+from gateway.services.access import AccessService, user_subject
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
 from gateway.services.publishing import PublishingService
@@ -132,6 +133,17 @@ class PolicyCheck:
         }
 
 
+@dataclass(frozen=True)
+class _Judge:
+    """What judging one model's grants and requests reads: the holders' current verifications
+    are read once, together (AccessService.current_kycs)."""
+
+    session: Session
+    policy: ReleasePolicy
+    kycs: Mapping[int, KycVerification]
+    now: datetime
+
+
 class ReevaluationService:
     """Judges live grants and pending requests against a policy; dry-runs or applies that."""
 
@@ -170,7 +182,10 @@ class ReevaluationService:
         grants = self._live_grants(session, model, now, user_ids, lock)
         requests = self._pending_requests(session, model, user_ids, lock)
         _held = _prefetch(session, grants, requests)  # kept alive: the session maps rows weakly
-        verdicts = [self._grant_verdict(session, model, policy, grant, now) for grant in grants]
+        holders = {g.user_id for g in grants} | {r.user_id for r in requests}
+        kycs = self.access.current_kycs(session, user_ids=holders, org_id=model.org_id)
+        judge = _Judge(session, policy, kycs, now)
+        verdicts = [self._grant_verdict(judge, grant) for grant in grants]
         # A suspended grant whose holder has since been granted the tier anew stays suspended.
         active = {(g.user_id, g.tier) for g in grants if g.status == GrantStatus.ACTIVE}
         return Assessment(
@@ -180,7 +195,7 @@ class ReevaluationService:
                 else v
                 for v in verdicts
             ),
-            tuple(self._request_verdict(session, model, policy, req, now) for req in requests),
+            tuple(self._request_verdict(judge, req) for req in requests),
         )
 
     def _live_grants(
@@ -214,36 +229,31 @@ class ReevaluationService:
         return list(session.scalars(query.with_for_update() if lock else query))
 
     def _decide(
-        self,
-        session: Session,
-        model: Model,
-        policy: ReleasePolicy,
-        request: AccessRequest | None,
-        user_id: int,
-        tier: str,
-        now: datetime,
+        self, judge: _Judge, request: AccessRequest | None, user_id: int, tier: str
     ) -> Decision:
         agreement = None
         if request is not None and request.agreement_id and request.agreement_version:
             agreement = (request.agreement_id, request.agreement_version)
-        subject = self.access.subject(
-            session,
-            user=session.get_one(User, user_id),
-            model=model,
+        subject = user_subject(
+            judge.session.get_one(User, user_id),
+            judge.kycs.get(user_id),
             request_country=None,
             form=request.form if request is not None else None,
             agreement=agreement,
         )
         # A freeze is lifted as it came; it never ends grants (downloads refuse while frozen).
         return evaluate(
-            policy, tier, subject, now=now, packs=self.access.packs, unobserved=UNOBSERVED
+            judge.policy,
+            tier,
+            subject,
+            now=judge.now,
+            packs=self.access.packs,
+            unobserved=UNOBSERVED,
         )
 
-    def _grant_verdict(
-        self, session: Session, model: Model, policy: ReleasePolicy, grant: Grant, now: datetime
-    ) -> Verdict:
-        request = session.get(AccessRequest, grant.request_id) if grant.request_id else None
-        decision = self._decide(session, model, policy, request, grant.user_id, grant.tier, now)
+    def _grant_verdict(self, judge: _Judge, grant: Grant) -> Verdict:
+        request = judge.session.get(AccessRequest, grant.request_id) if grant.request_id else None
+        decision = self._decide(judge, request, grant.user_id, grant.tier)
         objections = _objections(decision, _settled(request))
         action = _grant_action(objections, GrantStatus(grant.status))
         return Verdict(
@@ -258,15 +268,8 @@ class ReevaluationService:
             tuple(_reason_dicts(objections or list(decision.reasons))),
         )
 
-    def _request_verdict(
-        self,
-        session: Session,
-        model: Model,
-        policy: ReleasePolicy,
-        request: AccessRequest,
-        now: datetime,
-    ) -> Verdict:
-        decision = self._decide(session, model, policy, request, request.user_id, request.tier, now)
+    def _request_verdict(self, judge: _Judge, request: AccessRequest) -> Verdict:
+        decision = self._decide(judge, request, request.user_id, request.tier)
         denies = [r for r in decision.reasons if r.effect is Effect.DENY]
         return Verdict(
             "request",

@@ -226,13 +226,15 @@ STAGED_WITH_COMMIT = (
 )
 
 
-def current_kyc_id(org_id: ColumnElement[int]) -> ScalarSelect[int]:
-    """The id of the newest approved verification of :user_id valid for decisions of `org_id`
-    (AccessService.current_kyc reads the same one as an entity)."""
+def current_kyc_id(
+    org_id: ColumnElement[int], user_id: ColumnElement[int] | None = None
+) -> ScalarSelect[int]:
+    """The id of the newest approved verification of `user_id` (default :user_id) valid for
+    decisions of `org_id`: the one rule every read of a user's current KYC uses."""
     return (
         select(_newest.id)
         .where(
-            _newest.user_id == bindparam("user_id"),
+            _newest.user_id == (bindparam("user_id") if user_id is None else user_id),
             _newest.status == "approved",
             or_(_newest.issuer_org_id.is_(None), _newest.issuer_org_id == org_id),
         )
@@ -243,6 +245,10 @@ def current_kyc_id(org_id: ColumnElement[int]) -> ScalarSelect[int]:
 
 
 CURRENT_KYC_ID = current_kyc_id(bindparam("org_id"))
+# The current verification ids of every user in :user_ids (one correlated subquery per user).
+CURRENT_KYC_IDS = select(current_kyc_id(bindparam("org_id"), _users.id)).where(
+    _users.id.in_(bindparam("user_ids", expanding=True))
+)
 
 _MODEL_COLUMNS = (
     _models.id,

@@ -23,6 +23,7 @@ from gateway.kyc import KycFacts
 from gateway.services.access import RequestOutcome
 from policies import KycLevel
 from tests.factories import Actor, World, policy_text
+from tests.pg import on_both_engines
 
 FORM = {"intended_use": "evaluation"}
 
@@ -415,3 +416,52 @@ def test_kyc_is_recorded_by_reviewers_for_their_own_org_only(world: World, scene
         assert found.id == row.id
         assert access.current_kyc(s, user_id=rob.id, org_id=world.org("globex").id) is None
     assert scene.actions()[-1] == "kyc:verify"
+
+
+@on_both_engines
+def test_the_grouped_kyc_read_picks_what_current_kyc_picks(world: World) -> None:
+    """Several verifications, issuer scoping, rejected and pending newer ones, a tie in time."""
+    acme, globex = world.org("acme"), world.org("globex")
+    users = {name: world.actor(name).user.id for name in ("ann", "bob", "cy", "di", "ed", "fay")}
+    day = utcnow() - timedelta(days=30)
+    rows = [  # (name, tag, issuer, status, days after `day`)
+        ("ann", "global-old", None, "approved", 0),
+        ("ann", "acme", acme.id, "approved", 1),
+        ("ann", "globex", globex.id, "approved", 2),
+        ("bob", "approved", None, "approved", 0),
+        ("bob", "rejected", None, "rejected", 5),
+        ("cy", "globex-only", globex.id, "approved", 0),
+        ("di", "tie-first", None, "approved", 3),
+        ("di", "tie-second", None, "approved", 3),
+        ("fay", "acme-old", acme.id, "approved", 0),
+        ("fay", "pending", None, "pending", 9),
+    ]
+    tags = {}
+    with world.airlock.db.session() as s:
+        for name, tag, issuer, status, days in rows:
+            kyc = KycVerification(
+                user_id=users[name],
+                provider="manual",
+                provider_ref=tag,
+                issuer_org_id=issuer,
+                status=status,
+                level=str(KycLevel.IDENTITY),
+                verified_at=day + timedelta(days=days),
+            )
+            s.add(kyc)
+            s.flush()
+            tags[kyc.id] = f"{name}/{tag}"
+        s.commit()
+    expected = {
+        acme.id: {"ann/acme", "bob/approved", "di/tie-second", "fay/acme-old"},
+        globex.id: {"ann/globex", "bob/approved", "cy/globex-only", "di/tie-second"},
+    }
+    access = world.airlock.access
+    with world.airlock.db.session() as s:
+        for org_id, wanted in expected.items():
+            one = {u: access.current_kyc(s, user_id=u, org_id=org_id) for u in users.values()}
+            each = {u: tags[k.id] for u, k in one.items() if k is not None}
+            grouped = access.current_kycs(s, user_ids=list(users.values()), org_id=org_id)
+            assert {u: tags[k.id] for u, k in grouped.items()} == each
+            assert set(each.values()) == wanted
+        assert access.current_kycs(s, user_ids=[], org_id=acme.id) == {}

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sql_event
 from sqlalchemy import select, update
 
 from gateway.db.models import AccessRequest, AuditEvent, Grant, KycVerification, Role, utcnow
 from gateway.services.container import Airlock
+from gateway.services.reevaluation import Action
 from gateway.services.sweeps import notice_pack_changes
 from gateway.tasks import jobs
 from policies import KycLevel, PackRegistry
@@ -412,3 +415,39 @@ def test_a_deployed_pack_change_is_recorded_once_and_rescreens_its_models(setup:
     assert setup.grants() == {"ann/weights-auto": "suspended"}
     [event] = setup.events("grant:suspend")
     assert event.payload["cause"]["kind"] == "pack_change"
+
+
+def statements_of(setup: Setup, run: Callable[[], object]) -> list[str]:
+    """The SQL statements `run` sends (transaction control left out)."""
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        sent.append(statement)
+
+    engine = setup.airlock.db.engine
+    sql_event.listen(engine, "before_cursor_execute", record)
+    try:
+        run()
+    finally:
+        sql_event.remove(engine, "before_cursor_execute", record)
+    return [s for s in sent if not s.startswith(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"))]
+
+
+def test_re_evaluating_a_model_reads_the_holders_kyc_in_one_statement(setup: Setup) -> None:
+    """The query count does not grow with the number of holders."""
+
+    def reevaluate() -> None:
+        with setup.airlock.db.session() as s:
+            found = setup.airlock.reevaluation.reevaluate_model(
+                s, model_id=setup.model.id, cause={"kind": "test"}
+            )
+        assert found is not None and {v.action for v in found.grants} == {Action.KEEP}
+
+    setup.researcher("ann", "GB")
+    few = statements_of(setup, reevaluate)
+    for name in ("eva", "finn", "gus", "hal"):
+        setup.researcher(name, "DE")
+    many = statements_of(setup, reevaluate)
+    print(f"statements: {len(few)} with 1 holder, {len(many)} with 5")
+    assert len(many) == len(few), many
+    assert sum("kyc_verifications" in s for s in many) == 1

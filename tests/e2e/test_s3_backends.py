@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.db.migrate import upgrade
-from gateway.db.models import Grant, Revision, Role
+from gateway.db.models import DownloadFingerprint, Grant, Revision, Role
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import load_settings
 from tests.e2e.live import ROOT, free_port
@@ -247,12 +247,21 @@ def test_push_vet_grant_and_download_through_presigned_s3_redirects(
     assert location.startswith(deployment.s3.endpoint + "/")
     assert "X-Amz-Signature=" in location and "X-Amz-Expires=" in location
 
+    with airlock.db.session() as s:
+        marked = s.scalars(select(DownloadFingerprint.sha256)).one()  # the weights' copy
+    expected = {"config.json": digest(FILES["config.json"]), "model.safetensors": marked}
+    assert marked != digest(FILES["model.safetensors"])
     for python in hub_clients():
         snapshot = hub_download(deployment, researcher.token, python)
         got = {p.relative_to(snapshot).as_posix(): p for p in snapshot.rglob("*") if p.is_file()}
         assert sorted(got) == sorted(SERVED)
         for path in SERVED:
-            assert digest(got[path].read_bytes()) == digest(FILES[path])
+            assert digest(got[path].read_bytes()) == expected[path]
+    with airlock.db.session() as s:  # the original is read back from S3 to trace against
+        report = airlock.tracing.trace(
+            s, principal=None, repo_id=REPO, suspects=[got["model.safetensors"]]
+        )
+    assert report.attributed == (grant.id,) and report.ranked[0].z >= 6
     assert deployment.s3.log is not None
     s3_gets = [
         line

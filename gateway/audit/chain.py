@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import JSON, Connection, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from gateway.audit.canonical import BODY_FIELDS, GENESIS_HASH, body_of, canonical_json, entry_hash
+from gateway.audit.canonical import (
+    BODY_FIELDS,
+    GENESIS_HASH,
+    body_of,
+    canonical_json,
+    entry_hash,
+    format_timestamp,
+)
 from gateway.db.models import AuditEvent, AuditHead, Base, utcnow
 from gateway.db.prepared import Prepared
 from gateway.observability.metrics import count_decision
-
-_body = body_of  # the name bench/audit.py knew before the pure module split out
 
 
 class AuditAction(StrEnum):
@@ -110,13 +116,7 @@ class AuditRecorder:
     ) -> Appended:
         """Add one event to the chain; it commits or rolls back with the change it records."""
         conn = session.connection()
-        head = _LOCK_HEAD.all(conn, {})
-        if len(head) != 1:
-            raise RuntimeError("the audit head row is missing: the database is not migrated")
-        seq, prev = head[0]
-        row = {
-            "seq": seq + 1,
-            "occurred_at": utcnow(),
+        fields = {
             "action": str(action),
             "actor_id": actor_id,
             "org_id": org_id,
@@ -124,14 +124,57 @@ class AuditRecorder:
             "model_id": model_id,
             "effect": effect,
             "payload": json.loads(canonical_json(payload or {})),
-            "prev_hash": prev,
         }
-        row["entry_hash"] = digest = entry_hash(prev, body_of(row))
-        _APPEND_EVENT.all(conn, row)
-        _MOVE_HEAD.all(conn, {"new_seq": row["seq"], "new_hash": digest})
+        if conn.dialect.name == "postgresql":
+            appended = _append_in_one_call(conn, fields)
+        else:
+            appended = _append(conn, fields)
         if effect is not None:
             count_decision(str(action), effect, payload)
-        return Appended(row["seq"], digest)
+        return appended
+
+
+def _append(conn: Connection, fields: dict[str, Any]) -> Appended:
+    """Lock the head, insert the event, move the head: three statements."""
+    head = _LOCK_HEAD.all(conn, {})
+    if len(head) != 1:
+        raise RuntimeError("the audit head row is missing: the database is not migrated")
+    seq, prev = head[0]
+    row = {"seq": seq + 1, "occurred_at": utcnow(), **fields, "prev_hash": prev}
+    row["entry_hash"] = digest = entry_hash(prev, body_of(row))
+    _APPEND_EVENT.all(conn, row)
+    _MOVE_HEAD.all(conn, {"new_seq": row["seq"], "new_hash": digest})
+    return Appended(row["seq"], digest)
+
+
+# The event's canonical JSON around the two values only the locked head gives. Keys sort as
+# ... "model_id", "occurred_at", "org_id", "payload", "seq", "subject_user_id": the first
+# `"occurred_at":"` is the top-level one (a string value cannot hold an unescaped quote), and
+# the last `,"seq":0,"subject_user_id":` is too (the payload's keys all come before it).
+_TIME_KEY = '"occurred_at":"'
+_SEQ_KEY = ',"seq":'
+_PLACEHOLDER_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+APPEND_CALL = text(
+    "SELECT seq, occurred_at, entry_hash FROM audit_append(:head, :middle, :tail, :action, "
+    ":actor_id, :org_id, :subject_user_id, :model_id, :effect, :payload)"
+).bindparams(bindparam("payload", type_=JSON))
+
+
+def canonical_pieces(fields: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(head, middle, tail): canonical_json of the body == head + time + middle + seq + tail."""
+    text_ = canonical_json({**fields, "seq": 0, "occurred_at": _PLACEHOLDER_TIME}).decode()
+    time_at = text_.index(_TIME_KEY) + len(_TIME_KEY)
+    seq_at = text_.rindex(_SEQ_KEY + '0,"subject_user_id":') + len(_SEQ_KEY)
+    middle_at = time_at + len(format_timestamp(_PLACEHOLDER_TIME))
+    return text_[:time_at], text_[middle_at:seq_at], text_[seq_at + 1 :]
+
+
+def _append_in_one_call(conn: Connection, fields: dict[str, Any]) -> Appended:
+    """PostgreSQL: the same three statements in one call of audit_append (migration 0009)."""
+    head, middle, tail = canonical_pieces({k: fields[k] for k in BODY_FIELDS if k in fields})
+    found = conn.execute(APPEND_CALL, {**fields, "head": head, "middle": middle, "tail": tail})
+    seq, _at, digest = found.one()
+    return Appended(seq, digest)
 
 
 @dataclass(frozen=True)

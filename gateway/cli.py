@@ -39,7 +39,7 @@ def demo(host: str, port: int, data_dir: str) -> None:
     """Seed (first run) or reuse a demo deployment, write demo.json, and serve it."""
     from gateway.app import create_app
     from gateway.db.migrate import upgrade
-    from gateway.demo import how_to, seed, wire_upstream, write_demo_json
+    from gateway.demo import how_to, login_links, seed, wire_upstream, write_demo_json
     from gateway.devtools.upstream import ReferenceUpstream
     from gateway.services.container import build_airlock
 
@@ -51,7 +51,8 @@ def demo(host: str, port: int, data_dir: str) -> None:
     tokens = seed(airlock, root)
     upstream = ReferenceUpstream().start()  # the demo's model server: a development tool
     wire_upstream(airlock, upstream.base_url)
-    document = write_demo_json(root / "demo.json", endpoint, tokens)
+    links = login_links(airlock, endpoint)
+    document = write_demo_json(root / "demo.json", endpoint, tokens, links)
     click.echo(how_to(document))
     _serve(create_app(airlock=airlock), host, port)
 
@@ -629,6 +630,34 @@ def admin_create_user(username: str, email: str, org_slug: str | None, role: str
         if org is not None and role:
             airlock.identity.add_member(session, org=org, user=user, role=Role(role), actor_id=None)
         click.echo(f"user {user.username} created" + (f" as {role} of {org_slug}" if role else ""))
+
+
+@admin.command("login-link")
+@click.argument("username")
+@click.option("--minutes", type=click.IntRange(1, 24 * 60), help="Lifetime (default: settings).")
+def admin_login_link(username: str, minutes: int | None) -> None:
+    """Print a one-time browser sign-in link for USERNAME (stored only as a hash)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from gateway.db.models import User
+    from gateway.services.web_auth import WebAuthService
+
+    airlock = _services()
+    service = WebAuthService.from_settings(airlock.settings, identity=airlock.identity)
+    ttl = timedelta(minutes=minutes) if minutes else service.link_ttl
+    with airlock.db.session() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise click.ClickException(f"no user {username!r}")
+        token = service.issue_link(session, user=user, ttl=ttl)
+    base = (airlock.settings.public_url or "").rstrip("/")
+    if not base:
+        click.echo("AIRLOCK_PUBLIC_URL is unset: prefix the path with this gateway's URL", err=True)
+    minutes_left = int(ttl.total_seconds() // 60)
+    click.echo(f"{base}/ui/login/link?token={token}")
+    click.echo(f"(one use, expires in {minutes_left} minutes)", err=True)
 
 
 @admin.command("issue-token")

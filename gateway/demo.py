@@ -21,6 +21,7 @@ from gateway.kyc import KycFacts
 from gateway.services.checkpoints import SigningKeyMissing
 from gateway.services.container import Airlock
 from gateway.services.publishing import ManifestEntry
+from gateway.services.web_auth import WebAuthService
 from gateway.tasks.jobs import checkpoint_audit
 from gateway.tinymodel import write_tiny_model
 from policies import KycLevel
@@ -28,6 +29,8 @@ from policies import KycLevel
 log = logging.getLogger(__name__)
 REPO = "acme/tiny-llm"
 TOKEN_TTL = timedelta(days=30)
+LINK_TTL = timedelta(hours=24)
+LINK_ROLES = ("publisher", "reviewer", "compliance", "researcher")
 
 
 @dataclass(frozen=True)
@@ -259,22 +262,47 @@ def _still_valid(airlock: Airlock, session: Session, token: str) -> bool:
     return True
 
 
-def write_demo_json(path: Path, endpoint: str, tokens: dict[str, str]) -> dict[str, Any]:
-    """The public contract scripts rely on: endpoint, tokens per role, models."""
+def login_links(airlock: Airlock, endpoint: str) -> dict[str, str]:
+    """A fresh one-time browser sign-in link per role (every start; valid for a day)."""
+    service = WebAuthService.from_settings(airlock.settings, identity=airlock.identity)
+    links = {}
+    with airlock.db.session() as session:
+        for key in LINK_ROLES:
+            username = PEOPLE[key].username
+            user = session.scalars(select(User).where(User.username == username)).one()
+            token = service.issue_link(session, user=user, ttl=LINK_TTL)
+            links[key] = f"{endpoint}/ui/login/link?token={token}"
+    return links
+
+
+def write_demo_json(
+    path: Path,
+    endpoint: str,
+    tokens: dict[str, str],
+    links: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The public contract scripts rely on: endpoint, tokens per role, models, login links."""
     models = {"weights": REPO, "inference": REPO}
     document = {"endpoint": endpoint, "tokens": tokens, "models": models}
+    if links is not None:
+        document["login_links"] = links
     path.write_text(json.dumps(document, indent=2) + "\n")
     path.chmod(0o600)
     return document
 
 
 def how_to(document: dict[str, Any]) -> str:
-    """The three-line how-to the demo prints."""
+    """The how-to the demo prints: the client commands, then a browser sign-in link per role."""
     endpoint, tokens = document["endpoint"], document["tokens"]
+    links = [
+        f"In the browser, as the {role} (one use, 24 h): {link}"
+        for role, link in document.get("login_links", {}).items()
+    ]
     return "\n".join(
         [
             f"Airlock demo serving at {endpoint} (tokens in demo.json)",
             f"HF_ENDPOINT={endpoint} HF_TOKEN={tokens['researcher']} hf download {REPO}",
             f"curl -H 'Authorization: Bearer {tokens['researcher']}' {endpoint}/api/v1/me/grants",
+            *links,
         ]
     )

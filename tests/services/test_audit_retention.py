@@ -4,6 +4,7 @@ delete path through the append-only triggers, and verification from the pruned h
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, func, insert, select
@@ -11,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.audit import AuditAction
 from gateway.audit.notes import SigningKey
+from gateway.audit.offline import verify_files
 from gateway.db.models import (
     AuditEvent,
     AuditPrune,
@@ -18,6 +20,7 @@ from gateway.db.models import (
     utcnow,
 )
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
+from gateway.services.audit_export import export_audit
 from gateway.services.audit_log import AuditLogService
 from gateway.services.checkpoints import CheckpointService
 from gateway.services.container import Airlock
@@ -203,3 +206,25 @@ def test_a_researcher_cannot_place_a_hold(airlock: Airlock, world: World) -> Non
         airlock.legal_holds.place(
             session, principal=rob.principal, org="acme", kind="user", subject="rob", reason="x"
         )
+
+
+@on_both_engines
+def test_an_export_after_a_prune_verifies_offline_from_the_cut(
+    airlock: Airlock, tmp_path: Path
+) -> None:
+    record(airlock, 6)
+    prune(airlock, utcnow() + DECADE_ON)
+    record(airlock, 3)
+    with airlock.db.session() as session:
+        CheckpointService().create(session, signer=KEY, storage=airlock.storage, origin=ORIGIN)
+        manifest = export_audit(session, out=tmp_path / "export", fmt="jsonl")
+    assert manifest["events"]["first_seq"] == 7  # 1..6 pruned; 7 is audit:prune
+    files = tmp_path / "export"
+    report = verify_files(
+        files / "events.jsonl",
+        [files / "checkpoints.notes"],
+        [KEY.verifier()],
+        manifest=files / "manifest.json",
+    )
+    assert report.ok, report
+    assert (report.first_seq, report.last_seq, report.anchored_to) == (7, 10, 10)

@@ -22,13 +22,11 @@ time, and every key the run writes (under a random prefix) is deleted at the end
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import platform
 import secrets
 import statistics
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,14 +34,14 @@ from dataclasses import dataclass
 from importlib.metadata import version
 
 import harness
+import limiter_race
 import redis
 
-from gateway.ratelimit import Dimension, Lease, LimiterUnavailable, MemoryLimiter, RedisLimiter
+from gateway.ratelimit import Dimension, Lease, MemoryLimiter, RedisLimiter
 
 RATIO_TARGET = 0.5
 DAY = 86400
 DEFAULT_URL = "redis://127.0.0.1:6379/15"
-STOP_AFTER_REFUSALS = 5
 
 
 @dataclass(frozen=True)
@@ -135,33 +133,6 @@ class NaiveCounter:
         return True
 
 
-def hammer(attempt: Callable[[], bool], threads: int, seconds: float) -> tuple[int, int]:
-    """Admissions and errors of `threads` threads calling `attempt` from one start."""
-    start = threading.Barrier(threads)
-    counts: list[tuple[int, int]] = []
-
-    def worker() -> None:
-        admitted = errors = refusals = 0
-        start.wait()
-        deadline = time.monotonic() + seconds
-        while refusals < STOP_AFTER_REFUSALS and time.monotonic() < deadline:
-            try:
-                allowed = attempt()
-            except LimiterUnavailable:
-                errors += 1
-                continue
-            admitted += allowed
-            refusals = 0 if allowed else refusals + 1
-        counts.append((admitted, errors))
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return sum(a for a, _ in counts), sum(e for _, e in counts)
-
-
 def race_process(
     url: str, prefix: str, kind: str, quota: int, threads: int, seconds: float, start_at: float
 ) -> tuple[int, int]:
@@ -176,9 +147,9 @@ def race_process(
         ),
         "naive": naive.allowed,
     }
-    time.sleep(max(0.0, start_at - time.time()))  # every process starts together
+    limiter_race.wait_for(start_at)
     try:
-        return hammer(attempts[kind], threads, seconds)
+        return limiter_race.hammer(attempts[kind], threads, seconds)
     finally:
         limiter.close()
         naive.client.close()
@@ -186,11 +157,8 @@ def race_process(
 
 def race(args: argparse.Namespace, prefix: str, kind: str, quota: int) -> list[tuple[int, int]]:
     """Per-process (admitted, errors) of one race."""
-    context = multiprocessing.get_context("spawn")
-    start_at = time.time() + 1.5  # after the spawned interpreters have imported
-    job = (args.url, prefix, kind, quota, args.threads, args.race_seconds, start_at)
-    with context.Pool(args.processes) as pool:
-        return pool.starmap(race_process, [job] * args.processes)
+    job = (args.url, prefix, kind, quota, args.threads, args.race_seconds)
+    return limiter_race.in_processes(race_process, job, args.processes)
 
 
 def cleanup(url: str, prefix: str) -> int:
@@ -241,7 +209,8 @@ def report_throughput(timings: list[Timing], load: str) -> None:
 def report_races(args: argparse.Namespace, prefix: str) -> None:
     print(
         f"\n2. Races: {args.processes} processes x {args.threads} threads on one key, each "
-        f"thread until {STOP_AFTER_REFUSALS} refusals in a row (at most {args.race_seconds:.0f} s)"
+        f"thread until {limiter_race.STOP_AFTER_REFUSALS} refusals in a row "
+        f"(at most {args.race_seconds:.0f} s)"
     )
     for kind, label, quota in (
         ("gcra", "RedisLimiter, GCRA, quota", args.quota),

@@ -10,7 +10,7 @@ DATA_DIR ?= ./var/demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test lint typecheck contracts pytest services bench bench-vetting bench-ratelimit bench-inference bench-litellm bench-audit clean worker beat
+.PHONY: demo test lint typecheck contracts pytest services bench bench-vetting bench-ratelimit bench-inference bench-litellm bench-audit bench-fingerprint clean worker beat
 
 demo: $(VENV)/.runtime
 	$(BIN)/airlock demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
@@ -89,6 +89,11 @@ bench-inference: $(VENV)/.dev $(LITELLM)/.installed
 # (needs PostgreSQL; a throwaway database; about 40 s).
 bench-audit: $(VENV)/.dev
 	$(BIN)/python bench/audit.py
+
+# Marking a 256 MiB bf16 file against a plain copy, peak memory, and what tracing survives over
+# 20 grants (about 30 s; temporary files only).
+bench-fingerprint: $(VENV)/.dev
+	$(BIN)/python bench/fingerprint.py
 
 # LiteLLM's proxy, the inference benchmark's comparison, in its own venv: never a project
 # dependency. 1.108.7 is the newest whose [proxy] extra resolves from PyPI here (the extras

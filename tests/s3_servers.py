@@ -19,6 +19,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from tests.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 S3RVER_DIR = ROOT / "tests" / "s3rver"
 S3RVER_START = S3RVER_DIR / "start.js"
@@ -130,12 +132,7 @@ def _process(argv: list[str], log: Path, port: int, name: str) -> Iterator[str]:
         _wait_listening(process, port, log, name)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _wait_listening(process: subprocess.Popen[bytes], port: int, log: Path, name: str) -> None:

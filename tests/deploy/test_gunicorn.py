@@ -16,6 +16,7 @@ import pytest
 
 from gateway.db.migrate import upgrade
 from tests.deploy.conftest import DEPLOY, ROOT, VENV_BIN, free_port, wait_http
+from tests.processes import stop_process
 
 HEALTHZ = 'airlock_http_requests_total{method="GET",status="200",surface="health"}'
 
@@ -61,13 +62,7 @@ class Gunicorn:
         return {int(p.stem.rsplit("_", 1)[1]) for p in self.metrics_dir.glob("gauge_livesum_*")}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=20)
         self._log.close()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import DEPLOY, free_port, require, wait_http
+from tests.processes import stop_process
 
 UPSTREAM = "server gateway:8000;"
 SIGNATURE = "c2lnbmF0dXJlLW5vdC1mb3ItbG9ncw"
@@ -108,8 +109,7 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
         seen.requests.clear()
         yield Edge(port, seen, tmp_path / "access.log")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
         out.close()
         upstream.shutdown()
         upstream.server_close()

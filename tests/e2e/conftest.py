@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.live import ROOT, Server, free_port, wait_healthy
+from tests.processes import stop_process
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,4 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         assert demo["endpoint"] == endpoint
         yield Server(endpoint, demo["tokens"], tmp)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

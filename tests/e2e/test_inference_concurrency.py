@@ -34,6 +34,7 @@ from gateway.services.container import build_airlock
 from gateway.settings import load_settings
 from tests.e2e.live import ROOT, free_port
 from tests.pg import throwaway_database
+from tests.processes import stop_process
 from tests.redis_server import REDIS_URL, require_redis
 
 pytestmark = pytest.mark.e2e
@@ -209,12 +210,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             wait_ready(port, server, tmp / "gunicorn.log")
             yield found
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, grace=20)
             log.close()
             found.reset_limits()
             upstream.stop()

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from gateway.fingerprint.floats import FloatFormat
 from gateway.fingerprint.keys import FingerprintKey, codeword
-from gateway.fingerprint.safetensors import Header, TensorInfo, read_header
+from gateway.fingerprint.safetensors import Header, NotSafetensors, TensorInfo, read_header
 from policies import Fingerprint
 
 CHUNK = 1024 * 1024
@@ -170,7 +172,12 @@ def tensor_values(
         if positions[i] * fmt.size >= stop:
             continue
         source.seek(header.data_start + tensor.start + first)
-        view = memoryview(source.read(stop - first)).cast(fmt.code)
+        data = source.read(stop - first)
+        if len(data) != stop - first:
+            raise NotSafetensors(f"the file ends inside tensor {tensor.name[:100]!r}")
+        view = array(fmt.code, data)
+        if sys.byteorder == "big":  # safetensors is little-endian
+            view.byteswap()
         while i < len(positions) and positions[i] * fmt.size < stop:
             values.append(int(view[positions[i] - first // fmt.size]))
             i += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -226,9 +227,17 @@ def _authorize(principal: Principal | None, model: Model) -> int | None:
 def _open(stack: ExitStack, path: Path) -> Opened:
     stream = stack.enter_context(path.open("rb"))
     try:
-        return Opened(stream, read_header(stream))
+        header = read_header(stream)
     except NotSafetensors as exc:
         raise InvalidInput(f"the suspect {path.name} is not a safetensors file: {exc}") from exc
+    needed = header.data_start + max((t.end for t in header.tensors), default=0)
+    size = os.fstat(stream.fileno()).st_size
+    if needed > size:
+        raise InvalidInput(
+            f"the suspect {path.name} is truncated: its header describes {needed} bytes, "
+            f"the file holds {size}"
+        )
+    return Opened(stream, header)
 
 
 def _candidate(record: DownloadFingerprint) -> Candidate:

@@ -104,6 +104,8 @@ def test_bad_suspects_models_and_revisions_are_clear_4xx(scene: Scene) -> None:
     report = post(scene, pat, b"\xff" * 64)
     assert report["status"] == 422 and report["code"] == "invalid_input"
     assert "not a safetensors file" in report["detail"]
+    truncated = post(scene, pat, scene.original[: len(scene.original) // 2])
+    assert truncated["status"] == 422 and "is truncated" in truncated["detail"]
     response = scene.client.post("/api/v1/models/acme/nope/trace", data=b"x", headers=bearer(pat))
     assert response.status_code == 404
     assert post(scene, pat, scene.original, "?revision=" + "0" * 40)["status"] == 404

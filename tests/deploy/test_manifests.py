@@ -102,7 +102,12 @@ def test_compose_wires_nginx_as_the_trusted_proxy() -> None:
 
 def test_compose_secrets_come_from_the_environment_not_the_file() -> None:
     env = airlock_services()["gateway"]["environment"]
-    for key in ("AIRLOCK_SECRET_KEY", "AIRLOCK_S3_SECRET_ACCESS_KEY", "AIRLOCK_AUDIT_SIGNING_KEY"):
+    for key in (
+        "AIRLOCK_SECRET_KEY",
+        "AIRLOCK_S3_SECRET_ACCESS_KEY",
+        "AIRLOCK_AUDIT_SIGNING_KEY",
+        "AIRLOCK_FINGERPRINT_SECRET",
+    ):
         assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", env[key]), key
     assert ":${POSTGRES_PASSWORD:?" in env["AIRLOCK_DATABASE_URL"]
 

@@ -91,6 +91,19 @@ def test_reviewer_and_compliance_commands(server: Server) -> None:
     assert all(e["action"] == "download:deny" for e in denials)
     mine = server.get("/api/v1/audit?subject=rob&repo_id=acme/tiny-llm", "compliance")["events"]
     assert {"request:create", "grant:create"} <= {e["action"] for e in mine}
+    why = "reason=kyc_level_insufficient&tier=api-researcher"
+    refused = server.get(f"/api/v1/audit?{why}", "compliance")["events"]
+    assert {e["effect"] for e in refused} <= {"deny"}  # the outsider's request, when made first
+    vetted = server.get("/api/v1/audit?tier=weights-vetted", "compliance")["events"]
+    assert "grant:create" in {e["action"] for e in vetted}
+    grants = server.get("/api/v1/compliance/access-report", "compliance")["grants"]
+    assert ("rob", "acme/tiny-llm", "weights-vetted") in {
+        (g["username"], g["repo_id"], g["tier"]) for g in grants
+    }
+    stats = server.get("/api/v1/compliance/denials?bucket=week", "compliance")
+    assert stats["totals"]["deny"] >= len(refused) and stats["series"]
+    timeline = server.get("/api/v1/compliance/timeline?user=rob", "compliance")["events"]
+    assert "grant:create" in {e["action"] for e in timeline}
     code, output = airlock(server, "compliance", "audit", "verify", data_dir=server.tmp / "data")
     assert code == 0 and "audit chain OK" in output, output
 

@@ -4,20 +4,21 @@ migration derives them for the events recorded before it."""
 
 from __future__ import annotations
 
-import json
 import re
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import insert, select
 
 from gateway.audit import AuditAction
 from gateway.audit.facets import REASON_CODES
 from gateway.db.engine import Database
 from gateway.db.migrate import upgrade
-from gateway.db.models import AuditFacet
+from gateway.db.models import AuditEvent, AuditFacet, utcnow
 from gateway.services.container import Airlock
-from tests.pg import on_both_engines
+from tests.pg import on_both_engines, throwaway_database
 
 DENY = {"code": "jurisdiction_denied", "effect": "deny", "rule": "r", "message": "m"}
 MET = {"code": "kyc_level_met", "effect": "allow", "rule": "r", "message": "m"}
@@ -60,6 +61,15 @@ CASES: list[tuple[dict[str, Any], set[tuple[str, str]]]] = [
         set(),
     ),
     ({"reasons": {"code": "no_grant", "effect": "deny"}, "decision": {"reasons": "x"}}, set()),
+    (  # objects where strings belong are not values either
+        {
+            "tier": {"name": "x"},
+            "request_country": ["IR"],
+            "decision": {"tier": ["a"], "reasons": [{"code": {"c": 1}, "effect": "deny"}]},
+        },
+        set(),
+    ),
+    ({"decision": {"tier": "card"}, "note": 'says "reasons" and "decision"'}, {("tier", "card")}),
     ({"tier": "t" * 100}, {("tier", "t" * 64)}),
     ({}, set()),
 ]
@@ -84,24 +94,35 @@ def test_every_inserted_event_gets_the_facets_of_its_payload(airlock: Airlock) -
         assert facets(airlock.db, seq) == expected, payload
 
 
-def test_the_migration_derives_facets_of_events_recorded_before_it(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0007")
-    database = Database(url)
-    try:
-        with database.engine.begin() as conn:  # the recorder's own statements, before 0008
-            for seq, (payload, _) in enumerate(CASES, 1):
-                conn.exec_driver_sql(
-                    "INSERT INTO audit_events (seq, occurred_at, action, payload, prev_hash, "
-                    "entry_hash) VALUES (?, '2026-01-01 00:00:00.000000', 'request:create', ?, "
-                    "?, ?)",
-                    (seq, json.dumps(payload), "0" * 64, f"{seq:064x}"),
-                )
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_migration_derives_facets_of_events_recorded_before_it(
+    engine: str, tmp_path: Path
+) -> None:
+    with ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path / 'old.db'}"
+            if engine == "sqlite"
+            else stack.enter_context(throwaway_database())
+        )
+        upgrade(url, "0007")
+        database = Database(url)
+        stack.callback(database.dispose)
+        rows = [
+            {
+                "seq": seq,
+                "occurred_at": utcnow(),
+                "action": "request:create",
+                "payload": payload,
+                "prev_hash": "0" * 64,
+                "entry_hash": f"{seq:064x}",
+            }
+            for seq, (payload, _) in enumerate(CASES, 1)
+        ]
+        with database.engine.begin() as conn:  # as the recorder wrote them before 0008
+            conn.execute(insert(AuditEvent.__table__), rows)
         upgrade(url)
         for seq, (payload, expected) in enumerate(CASES, 1):
             assert facets(database, seq) == expected, payload
-    finally:
-        database.dispose()
 
 
 def test_every_reason_code_the_gateway_writes_is_filterable() -> None:

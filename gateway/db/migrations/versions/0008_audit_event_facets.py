@@ -14,6 +14,7 @@ Revises: 0007
 Create Date: 2026-11-27 09:20:00.000000
 """
 
+# ruff: noqa: S608  (every statement here is built from constants)
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -24,64 +25,78 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-COUNTRY_KEYS = ("request_country", "nationality", "residence_country", "document_country")
+TOP_KEYS = "('tier', 'request_country', 'nationality', 'residence_country', 'document_country')"
 OBJECTING = "('deny', 'review')"
+REASON_PATHS = ("reasons", "decision.reasons")
 
-# SQLite: the facets of one event from its JSON text `{p}`, as (name, value) rows.
+# SQLite, from the JSON text {p}: (name, value) rows. One pass over the top-level keys gives the
+# tier and the countries; nested values are parsed only when their key occurs in the text (a
+# condition on {p} alone is tested once, before json_each runs).
 SQLITE_FACETS = " UNION ALL ".join(
     [
-        "SELECT 'tier' AS name, json_extract({p}, '$.tier') AS value",
-        "SELECT 'tier', json_extract({p}, '$.decision.tier')",
+        "SELECT CASE key WHEN 'tier' THEN 'tier' ELSE 'country' END AS name, value "
+        f"FROM json_each({{p}}) WHERE type = 'text' AND key IN {TOP_KEYS}",
+        "SELECT 'tier', json_extract({p}, '$.decision.tier') "
+        "WHERE instr({p}, '\"decision\"') AND json_type({p}, '$.decision.tier') = 'text'",
         *(
-            f"SELECT '{name}', json_extract(r.value, '$.code') "  # noqa: S608 (constant SQL)
-            f"FROM json_each({{p}}, '{path}') r "
-            f"WHERE json_type({{p}}, '{path}') = 'array' AND r.type = 'object'{extra}"
-            for path in ("$.reasons", "$.decision.reasons")
-            for name, extra in (
-                ("reason", ""),
-                ("objection", f" AND json_extract(r.value, '$.effect') IN {OBJECTING}"),
-            )
+            f"SELECT n.name, json_extract(r.value, '$.code') FROM json_each({{p}}, '$.{path}') r "
+            "JOIN (SELECT 'reason' AS name UNION ALL SELECT 'objection') n "
+            f"ON n.name = 'reason' OR json_extract(r.value, '$.effect') IN {OBJECTING} "
+            f"WHERE instr({{p}}, '\"reasons\"') AND json_type({{p}}, '$.{path}') = 'array' "
+            "AND r.type = 'object' AND json_type(r.value, '$.code') = 'text'"
+            for path in REASON_PATHS
         ),
-        *(f"SELECT 'country', json_extract({{p}}, '$.{key}')" for key in COUNTRY_KEYS),
     ]
 )
 SQLITE_INSERT = (
-    "INSERT OR IGNORE INTO audit_event_facets (seq, name, value) "  # noqa: S608 (constant SQL)
+    "INSERT OR IGNORE INTO audit_event_facets (seq, name, value) "
     "SELECT {seq}, f.name, substr(f.value, 1, 64) FROM (" + SQLITE_FACETS + ") f "
-    "WHERE typeof(f.value) = 'text' AND f.value <> ''"
+    "WHERE f.value <> ''"
 )
 
-# PostgreSQL: the same from the jsonb `p`.
-_REASONS = (
-    "jsonb_array_elements(CASE WHEN jsonb_typeof({path}) = 'array' "
-    "THEN {path} ELSE '[]'::jsonb END)"
+# PostgreSQL, from the jsonb p: the top-level values, then the nested ones (the trigger runs
+# that second query only when the payload has a decision or reasons). Values are jsonb.
+POSTGRES_TOP = (
+    "SELECT CASE key WHEN 'tier' THEN 'tier' ELSE 'country' END AS name, value "
+    f"FROM jsonb_each(p) WHERE key IN {TOP_KEYS}"
 )
-POSTGRES_FACETS = " UNION ALL ".join(
+_ELEMENTS = "jsonb_array_elements(CASE jsonb_typeof({a}) WHEN 'array' THEN {a} ELSE '[]' END)"
+POSTGRES_NESTED = " UNION ALL ".join(
     [
-        "SELECT 'tier' AS name, p -> 'tier' AS value",
-        "SELECT 'tier', p #> '{decision,tier}'",
+        "SELECT 'tier' AS name, p #> '{decision,tier}' AS value",
         *(
-            f"SELECT '{name}', r -> 'code' FROM {_REASONS.format(path=path)} r{extra}"  # noqa: S608 (constant SQL)
-            for path in ("p -> 'reasons'", "p #> '{decision,reasons}'")
-            for name, extra in (
-                ("reason", ""),
-                ("objection", f" WHERE r ->> 'effect' IN {OBJECTING}"),
-            )
+            f"SELECT n.name, r -> 'code' FROM {_ELEMENTS.format(a=array)} r "
+            "JOIN (VALUES ('reason'), ('objection')) n (name) "
+            f"ON n.name = 'reason' OR r ->> 'effect' IN {OBJECTING}"
+            for array in ("p -> 'reasons'", "p #> '{decision,reasons}'")
         ),
-        *(f"SELECT 'country', p -> '{key}'" for key in COUNTRY_KEYS),
     ]
 )
+_STRINGS = "WHERE jsonb_typeof(f.value) = 'string' AND f.value #>> '{}' <> ''"
+
+
+def _postgres_insert(seq: str, facets: str) -> str:
+    return (
+        "INSERT INTO audit_event_facets (seq, name, value) "
+        f"SELECT DISTINCT {seq}, f.name, left(f.value #>> '{{}}', 64) FROM ({facets}) f "
+        f"{_STRINGS} ON CONFLICT DO NOTHING"
+    )
+
+
 POSTGRES_FUNCTION = (
-    "CREATE FUNCTION audit_events_facets() RETURNS trigger LANGUAGE plpgsql AS $$ "  # noqa: S608 (constant SQL)
+    "CREATE FUNCTION audit_events_facets() RETURNS trigger LANGUAGE plpgsql AS $$ "
     "DECLARE p jsonb := NEW.payload::jsonb; "
     "BEGIN "
+    + _postgres_insert("NEW.seq", POSTGRES_TOP)
+    + "; IF p ? 'decision' OR p ? 'reasons' THEN "
+    + _postgres_insert("NEW.seq", POSTGRES_NESTED)
+    + "; END IF; RETURN NULL; END $$"
+)
+POSTGRES_BACKFILL = (
     "INSERT INTO audit_event_facets (seq, name, value) "
-    "SELECT DISTINCT NEW.seq, f.name, left(f.value #>> '{}', 64) FROM ("
-    + POSTGRES_FACETS
-    + ") f WHERE jsonb_typeof(f.value) = 'string' AND f.value #>> '{}' <> '' "
-    "ON CONFLICT DO NOTHING; "
-    "RETURN NULL; "
-    "END $$"
+    "SELECT DISTINCT e.seq, f.name, left(f.value #>> '{}', 64) "
+    "FROM (SELECT seq, payload::jsonb AS p FROM audit_events) e "
+    f"CROSS JOIN LATERAL ({POSTGRES_TOP} UNION ALL {POSTGRES_NESTED}) f {_STRINGS}"
 )
 
 
@@ -138,13 +153,7 @@ def _install_postgres() -> None:
         "CREATE TRIGGER audit_events_facets AFTER INSERT ON audit_events "
         "FOR EACH ROW EXECUTE FUNCTION audit_events_facets()"
     )
-    op.execute(
-        "INSERT INTO audit_event_facets (seq, name, value) "  # noqa: S608 (constant SQL)
-        "SELECT DISTINCT e.seq, f.name, left(f.value #>> '{}', 64) "
-        "FROM (SELECT seq, payload::jsonb AS p FROM audit_events) e "
-        "CROSS JOIN LATERAL (" + POSTGRES_FACETS + ") f "
-        "WHERE jsonb_typeof(f.value) = 'string' AND f.value #>> '{}' <> ''"
-    )
+    op.execute(POSTGRES_BACKFILL)
 
 
 def downgrade() -> None:

@@ -111,10 +111,11 @@ def sso_callback() -> Any:
     found = current_session()
     pending = found.data.get("oidc") if found is not None else None
     state = request.args.get("state", "")
-    if found is not None:
+    if pending is not None and found is not None:
         web_auth().end(db(), found.id)  # the pending state is spent, whatever happens next
     if not pending or not hmac.compare_digest(str(pending["state"]), state):
-        return _failed("state", "The sign-in response does not belong to this browser.")
+        detail = "The sign-in response does not belong to this browser."
+        return _failed("state", detail, clear=pending is not None)
     if request.args.get("error"):
         return _failed("provider", "The identity provider refused the sign-in.")
     try:
@@ -148,12 +149,15 @@ def _validated_claims(pending: dict[str, Any]) -> dict[str, Any]:
     return dict(claims)
 
 
-def _failed(why: str, detail: str) -> Any:
+def _failed(why: str, detail: str, *, clear: bool = True) -> Any:
+    """Refuse the sign-in; `clear` drops the spent pending session's cookie (a signed-in
+    browser hit by a stray callback keeps its session)."""
     log.warning("OIDC sign-in refused: %s", why)
     response = current_app.make_response(
         page("signin_failed.html", 400, flashes=False, title="Sign-in refused", detail=detail)
     )
-    response.delete_cookie(cookie_name(), path="/", secure=secure_cookies(), samesite="Lax")
+    if clear:
+        response.delete_cookie(cookie_name(), path="/", secure=secure_cookies(), samesite="Lax")
     return response
 
 

@@ -9,8 +9,8 @@ key and limits on every request: the demo tier's limits lifted far above what a 
 the limiter is consulted and charged but never refuses.
 
 1. Latency: sequential non-streaming chat completions over one keep-alive connection per path,
-   rotating direct, Airlock and LiteLLM calls so all see the same machine load: p50/p99 and the
-   added latency of each gateway (target: Airlock's added p50 <= 2 ms).
+   each gateway's calls alternating with direct calls so both see the same machine load: p50/p99
+   and the added latency of each gateway (target: Airlock's added p50 <= 2 ms).
 2. Throughput: the same request from a fixed number of keep-alive connections for a fixed time,
    rounds alternating between the paths: requests/s (median of rounds) and each gateway's own
    CPU per request (target: Airlock >= 1.5 x LiteLLM's requests/s).
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import secrets
 import socket
 import statistics
@@ -75,6 +76,7 @@ class Route:
     pgid: int
     headers: dict[str, str]
     latencies: list[float] = field(default_factory=list)
+    direct: list[float] = field(default_factory=list)  # direct calls alternating with these
     rounds: list[Throughput] = field(default_factory=list)
 
     @property
@@ -106,8 +108,10 @@ def main() -> int:
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
     args = parser.parse_args()
     config = ServerConfig(args.workers, args.threads)
+    busy = harness.machine_busy()
     with tempfile.TemporaryDirectory(prefix="airlock-bench-inference-") as tmp:
         paths = _run(Path(tmp), args, config, _litellm_note(args))
+    print(f"machine: {busy:.1f} of {os.cpu_count()} CPUs busy with other work before the run")
     _report(paths, args, config)
     return 0
 
@@ -226,19 +230,30 @@ def _post(conn: http.client.HTTPConnection, headers: dict[str, str]) -> tuple[in
 
 
 def _latency(paths: list[Route], count: int) -> None:
-    """Sequential requests, one path after another in turn; the first WARMUP are not counted."""
-    conns = [_connect(p.port) for p in paths]
-    for i in range(count + WARMUP):
-        for path, conn in zip(paths, conns, strict=True):
-            start = time.perf_counter()
-            status, _ = _post(conn, path.headers)
-            elapsed = (time.perf_counter() - start) * 1000
-            if status != 200:
-                raise BenchError(f"status {status} {path.label}")
+    """Each gateway in turn, its calls alternating with direct ones (the direct calls made
+    alongside it are its baseline); the first WARMUP of each are not counted. A gateway's
+    background work (LiteLLM logs after answering) never lands in another's figures."""
+    direct = paths[0]
+    for gateway in paths[1:]:
+        time.sleep(1.0)  # whatever the previous phase left running settles
+        conns = (_connect(direct.port), _connect(gateway.port))
+        for i in range(count + WARMUP):
+            baseline, through = _timed(conns[0], direct), _timed(conns[1], gateway)
             if i >= WARMUP:
-                path.latencies.append(elapsed)
-    for conn in conns:
-        conn.close()
+                gateway.direct.append(baseline)
+                gateway.latencies.append(through)
+        for conn in conns:
+            conn.close()
+
+
+def _timed(conn: http.client.HTTPConnection, path: Route) -> float:
+    """Milliseconds for one request on a path, which must answer 200."""
+    start = time.perf_counter()
+    status, _ = _post(conn, path.headers)
+    elapsed = (time.perf_counter() - start) * 1000
+    if status != 200:
+        raise BenchError(f"status {status} {path.label}")
+    return elapsed
 
 
 def _connect(port: int) -> http.client.HTTPConnection:
@@ -300,8 +315,7 @@ def _report(paths: list[Route], args: argparse.Namespace, config: ServerConfig) 
 
 
 def _report_latency(paths: list[Route], config: ServerConfig) -> None:
-    direct = paths[0].latencies
-    count = len(direct)
+    count = len(paths[1].latencies)
     print(f"inference: {count} sequential non-streaming chat completions per path")
     print(f"  Airlock: {config.describe()}")
     if len(paths) > 2:
@@ -309,16 +323,20 @@ def _report_latency(paths: list[Route], config: ServerConfig) -> None:
             f"  LiteLLM {litellm_proxy.version()}: uvicorn --num_workers {config.workers} "
             "(custom-auth key with rpm/tpm/parallel limits, no database)"
         )
-    print("  latency              p50         p99       added p50   added p99")
-    for path in paths:
-        p50, p99 = statistics.median(path.latencies), _pct(path.latencies, 99)
-        line = f"  {path.label:18} {p50:7.2f} ms  {p99:7.2f} ms"
-        if path is not paths[0]:
-            added50 = p50 - statistics.median(direct)
-            added99 = p99 - _pct(direct, 99)
-            line += f"  {added50:7.2f} ms  {added99:7.2f} ms"
-        print(line)
-    added = statistics.median(paths[1].latencies) - statistics.median(direct)
+    print("  latency (alternating with direct calls)   p50         p99     added p50   added p99")
+    for gateway in paths[1:]:
+        direct50, direct99 = statistics.median(gateway.direct), _pct(gateway.direct, 99)
+        p50, p99 = statistics.median(gateway.latencies), _pct(gateway.latencies, 99)
+        name = gateway.label.split()[-1]
+        print(
+            f"  {'upstream directly (with ' + name + ')':40} {direct50:7.2f} ms  {direct99:7.2f} ms"
+        )
+        print(
+            f"  {gateway.label:40} {p50:7.2f} ms  {p99:7.2f} ms"
+            f"  {p50 - direct50:7.2f} ms  {p99 - direct99:7.2f} ms"
+        )
+    airlock = paths[1]
+    added = statistics.median(airlock.latencies) - statistics.median(airlock.direct)
     verdict = "met" if added <= TARGET_ADDED_P50_MS else "MISSED"
     print(f"  Airlock added p50 {added:.2f} ms (target <= {TARGET_ADDED_P50_MS} ms: {verdict})")
 
@@ -326,7 +344,7 @@ def _report_latency(paths: list[Route], config: ServerConfig) -> None:
 def _report_throughput(paths: list[Route], args: argparse.Namespace) -> None:
     print(
         f"throughput: POST {PATH}, {args.connections} keep-alive connections, "
-        f"{args.rounds} rounds of {args.duration:.0f} s per path (median round; best)"
+        f"{args.rounds} x {args.duration:.0f} s rounds per path (median round; best)"
     )
     print("  path                 req/s   (best)     p50        p99     server CPU/req")
     for path in paths:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 
@@ -141,32 +142,35 @@ def sweep() -> None:
 @click.option("--model", "repo_id", help="The model it leaked from (default: every marked model).")
 @click.option("--revision", help="Only copies of this revision (a commit id or 'main').")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.option(
+    "--remote", is_flag=True, help="Ask a gateway's trace API (--endpoint, --token; one file each)."
+)
+@endpoint_option
+@token_option
 def trace(
-    suspects: tuple[Path, ...], repo_id: str | None, revision: str | None, as_json: bool
+    suspects: tuple[Path, ...],
+    repo_id: str | None,
+    revision: str | None,
+    as_json: bool,
+    remote: bool,
+    endpoint: str | None,
+    token: str | None,
 ) -> None:
     """Attribute leaked SUSPECTS (safetensors shards) to the grants they were delivered to.
 
     Runs on the deployment (its database, storage and fingerprint keys): an exact digest match
-    against every delivered copy, then each grant's mark tested as a z-score.
+    against every delivered copy, then each grant's mark tested as a z-score. With --remote, a
+    publisher or compliance member sends each file to the gateway's trace API instead.
     """
-    from gateway.services.container import build_airlock
-
-    airlock = build_airlock(load_settings())
-    try:
-        with airlock.db.session() as session:
-            repos = [repo_id] if repo_id else airlock.tracing.marked_models(session)
-            reports = [
-                airlock.tracing.trace(
-                    session, principal=None, repo_id=r, suspects=suspects, revision=revision
-                )
-                for r in repos
-            ]
-    except AirlockError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        airlock.close()
+    if remote:
+        if not repo_id:
+            raise click.UsageError("--remote needs --model")
+        client = client_from_env(endpoint, token)
+        reports = [_trace_remote(client, repo_id, path, revision) for path in suspects]
+    else:
+        reports = _trace_here(suspects, repo_id, revision)
     if as_json:
-        _print([r.to_dict() for r in reports])
+        _print(reports)
         return
     for report in reports:
         _echo_trace(report)
@@ -174,18 +178,57 @@ def trace(
         click.echo("no model has marked copies: nothing to trace against")
 
 
-def _echo_trace(report: Any) -> None:
-    named = ", ".join(f"grant {g}" for g in report.attributed)
-    click.echo(f"{report.model}: {report.verdict}" + (f" to {named}" if named else ""))
-    for match in report.exact:
+def _trace_here(
+    suspects: tuple[Path, ...], repo_id: str | None, revision: str | None
+) -> list[dict[str, Any]]:
+    from gateway.services.container import build_airlock
+
+    airlock = build_airlock(load_settings())
+    try:
+        with airlock.db.session() as session:
+            repos = [repo_id] if repo_id else airlock.tracing.marked_models(session)
+            return [
+                airlock.tracing.trace(
+                    session, principal=None, repo_id=r, suspects=suspects, revision=revision
+                ).to_dict()
+                for r in repos
+            ]
+    except AirlockError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        airlock.close()
+
+
+def _trace_remote(client: ApiClient, repo_id: str, path: Path, revision: str | None) -> Any:
+    query = f"?{urlencode({'revision': revision})}" if revision else ""
+    with path.open("rb") as data:
+        return _call(
+            lambda: client.request(
+                "POST",
+                f"{repo_path(repo_id)}/trace{query}",
+                data=data,
+                length=path.stat().st_size,
+                content_type="application/octet-stream",
+            )
+        )
+
+
+def _echo_trace(report: dict[str, Any]) -> None:
+    named = ", ".join(f"grant {g}" for g in report["attributed"])
+    click.echo(f"{report['model']}: {report['verdict']}" + (f" to {named}" if named else ""))
+    for match in report["exact"]:
         click.echo(
             f"  exact copy of {match['path']} delivered to grant {match['grant_id']}"
             f" ({match['username']}, tier {match['tier']})"
         )
     click.echo(f"  {'grant':>7}  {'user':<16} {'tier':<20} {'z':>8}  compared")
-    for f in report.ranked[:10]:
-        click.echo(f"  {f.grant_id:>7}  {f.username:<16} {f.tier:<20} {f.z:>8.2f}  {f.compared}")
-    click.echo(f"  threshold: z >= {report.threshold} ({len(report.ranked)} grants tested)")
+    for f in report["ranked"][:10]:
+        click.echo(
+            f"  {f['grant_id']:>7}  {f['username']:<16} {f['tier']:<20} {f['z']:>8.2f}"
+            f"  {f['compared']}"
+        )
+    ranked = len(report["ranked"])
+    click.echo(f"  threshold: z >= {report['threshold']} ({ranked} grants tested)")
 
 
 def _broker_settings() -> Settings:

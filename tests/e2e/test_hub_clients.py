@@ -180,3 +180,10 @@ def test_the_researchers_download_is_their_own_copy_and_traces_to_their_grant(
     assert report["verdict"] == "attributed" and report["attributed"] == [grant["id"]]
     assert report["exact"][0]["sha256"] == digest
     assert report["ranked"][0]["grant_id"] == grant["id"] and report["ranked"][0]["z"] >= 6
+    remote = [*command, "--remote", "--endpoint", server.endpoint]  # the API, as compliance
+    trace_env["AIRLOCK_TOKEN"] = server.tokens["compliance"]
+    done = subprocess.run(
+        remote, env=trace_env, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["attributed"] == [grant["id"]]

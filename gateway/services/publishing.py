@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NoReturn
 
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +29,8 @@ from gateway.db.models import (
     utcnow,
 )
 from gateway.errors import (
+    AirlockError,
+    ArtifactMissing,
     Conflict,
     InvalidInput,
     NotFound,
@@ -39,6 +42,8 @@ from gateway.services.principal import Principal
 from gateway.storage import DirectUploads, Storage, UploadedPart
 from gateway.tasks import TaskRunner, enqueue_after_commit
 from gateway.tasks.catalog import VET_TASK
+
+log = logging.getLogger(__name__)
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 COMMIT_HEX = re.compile(r"^[0-9a-f]{40}$")
@@ -341,6 +346,7 @@ class PublishingService:
         actor: int,
     ) -> MultipartUpload:
         key = blob_key(model.org_id, sha256)
+        storage_upload_id = direct.create(key)
         upload = MultipartUpload(
             org_id=model.org_id,
             model_id=model.id,
@@ -348,17 +354,19 @@ class PublishingService:
             size=size,
             part_size=part_size_for(size, self.part_size),
             storage_key=key,
-            storage_upload_id=direct.create(key),
+            storage_upload_id=storage_upload_id,
             created_by_id=actor,
             created_at=utcnow(),
         )
         session.add(upload)
         try:
             session.commit()
-        except IntegrityError:  # a concurrent push of the same blob started first
+        except Exception as exc:  # unrecorded, nothing would ever abort it: do it now
             session.rollback()
-            direct.abort(key, upload.storage_upload_id)
-            raise Conflict(f"an upload of {sha256} started meanwhile: push again") from None
+            _try_abort(direct, key, storage_upload_id)
+            if isinstance(exc, IntegrityError):  # a concurrent push of the same blob started first
+                raise Conflict(f"an upload of {sha256} started meanwhile: push again") from None
+            raise
         return upload
 
     def part_urls(
@@ -408,22 +416,37 @@ class PublishingService:
             self._check_parts(upload, parts)
             size = direct.complete(key, upload.storage_upload_id, sorted(parts, key=_number))
         except UploadMissing:  # completed or aborted meanwhile, before or after listing
-            return self._upload_gone(session, upload)
-        session.delete(upload)
+            return self._upload_gone(session, direct, upload)
         if size != upload.size:  # the parts said otherwise: never keep such an object
-            self.storage.delete(key)
-            session.commit()
-            raise InvalidInput(f"the assembled object has {size} bytes, not {upload.size}")
+            self._refuse_size(session, upload, size)
+        session.delete(upload)
         session.commit()
         return {"sha256": sha256, "size": size, "stored": True}
 
-    def _upload_gone(self, session: Session, upload: MultipartUpload) -> dict[str, Any]:
-        """Completed by a concurrent request, or aborted: which one, the object tells."""
+    def _upload_gone(
+        self, session: Session, direct: DirectUploads, upload: MultipartUpload
+    ) -> dict[str, Any]:
+        """Completed (by a concurrent request, or by an earlier try of this one whose clean-up
+        failed) or aborted: which one, the object tells."""
+        try:
+            size = direct.size(upload.storage_key)
+        except ArtifactMissing:
+            session.delete(upload)
+            session.commit()
+            raise Conflict("the upload expired or was aborted: push the file again") from None
+        if size != upload.size:
+            self._refuse_size(session, upload, size)
         session.delete(upload)
         session.commit()
-        if self.storage.exists(upload.storage_key):
-            return {"sha256": upload.sha256, "stored": False}
-        raise Conflict("the upload expired or was aborted: push the file again")
+        return {"sha256": upload.sha256, "size": size, "stored": False}
+
+    def _refuse_size(self, session: Session, upload: MultipartUpload, size: int) -> NoReturn:
+        """Delete an assembled object of the wrong size, then forget its upload; if the delete
+        fails, the upload stays recorded and a retry of the completion comes back here."""
+        self.storage.delete(upload.storage_key)
+        session.delete(upload)
+        session.commit()
+        raise InvalidInput(f"the assembled object has {size} bytes, not {upload.size}")
 
     def _check_parts(self, upload: MultipartUpload, parts: Sequence[UploadedPart]) -> None:
         have = {p.number: p.size for p in parts}
@@ -450,7 +473,10 @@ class PublishingService:
         return upload, direct
 
     def expire_uploads(self, session: Session, *, older_than: datetime) -> int:
-        """Abort multipart uploads started before `older_than` (abandoned pushes)."""
+        """Abort multipart uploads started before `older_than` (abandoned pushes); how many.
+
+        One the store fails to abort is logged and kept for the next sweep; the rest proceed.
+        """
         stale = session.scalars(
             select(MultipartUpload)
             .where(MultipartUpload.created_at < older_than)
@@ -458,12 +484,15 @@ class PublishingService:
             .limit(200)
         ).all()
         direct = self.storage.direct_uploads()
-        for upload in stale:
-            if direct is not None:
-                direct.abort(upload.storage_key, upload.storage_upload_id)
+        done = [
+            upload
+            for upload in stale
+            if direct is None or _try_abort(direct, upload.storage_key, upload.storage_upload_id)
+        ]
+        for upload in done:
             session.delete(upload)
         session.commit()
-        return len(stale)
+        return len(done)
 
     def commit(
         self,
@@ -628,3 +657,13 @@ def _number(part: UploadedPart) -> int:
 
 def _part_problem(have: int | None, want: int) -> str:
     return "not uploaded" if have is None else f"has {have} bytes, expected {want}"
+
+
+def _try_abort(direct: DirectUploads, key: str, upload_id: str) -> bool:
+    """Abort a multipart upload; a failure is logged (the bucket's lifecycle rule remains)."""
+    try:
+        direct.abort(key, upload_id)
+    except AirlockError as exc:
+        log.warning("could not abort the multipart upload %s of %s: %s", upload_id, key, exc)
+        return False
+    return True

@@ -50,6 +50,10 @@ class DirectUploads(Protocol):
         """Discard the upload and its parts (idempotent)."""
         ...
 
+    def size(self, key: str) -> int:
+        """The size of the object at `key`; ArtifactMissing if absent."""
+        ...
+
 
 class Storage(Protocol):
     """Content-addressed blob storage."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 from werkzeug.test import TestResponse
 
 from gateway.app import create_app
@@ -626,6 +628,100 @@ def test_the_sweep_aborts_abandoned_uploads(s3_api: Api) -> None:
     assert not storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads")
     fresh = ok(start(s3_api, BIG))
     assert fresh["upload_id"] != plan["upload_id"] and fresh["uploaded"] == []
+
+
+def unreachable_storage(
+    storage: S3Storage, operation: str, when: Callable[[dict[str, Any]], bool]
+) -> Callable[[], None]:
+    """Make `operation` calls whose parameters satisfy `when` fail as an unreachable endpoint
+    (botocore's own error, before the request is sent); the function that lifts it."""
+
+    def fail(params: dict[str, Any], **_: Any) -> None:
+        if when(params):
+            raise EndpointConnectionError(endpoint_url=storage.client.meta.endpoint_url)
+
+    name = f"before-parameter-build.s3.{operation}"
+    storage.client.meta.events.register(name, fail)
+    return lambda: storage.client.meta.events.unregister(name, fail)
+
+
+def test_a_retry_after_a_failed_delete_refuses_the_wrong_sized_object_again(
+    s3_api: Api,
+) -> None:
+    """Another writer replaces the assembled object; deleting it fails once (503); the retry
+    still refuses it (422) and deletes it, instead of reporting it as stored."""
+    plan = ok(start(s3_api, BIG))
+    put_parts(s3_api, plan, BIG, [1, 2, 3])
+    storage = s3_of(s3_api)
+    key = blob_key(s3_api.world.orgs["acme"].id, sha256(BIG))
+
+    def replaced(**_: Any) -> None:
+        storage.put_stream(key, io.BytesIO(b"other"), max_bytes=100)
+
+    storage.client.meta.events.register("after-call.s3.CompleteMultipartUpload", replaced)
+    failures = [1]
+    unreachable_storage(storage, "DeleteObject", lambda _: bool(failures and failures.pop()))
+    problem(complete(s3_api, plan), 503, "storage_unavailable")
+    assert storage.exists(key) and not failures
+    body = problem(complete(s3_api, plan), 422, "invalid_input")
+    assert body["detail"] == f"the assembled object has 5 bytes, not {len(BIG)}"
+    assert not storage.exists(key)
+    fresh = ok(start(s3_api, BIG))
+    assert fresh["method"] == "multipart" and fresh["upload_id"] != plan["upload_id"]
+
+
+def test_a_retry_after_completion_reports_the_object_already_stored(s3_api: Api) -> None:
+    plan = ok(start(s3_api, BIG))
+    put_parts(s3_api, plan, BIG, [1, 2, 3])
+    storage = s3_of(s3_api)
+    with s3_api.world.airlock.db.session() as s:
+        upload = s.get_one(MultipartUpload, plan["upload_id"])
+        storage.complete(
+            upload.storage_key,
+            upload.storage_upload_id,
+            storage.parts(upload.storage_key, upload.storage_upload_id),
+        )  # as a first try that completed, then lost its answer and its commit
+    assert ok(complete(s3_api, plan)) == {"sha256": sha256(BIG), "size": len(BIG), "stored": False}
+
+
+def test_one_upload_the_store_fails_to_abort_does_not_stop_the_sweep(
+    s3_api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    plans = [ok(start(s3_api, data)) for data in (BIG, b"other bytes")]
+    for plan in plans:
+        backdate(s3_api.world, MultipartUpload, plan["upload_id"], created_at=past(73 * 3600))
+    storage = s3_of(s3_api)
+    with s3_api.world.airlock.db.session() as s:
+        stuck = s.get_one(MultipartUpload, plans[0]["upload_id"]).storage_upload_id
+    lift = unreachable_storage(storage, "AbortMultipartUpload", lambda p: p["UploadId"] == stuck)
+    sweep = JOBS[SWEEP_TASK]
+    sweep(s3_api.world.airlock)
+    left = storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in left] == [stuck]
+    assert f"could not abort the multipart upload {stuck}" in caplog.text
+    with s3_api.world.airlock.db.session() as s:
+        assert list(s.scalars(select(MultipartUpload.id))) == [plans[0]["upload_id"]]
+    lift()
+    sweep(s3_api.world.airlock)  # the next sweep tries it again
+    assert not storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads")
+
+
+def test_an_upload_whose_record_fails_to_commit_is_aborted(s3_api: Api) -> None:
+    """The database fails as the upload is recorded: 503, and no orphan upload in the bucket."""
+    engine = s3_api.world.airlock.db.engine
+
+    def lost(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("INSERT INTO multipart_uploads"):
+            raise conn.dialect.dbapi.OperationalError("server closed the connection unexpectedly")
+
+    event.listen(engine, "before_cursor_execute", lost)
+    try:
+        problem(start(s3_api, BIG), 503)
+    finally:
+        event.remove(engine, "before_cursor_execute", lost)
+    storage = s3_of(s3_api)
+    assert not storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads")
+    assert ok(start(s3_api, BIG))["method"] == "multipart"
 
 
 def test_local_storage_answers_stream_then_stored(api: Api) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from gateway.audit.chain import ROW_FIELDS
 from gateway.audit.forward import Sink, lines_of
 from gateway.db.engine import Database, begin_read_only
 from gateway.db.models import AuditEvent, AuditForwardCursor, utcnow
@@ -24,19 +25,6 @@ log = logging.getLogger(__name__)
 
 CURSOR = "siem"
 BATCH = 500
-EVENT_FIELDS = (
-    "seq",
-    "occurred_at",
-    "action",
-    "actor_id",
-    "org_id",
-    "subject_user_id",
-    "model_id",
-    "effect",
-    "payload",
-    "prev_hash",
-    "entry_hash",
-)
 
 
 @dataclass(frozen=True)
@@ -79,7 +67,7 @@ class ForwardingService:
         return int(found or 0)
 
     def _read(self, db: Database, after: int) -> list[dict[str, Any]]:
-        columns = [getattr(AuditEvent, name) for name in EVENT_FIELDS]
+        columns = [getattr(AuditEvent, name) for name in ROW_FIELDS]
         with db.session() as session:
             begin_read_only(session)
             rows = session.execute(

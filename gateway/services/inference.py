@@ -597,31 +597,25 @@ def _outbound(admission: Admission, body: dict[str, Any]) -> dict[str, Any]:
 
 def _chunk_text(chunk: dict[str, Any]) -> str:
     """The completion text one streamed chunk carries (every choice's delta or text)."""
-    choices = chunk.get("choices")
-    if not isinstance(choices, list):
-        return ""
-    parts = []
-    for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        if isinstance(text, str):
-            parts.append(text)
-    return "".join(parts)
+    return _choices_text(chunk, "delta")
 
 
 def _answer_text(answer: dict[str, Any]) -> str:
     """The completion text of a whole answer (every choice's message content or text)."""
-    choices = answer.get("choices")
+    return _choices_text(answer, "message")
+
+
+def _choices_text(body: dict[str, Any], holder: str) -> str:
+    """Every choice's `holder` content (`delta` or `message`), or its `text` without one."""
+    choices = body.get("choices")
     if not isinstance(choices, list):
         return ""
     parts = []
     for choice in choices:
         if not isinstance(choice, dict):
             continue
-        message = choice.get("message")
-        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        held = choice.get(holder)
+        text = held.get("content") if isinstance(held, dict) else choice.get("text")
         if isinstance(text, str):
             parts.append(text)
     return "".join(parts)

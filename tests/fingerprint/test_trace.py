@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from gateway.fingerprint import Header, marked_tensors, read_header
+from gateway.fingerprint import FingerprintKey, Header, Keyring, marked_tensors, read_header
 from gateway.fingerprint.trace import Z_THRESHOLD, Candidate, Opened, Score, detect
 from tests.fingerprint.weights import (
     KEYS,
@@ -34,7 +34,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def trace(model: Path, suspects: list[Path]) -> list[Score]:
+def trace(model: Path, suspects: list[Path], keys: Keyring = KEYS) -> list[Score]:
     """Scores of every grant for the suspect files, best first."""
     original = model / "model.safetensors"
     with ExitStack() as stack:
@@ -43,7 +43,7 @@ def trace(model: Path, suspects: list[Path]) -> list[Score]:
         marks = tuple(marked_tensors(source.header, SETTINGS))
         candidates = [Candidate(g, KEYS.current.version, marks) for g in GRANTS]
         scores: dict[int, Score] = {}
-        detect(source, opened, candidates, KEYS, scores)
+        detect(source, opened, candidates, keys, scores)
     return sorted(scores.values(), key=lambda s: -s.z)
 
 
@@ -103,3 +103,12 @@ def test_a_copy_missing_the_marked_tensors_is_attributed_to_nobody(
     only = tmp_path / "norm.safetensors"
     save_file({"norm.weight": np.ones(256, np.float32)}, str(only))
     assert all(s.positions == 0 and s.z == 0 for s in trace(model, [only]))
+
+
+def test_copies_marked_before_a_key_rotation_still_trace_while_the_old_key_is_kept(
+    model: Path,
+) -> None:
+    rotated = Keyring(FingerprintKey(2, b"the-new-secret"), (KEYS.current,))
+    only_new = Keyring(FingerprintKey(2, b"the-new-secret"))
+    assert trace(model, [model / "grant-105.safetensors"], rotated)[0].grant_id == 105
+    assert all(s.z == 0 for s in trace(model, [model / "grant-105.safetensors"], only_new))

@@ -1,25 +1,24 @@
 """Audit facets: the trigger of migration 0008 derives tier, reason codes, objections and
-countries from every inserted event's payload, the same way on SQLite and PostgreSQL, and the
-migration derives them for the events recorded before it."""
+countries from every inserted event's payload, the same way on SQLite and PostgreSQL, and its
+backfill derives the same for the events recorded before it."""
 
 from __future__ import annotations
 
 import re
-from contextlib import ExitStack
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import delete, select
 
 from gateway.audit import AuditAction
 from gateway.audit.facets import REASON_CODES
 from gateway.db.engine import Database
-from gateway.db.migrate import upgrade
-from gateway.db.models import AuditEvent, AuditFacet, utcnow
+from gateway.db.models import AuditFacet
 from gateway.services.container import Airlock
-from tests.pg import on_both_engines, throwaway_database
+from tests.pg import on_both_engines
 
+MIGRATION = import_module("gateway.db.migrations.versions.0008_audit_event_facets")
 DENY = {"code": "jurisdiction_denied", "effect": "deny", "rule": "r", "message": "m"}
 MET = {"code": "kyc_level_met", "effect": "allow", "rule": "r", "message": "m"}
 REVIEW = {"code": "approval_required", "effect": "review", "rule": "r", "message": "m"}
@@ -84,7 +83,10 @@ def facets(database: Database, seq: int) -> set[tuple[str, str]]:
 
 
 @on_both_engines
-def test_every_inserted_event_gets_the_facets_of_its_payload(airlock: Airlock) -> None:
+def test_every_event_gets_the_facets_of_its_payload_when_inserted_or_backfilled(
+    airlock: Airlock,
+) -> None:
+    recorded = []
     for payload, expected in CASES:
         with airlock.db.session() as session:
             seq = airlock.audit.record(
@@ -92,37 +94,12 @@ def test_every_inserted_event_gets_the_facets_of_its_payload(airlock: Airlock) -
             ).seq
             session.commit()
         assert facets(airlock.db, seq) == expected, payload
-
-
-@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_the_migration_derives_facets_of_events_recorded_before_it(
-    engine: str, tmp_path: Path
-) -> None:
-    with ExitStack() as stack:
-        url = (
-            f"sqlite:///{tmp_path / 'old.db'}"
-            if engine == "sqlite"
-            else stack.enter_context(throwaway_database())
-        )
-        upgrade(url, "0007")
-        database = Database(url)
-        stack.callback(database.dispose)
-        rows = [
-            {
-                "seq": seq,
-                "occurred_at": utcnow(),
-                "action": "request:create",
-                "payload": payload,
-                "prev_hash": "0" * 64,
-                "entry_hash": f"{seq:064x}",
-            }
-            for seq, (payload, _) in enumerate(CASES, 1)
-        ]
-        with database.engine.begin() as conn:  # as the recorder wrote them before 0008
-            conn.execute(insert(AuditEvent.__table__), rows)
-        upgrade(url)
-        for seq, (payload, expected) in enumerate(CASES, 1):
-            assert facets(database, seq) == expected, payload
+        recorded.append((seq, payload, expected))
+    with airlock.db.engine.begin() as conn:  # as if recorded before migration 0008
+        conn.execute(delete(AuditFacet))
+        MIGRATION.backfill(conn)
+    for seq, payload, expected in recorded:
+        assert facets(airlock.db, seq) == expected, payload
 
 
 def test_every_reason_code_the_gateway_writes_is_filterable() -> None:

@@ -121,18 +121,25 @@ def upgrade() -> None:
         unique=False,
     )
     if op.get_bind().dialect.name == "sqlite":
-        _install_sqlite()
+        op.execute(
+            "CREATE TRIGGER audit_events_facets AFTER INSERT ON audit_events BEGIN "
+            + _sqlite_insert("NEW.seq", "NEW.payload")
+            + "; END"
+        )
     else:
-        _install_postgres()
+        op.execute(POSTGRES_FUNCTION)
+        op.execute(
+            "CREATE TRIGGER audit_events_facets AFTER INSERT ON audit_events "
+            "FOR EACH ROW EXECUTE FUNCTION audit_events_facets()"
+        )
+    backfill(op.get_bind())
 
 
-def _install_sqlite() -> None:
-    op.execute(
-        "CREATE TRIGGER audit_events_facets AFTER INSERT ON audit_events BEGIN "
-        + _sqlite_insert("NEW.seq", "NEW.payload")
-        + "; END"
-    )
-    conn = op.get_bind()  # the events recorded before, a batch at a time
+def backfill(conn: sa.Connection) -> None:
+    """Derive the facets of the events recorded before the trigger existed."""
+    if conn.dialect.name != "sqlite":
+        conn.execute(sa.text(POSTGRES_BACKFILL))
+        return
     statement = sa.text(_sqlite_insert(":seq", ":payload"))
     select = sa.text(
         "SELECT seq, payload FROM audit_events WHERE seq > :last ORDER BY seq LIMIT 5000"
@@ -145,15 +152,6 @@ def _install_sqlite() -> None:
 
 def _sqlite_insert(seq: str, payload: str) -> str:
     return SQLITE_INSERT.replace("{seq}", seq).replace("{p}", payload)
-
-
-def _install_postgres() -> None:
-    op.execute(POSTGRES_FUNCTION)
-    op.execute(
-        "CREATE TRIGGER audit_events_facets AFTER INSERT ON audit_events "
-        "FOR EACH ROW EXECUTE FUNCTION audit_events_facets()"
-    )
-    op.execute(POSTGRES_BACKFILL)
 
 
 def downgrade() -> None:

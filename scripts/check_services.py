@@ -25,7 +25,8 @@ SERVICES = {
 # The database-restart test runs a private cluster of its own with these binaries.
 SERVER_BINARIES = ("initdb", "pg_ctl")
 # Programs tests run as real peers: deploy/nginx.conf is checked by the nginx it is written for.
-TOOLS = {"nginx": "apt-get install nginx-light"}
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+TOOLS = {"nginx": "apt-get install nginx-light", "chromium": "apt-get install chromium"}
 
 
 def reachable(host: str, port: int) -> bool:

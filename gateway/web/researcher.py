@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from gateway.api.context import airlock, base_url, db, request_country, visible_model
 from gateway.auth.tokens import Scope
-from gateway.db.models import Model, User, utcnow
+from gateway.db.models import GrantStatus, Model, RequestStatus, User, utcnow
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.web.pages import NAV, NavItem, audience_blueprint, current_principal, flash, page
 from gateway.web.words import duration, grants_in_words, requirements_in_words
@@ -48,8 +48,14 @@ def home() -> Any:
     session = db()
     mine = airlock().access.list_requests(session, principal=principal, mine=True)
     grants = airlock().access.list_grants(session, principal=principal, mine=True)
-    pending = [r for r in mine if r.status == "pending"]
-    return page("home.html", pending=pending, grants=grants, requests=mine)
+    pending = [r for r in mine if r.status == RequestStatus.PENDING]
+    now = utcnow()
+    active = [
+        g
+        for g in grants
+        if g.status == GrantStatus.ACTIVE and (g.expires_at is None or g.expires_at > now)
+    ]
+    return page("home.html", pending=pending, grants=active, requests=mine)
 
 
 @bp.get("/models")

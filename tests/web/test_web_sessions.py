@@ -169,6 +169,7 @@ def test_no_inline_script_or_style(client: FlaskClient, airlock: Airlock, rob: s
         html = client.get(path).text
         assert "<script" not in html and "<style" not in html and " style=" not in html, path
         assert 'href="#main"' in html  # the skip link
+        assert 'name="csrf_token" value=""' not in html, path  # every form carries its token
 
 
 def test_next_never_leaves_the_site(client: FlaskClient) -> None:

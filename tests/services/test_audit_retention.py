@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.audit import AuditAction
 from gateway.audit.notes import SigningKey
-from gateway.audit.offline import verify_files
+from gateway.audit.offline import ProofReport, verify_files, verify_proof
 from gateway.db.models import (
     AuditEvent,
     AuditPrune,
@@ -20,7 +20,7 @@ from gateway.db.models import (
     utcnow,
 )
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
-from gateway.services.audit_export import export_audit
+from gateway.services.audit_export import export_audit, prove_event
 from gateway.services.audit_log import AuditLogService
 from gateway.services.checkpoints import CheckpointService
 from gateway.services.container import Airlock
@@ -228,3 +228,6 @@ def test_an_export_after_a_prune_verifies_offline_from_the_cut(
     )
     assert report.ok, report
     assert (report.first_seq, report.last_seq, report.anchored_to) == (7, 10, 10)
+    with airlock.db.session() as session:
+        proof = prove_event(session, 8)  # from the frontier of the checkpoint at the cut
+    assert verify_proof(proof, [KEY.verifier()]) == ProofReport(True, 8, 10)

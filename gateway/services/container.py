@@ -7,6 +7,7 @@ from datetime import timedelta
 from functools import cached_property, partial
 
 from gateway.audit import AuditRecorder
+from gateway.audit.forward import open_sink
 from gateway.db.engine import Database
 from gateway.fingerprint import keyring
 from gateway.geo import RequestGeo, geo_from_settings
@@ -122,6 +123,8 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
 
     Tasks go to Celery when a broker is configured, else run in this process after commit.
     """
+    if settings.audit_forward:
+        open_sink(settings.audit_forward).close()  # a malformed sink stops the process now
     db = Database(settings.database_url)
     storage = storage_from_settings(settings)
     packs = load_packs()

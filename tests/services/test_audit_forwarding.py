@@ -116,6 +116,15 @@ def test_an_unknown_sink_is_refused_clearly(spec: str) -> None:
         open_sink(spec)
 
 
+def test_a_malformed_sink_stops_the_process_at_start(tmp_path: Path) -> None:
+    from gateway.services.container import build_airlock
+    from gateway.settings import load_settings
+
+    env = {"AIRLOCK_AUDIT_FORWARD": "syslog://siem:514", "AIRLOCK_SECRET_KEY": "x"}
+    with pytest.raises(ValueError, match="AIRLOCK_AUDIT_FORWARD"):
+        build_airlock(load_settings(env, data_dir=tmp_path))
+
+
 def test_syslog_over_udp_sends_one_rfc5424_datagram_per_event() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
         listener.bind(("127.0.0.1", 0))

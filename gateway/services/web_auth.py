@@ -76,6 +76,8 @@ class WebAuthService:
         plaintext = secrets.token_urlsafe(32)
         now = utcnow()
         ttl = self.lifetime if user_id is not None else PENDING_TTL
+        # Sessions past their end are swept here, by index, instead of by a periodic task.
+        session.execute(delete(WebSession).where(WebSession.expires_at <= now))
         session.add(
             WebSession(
                 digest=digest(plaintext),
@@ -118,12 +120,6 @@ class WebAuthService:
     def end_all(self, session: Session, user_id: int) -> int:
         """Sign the user out everywhere; returns how many sessions ended."""
         result = session.execute(delete(WebSession).where(WebSession.user_id == user_id))
-        session.commit()
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-    def sweep(self, session: Session) -> int:
-        """Delete sessions past their absolute end (idle ones end at their next use)."""
-        result = session.execute(delete(WebSession).where(WebSession.expires_at <= utcnow()))
         session.commit()
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

@@ -102,6 +102,11 @@ def test_idle_and_absolute_timeouts(client: FlaskClient, airlock: Airlock, rob: 
         session.execute(update(WebSession).values(expires_at=utcnow()))
         session.commit()
     assert client.get("/ui/").status_code == 302
+    sign_in(client, airlock, rob)  # a sign-in sweeps the sessions past their end
+    with airlock.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(WebSession)) == 1
+        ended = select(func.count()).where(WebSession.expires_at <= utcnow())
+        assert session.scalar(ended) == 0
 
 
 def test_sign_out_and_sign_out_everywhere(app: Flask, airlock: Airlock, rob: str) -> None:

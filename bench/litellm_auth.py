@@ -1,6 +1,7 @@
 """LiteLLM proxy custom auth for bench/inference.py: one bearer key with a model allow-list and
 rpm, tpm and parallel-request limits, in place of a virtual key (which needs LiteLLM's Prisma
-database layer; its engines are downloaded at run time, which this machine cannot do).
+database layer: not installed by `litellm[proxy]`, and its engine binaries come from outside the
+package index).
 
 Loaded by LiteLLM (`general_settings.custom_auth`) inside .venv-litellm, never by Airlock.
 The returned UserAPIKeyAuth is what LiteLLM builds from a virtual key's row (its in-memory key

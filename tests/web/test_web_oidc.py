@@ -16,6 +16,7 @@ from gateway.db.models import OidcIdentity, User
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings
 from tests.factories import World
+from tests.pg import on_both_engines
 from tests.web.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider, running_provider
 
 CALLBACK = "http://airlock.test/ui/login/sso/callback"
@@ -68,6 +69,7 @@ def _back(web: FlaskClient, location: str) -> object:
     return web.get(location.removeprefix("http://airlock.test"))
 
 
+@on_both_engines
 def test_sign_in_by_verified_email_links_the_subject(
     web: FlaskClient, sso: Airlock, provider: Provider
 ) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from gateway.db.models import AccessRequest, ApiToken, Role
 from gateway.services.container import Airlock
 from tests.factories import Actor, World, policy_text
+from tests.pg import on_both_engines
 from tests.web.webkit import csrf_of, sign_in
 
 PAGE = "/ui/models/acme/tiny"
@@ -68,6 +69,7 @@ def test_the_request_form_shows_errors_next_to_the_fields(
     assert 'aria-invalid="true"' in html
 
 
+@on_both_engines
 def test_a_researcher_requests_and_sees_it_pending_with_reasons(
     client: FlaskClient, airlock: Airlock, world: World, cast: Cast
 ) -> None:

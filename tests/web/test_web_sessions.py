@@ -13,6 +13,7 @@ from gateway.app import create_app
 from gateway.db.models import LoginLink, WebSession, utcnow
 from gateway.services.container import Airlock
 from tests.factories import World
+from tests.pg import on_both_engines
 from tests.web.webkit import csrf_of, login_link, sign_in, web_auth
 
 COOKIE = "airlock_session"
@@ -24,6 +25,7 @@ def rob(world: World) -> str:
     return "rob"
 
 
+@on_both_engines
 def test_a_login_link_signs_in_once(client: FlaskClient, airlock: Airlock, rob: str) -> None:
     link = login_link(airlock, rob)
     first = client.get(link)
@@ -89,6 +91,7 @@ def test_forged_cookie_is_signed_out(client: FlaskClient) -> None:
     assert client.get("/ui/tokens").status_code == 302
 
 
+@on_both_engines
 def test_idle_and_absolute_timeouts(client: FlaskClient, airlock: Airlock, rob: str) -> None:
     sign_in(client, airlock, rob)
     assert client.get("/ui/").status_code == 200
@@ -109,6 +112,7 @@ def test_idle_and_absolute_timeouts(client: FlaskClient, airlock: Airlock, rob: 
         assert session.scalar(ended) == 0
 
 
+@on_both_engines
 def test_sign_out_and_sign_out_everywhere(app: Flask, airlock: Airlock, rob: str) -> None:
     laptop, phone = app.test_client(), app.test_client()
     sign_in(laptop, airlock, rob)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -71,8 +72,9 @@ def _back(web: FlaskClient, location: str) -> object:
 
 @on_both_engines
 def test_sign_in_by_verified_email_links_the_subject(
-    web: FlaskClient, sso: Airlock, provider: Provider
+    web: FlaskClient, sso: Airlock, provider: Provider, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     World(sso).actor("rob")
     provider.sign_in_as("idp-rob-1", "ROB@example.org")
     done = _back(web, _to_provider(web))
@@ -86,6 +88,7 @@ def test_sign_in_by_verified_email_links_the_subject(
     other = create_app(airlock=sso).test_client()
     assert _back(other, _to_provider(other)).status_code == 302
     assert "Signed in as <strong>rob</strong>" in other.get("/ui/").text
+    assert CLIENT_SECRET not in caplog.text
 
 
 def test_unknown_people_get_a_clear_page_and_no_account(

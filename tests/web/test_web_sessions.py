@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -26,7 +27,10 @@ def rob(world: World) -> str:
 
 
 @on_both_engines
-def test_a_login_link_signs_in_once(client: FlaskClient, airlock: Airlock, rob: str) -> None:
+def test_a_login_link_signs_in_once(
+    client: FlaskClient, airlock: Airlock, rob: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     link = login_link(airlock, rob)
     first = client.get(link)
     assert first.status_code == 302 and first.location.endswith("/ui/")
@@ -38,6 +42,8 @@ def test_a_login_link_signs_in_once(client: FlaskClient, airlock: Airlock, rob: 
     assert again.status_code == 400
     assert "not valid, was used, or has expired" in again.text
     assert other.get("/ui/").status_code == 302  # still signed out
+    secret = link.rsplit("=", 1)[1]
+    assert "/ui/login/link" in caplog.text and secret not in caplog.text  # path only is logged
 
 
 def test_expired_and_tampered_links_are_refused(

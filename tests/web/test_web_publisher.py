@@ -14,6 +14,7 @@ from sqlalchemy import select
 from gateway.db.models import AccessRequest, Grant, Model, Role
 from gateway.services.container import Airlock
 from tests.factories import Actor, World, policy_text
+from tests.pg import on_both_engines
 from tests.web.webkit import csrf_of, sign_in
 
 MODEL = "/ui/manage/models/acme/tiny"
@@ -151,6 +152,7 @@ def test_policy_errors_are_shown_at_their_line(
     assert valid.status_code == 200 and "The policy is valid" in valid.text
 
 
+@on_both_engines
 def test_preview_lists_the_grants_a_change_would_revoke_and_apply_applies(
     app: Flask, airlock: Airlock, world: World, cast: Cast
 ) -> None:
@@ -169,6 +171,7 @@ def test_preview_lists_the_grants_a_change_would_revoke_and_apply_applies(
     assert "applied as version 2" in alice.get(applied.location).text
 
 
+@on_both_engines
 def test_review_queue_reject_needs_a_reason_then_approve(
     app: Flask, airlock: Airlock, world: World, cast: Cast
 ) -> None:

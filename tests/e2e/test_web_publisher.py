@@ -67,3 +67,24 @@ def test_reviewer_approves_the_pending_weights_request(
 
     grants = server.get("/api/v1/me/grants", "researcher")["grants"]
     assert any(g["tier"] == "weights-vetted" and g["status"] == "active" for g in grants)
+
+
+def test_publisher_pages_render_and_validate_in_place(
+    server: Server, demo: dict[str, Any], browser: Any
+) -> None:
+    shots = server.tmp / "screenshots"
+    context = browser.new_context()
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    page.goto(demo["login_links"]["publisher"])
+    page.goto(f"{server.endpoint}/ui/manage/models/{REPO}/grants")
+    page.screenshot(path=shots / "manage-grants.png", full_page=True)
+    page.goto(f"{server.endpoint}/ui/manage/models/{REPO}/policy")
+    editor = page.get_by_label("Policy document (YAML)")
+    editor.fill(editor.input_value().replace("kyc: institution", "kyc: passport", 1))
+    page.get_by_role("button", name="Validate").click()
+    page.get_by_role("alert").wait_for()
+    problem = page.locator("li.has-error").first.inner_text()
+    assert "kyc: passport" in problem and "unknown KYC level" in problem
+    page.screenshot(path=shots / "manage-policy-invalid.png", full_page=True)
+    context.close()

@@ -104,6 +104,20 @@ def test_wrong_role_and_other_organizations_are_refused(
     assert other.get(f"/ui/review/{request_id}").status_code == 404
     assert f"#{request_id}" not in other.get("/ui/review").text
     assert _as(app, airlock, "rob").get(f"/ui/review/{request_id}").status_code == 403
+    grant = world.grant(world.actor("gil"), cast.model, tier="card")
+    token = csrf_of(other, "/ui/manage/models")
+    for path, data in (
+        (MODEL + "/freeze", {"frozen": "true", "reason": "x", "confirm": "yes"}),
+        (MODEL + "/stage", {"stage": "general", "reason": "x", "confirm": "yes"}),
+        (MODEL + "/policy", {"source": RU_DENIED, "action": "apply"}),
+        (f"/ui/manage/grants/{grant.id}/revoke", {"reason": "x"}),
+        (f"/ui/review/{request_id}", {"verdict": "approve"}),
+    ):
+        assert other.post(path, data={"csrf_token": token, **data}).status_code == 404, path
+    with airlock.db.session() as s:
+        assert s.get_one(Model, cast.model.id).frozen_at is None
+        assert s.get_one(Grant, grant.id).status == "active"
+        assert s.get_one(AccessRequest, request_id).status == "pending"
 
 
 def test_every_form_refuses_a_missing_csrf_token(

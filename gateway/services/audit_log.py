@@ -207,21 +207,27 @@ class EventNames:
 
     users: dict[int, str]
     models: dict[int, str]
+    orgs: dict[int, str]
 
 
 def event_names(session: Session, events: list[AuditEvent]) -> EventNames:
-    """Names for the actors, subjects and models of `events` (two queries)."""
+    """Names for the actors, subjects, models and organizations of `events`."""
     user_ids = {i for e in events for i in (e.actor_id, e.subject_user_id) if i is not None}
     model_ids = {e.model_id for e in events if e.model_id is not None}
+    org_ids = {e.org_id for e in events if e.org_id is not None}
     users = session.execute(select(User.id, User.username).where(User.id.in_(user_ids)))
     models = session.execute(
         select(Model.id, Organization.slug, Model.name)
         .join(Organization)
         .where(Model.id.in_(model_ids))
     )
+    orgs = session.execute(
+        select(Organization.id, Organization.slug).where(Organization.id.in_(org_ids))
+    )
     return EventNames(
         users={int(i): str(name) for i, name in users},
         models={i: f"{org}/{name}" for i, org, name in models},
+        orgs={int(i): str(slug) for i, slug in orgs},
     )
 
 

@@ -149,8 +149,8 @@ class ChainStatusService:
         notes = CheckpointService().verify(session, verifiers=self.verifiers, storage=self.storage)
         found.problems += notes.problems
         found.checked.append(
-            f"all {notes.checked} checkpoints: signatures, Merkle roots and head hashes "
-            f"recomputed from the events, {notes.stored} copies in object storage compared"
+            f"checkpoints: {notes.checked} signatures checked, their Merkle roots and head hashes "
+            f"recomputed from the events, copies in object storage compared: {notes.stored}"
         )
         found.checked += notes.warnings
         return found
@@ -159,7 +159,7 @@ class ChainStatusService:
         found = Verification(full=False)
         rows = list(session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size)))
         found.problems += [p for p in (self._note_problem(r) for r in rows) if p]
-        found.checked.append(f"the signatures of all {len(rows)} checkpoints")
+        found.checked.append(f"checkpoints: {len(rows)} signatures checked")
         latest = rows[-1] if rows else None
         if (
             latest is not None

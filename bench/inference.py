@@ -1,12 +1,12 @@
 """Benchmark the inference gateway against calling its upstream directly and against LiteLLM's
 proxy, all in one run against the same upstream.
 
-The demo world (SQLite) with acme/tiny-llm wired to the reference upstream (`airlock
-dev-upstream`, its own process); the gateway under gunicorn; LiteLLM's proxy (from
-.venv-litellm, `make bench-litellm`) with uvicorn and as many worker processes as the gateway,
-pointed at the same upstream as an OpenAI-compatible provider. Both gateways enforce a bearer
-key and limits on every request: the demo tier's limits lifted far above what a run can use, so
-the limiter is consulted and charged but never refuses.
+The demo world (SQLite, or a throwaway PostgreSQL database with --postgres) with acme/tiny-llm
+wired to the reference upstream (`airlock dev-upstream`, its own process); the gateway under
+gunicorn; LiteLLM's proxy (from .venv-litellm, `make bench-litellm`) with uvicorn and as many
+worker processes as the gateway, pointed at the same upstream as an OpenAI-compatible provider.
+Both gateways enforce a bearer key and limits on every request: the demo tier's limits lifted far
+above what a run can use, so the limiter is consulted and charged but never refuses.
 
 1. Latency: sequential non-streaming chat completions over one keep-alive connection per path,
    each gateway's calls alternating with direct calls so both see the same machine load: p50/p99
@@ -18,7 +18,7 @@ the limiter is consulted and charged but never refuses.
 Figures are printed, never asserted; the exit status is non-zero only when the set-up fails.
 
     make bench-inference   # = .venv/bin/python bench/inference.py
-    .venv/bin/python bench/inference.py --requests 300 --duration 5 --rounds 3
+    .venv/bin/python bench/inference.py --requests 300 --duration 5 --rounds 3 --postgres
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import loadgen
 import yaml
 from harness import BenchError, ServerConfig
 from litellm_proxy import KeyLimits
+from resolve import DEFAULT_PG_ADMIN, postgres_database
 from world import environment
 
 from gateway.db.migrate import upgrade
@@ -106,6 +107,13 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load round")
     parser.add_argument("--rounds", type=int, default=3, help="load rounds per path")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
+    parser.add_argument(
+        "--postgres",
+        metavar="ADMIN_URL",
+        nargs="?",
+        const=os.environ.get("AIRLOCK_TEST_POSTGRES_URL", DEFAULT_PG_ADMIN),
+        help="Airlock on a throwaway PostgreSQL database of this server (default: SQLite)",
+    )
     args = parser.parse_args()
     config = ServerConfig(args.workers, args.threads)
     busy = harness.machine_busy()
@@ -138,12 +146,17 @@ def _run(
         )
         upstream = f"http://{harness.HOST}:{port}/v1"
         _wait(port)
-        token = _world(root, upstream)
+        database = None
+        if args.postgres:
+            database = stack.enter_context(postgres_database(args.postgres))
+            if database is None:
+                raise BenchError(f"PostgreSQL unreachable at {args.postgres}")
+        token = _world(root, upstream, database)
         gateway = stack.enter_context(
             harness.gunicorn(
                 "gateway.app:create_app()",
                 config=config,
-                env=environment(root, None),
+                env=environment(root, database),
                 workdir=root,
             )
         )
@@ -175,9 +188,9 @@ def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def _world(root: Path, upstream: str) -> str:
+def _world(root: Path, upstream: str, database: str | None) -> str:
     """Seed the demo, lift its inference limits, wire the upstream; the researcher's token."""
-    settings = load_settings(environment(root, None))
+    settings = load_settings(environment(root, database))
     upgrade(settings.database_url)
     airlock = build_airlock(settings)
     try:
@@ -307,17 +320,17 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _report(paths: list[Route], args: argparse.Namespace, config: ServerConfig) -> None:
-    _report_latency(paths, config)
+    _report_latency(paths, config, "PostgreSQL" if args.postgres else "SQLite")
     _report_throughput(paths, args)
     note = _litellm_note(args)
     if note is not None:
         print(f"  through LiteLLM    {note}")
 
 
-def _report_latency(paths: list[Route], config: ServerConfig) -> None:
+def _report_latency(paths: list[Route], config: ServerConfig, database: str) -> None:
     count = len(paths[1].latencies)
     print(f"inference: {count} sequential non-streaming chat completions per path")
-    print(f"  Airlock: {config.describe()}")
+    print(f"  Airlock: {config.describe()}, {database}")
     if len(paths) > 2:
         print(
             f"  LiteLLM {litellm_proxy.version()}: uvicorn --num_workers {config.workers} "

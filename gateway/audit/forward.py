@@ -56,7 +56,6 @@ ACTIVITIES: Mapping[str, int] = {
     "request:create": CREATE,
     "request:deny": UPDATE,
     "request:reject": UPDATE,
-    "request:reset": UPDATE,
     "request:review": UPDATE,
     "revision:commit": CREATE,
     "revision:override": UPDATE,

@@ -133,10 +133,13 @@ def stage(org: str, name: str) -> Any:
     assert found.policy_version is not None
     source = with_stage(found.policy_version.source, Stage(wanted))
     if request.form.get("confirm") != "yes":
-        check = airlock().reevaluation.check(db(), principal=principal, source=source)
-        action = f"Move to stage {wanted}"
-        context: dict[str, Any] = {"reason": reason, "stage": wanted, "check": check}
-        return page("pub_confirm.html", model=found, action=action, kind="stage", **context)
+        check = airlock().reevaluation.check(
+            db(), principal=principal, source=source, repo_id=found.repo_id
+        )
+        return page(
+            "pub_confirm.html", model=found, action=f"Move to stage {wanted}", kind="stage",
+            reason=reason, stage=wanted, check=check,
+        )  # fmt: skip
     version, _ = airlock().policies.apply(db(), principal=principal, source=source, comment=reason)
     flash(f"{found.repo_id} is in stage {wanted} (policy version {version.version}).", "success")
     return redirect(url_for("web_publisher.model", org=org, name=name))

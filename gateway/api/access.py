@@ -147,6 +147,22 @@ def review(request_id: int, body: s.ReviewIn) -> s.AccessRequestOut:
 
 
 @endpoint(
+    bp,
+    f"/requests/<{ID}:request_id>/reset",
+    "POST",
+    summary="Send a reviewed request back to pending (verdicts cleared, its grant revoked)",
+    body=s.ResetIn,
+    response=s.AccessRequestOut,
+    scopes=("requests:review",),
+)
+def reset_request(request_id: int, body: s.ResetIn) -> s.AccessRequestOut:
+    found = airlock().access.reset_request(
+        db(), principal=principal(), request_id=request_id, reason=body.reason
+    )
+    return request_out(found)
+
+
+@endpoint(
     bp, "/me/grants", "GET", summary="Your grants", response=s.GrantList, scopes=("access:request",)
 )
 def my_grants() -> s.GrantList:

@@ -435,6 +435,13 @@ class RevokeIn(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class ResetIn(BaseModel):
+    """Send a reviewed request back to pending, with the reason recorded."""
+
+    model_config = Strict
+    reason: str = Field(min_length=1, max_length=2000)
+
+
 class TierOut(BaseModel):
     """One tier as a requester sees it."""
 

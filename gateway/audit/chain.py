@@ -57,6 +57,7 @@ class AuditAction(StrEnum):
     REQUEST_CREATE = "request:create"
     REQUEST_DENY = "request:deny"
     REQUEST_REJECT = "request:reject"
+    REQUEST_RESET = "request:reset"
     REQUEST_REVIEW = "request:review"
     REVISION_COMMIT = "revision:commit"
     REVISION_OVERRIDE = "revision:override"

@@ -56,6 +56,7 @@ ACTIVITIES: Mapping[str, int] = {
     "request:create": CREATE,
     "request:deny": UPDATE,
     "request:reject": UPDATE,
+    "request:reset": UPDATE,
     "request:review": UPDATE,
     "revision:commit": CREATE,
     "revision:override": UPDATE,

@@ -626,6 +626,11 @@ class AccessService:
             raise InvalidInput("revoking a grant needs a reason")
         if grant.status in (GrantStatus.REVOKED, GrantStatus.EXPIRED):
             raise Conflict(f"grant {grant.id} is already {grant.status}")
+        self._end_grant(session, grant, actor, reason)
+        session.commit()
+        return grant
+
+    def _end_grant(self, session: Session, grant: Grant, actor: int, reason: str) -> None:
         grant.status, grant.ended_at, grant.ended_by_id, grant.end_reason = (
             str(GrantStatus.REVOKED),
             utcnow(),
@@ -642,8 +647,56 @@ class AccessService:
             effect="deny",
             payload={"grant_id": grant.id, "tier": grant.tier, "reason": reason[:2000]},
         )
+
+    # -- reset ---------------------------------------------------------------------------------
+    def reset_request(
+        self, session: Session, *, principal: Principal, request_id: int, reason: str
+    ) -> AccessRequest:
+        """Send a reviewed request back to pending: its verdicts are cleared (the audit log keeps
+        them) and a grant it produced is revoked; reviewers decide it again."""
+        request = session.get(AccessRequest, request_id)
+        if request is None:
+            raise NotFound("no such access request")
+        reviewer = principal.require_org_scope(request.model.org_id, Scope.REQUESTS_REVIEW)
+        if request.user_id == reviewer:
+            raise Forbidden("reviewers may not decide their own requests")
+        if not reason.strip():
+            raise InvalidInput("resetting a request needs a reason")
+        if request.status not in RESETTABLE or not (request.reviews or request.decided_at):
+            raise Conflict(f"request {request.id} is {request.status} with no verdict to reset")
+        cleared = [{"reviewer_id": r.reviewer_id, "verdict": r.verdict} for r in request.reviews]
+        for grant in self._live_grants_of(session, request):
+            self._end_grant(session, grant, reviewer, reason)
+        for review in list(request.reviews):
+            session.delete(review)
+        previous = request.status
+        request.status, request.decided_at, request.decision_note = (
+            str(RequestStatus.PENDING),
+            None,
+            None,
+        )
+        self.audit.record(
+            session,
+            AuditAction.REQUEST_RESET,
+            actor_id=reviewer,
+            org_id=request.model.org_id,
+            subject_user_id=request.user_id,
+            model_id=request.model_id,
+            payload={
+                "request_id": request.id,
+                "previous": previous,
+                "reviews": cleared,
+                "reason": reason[:2000],
+            },
+        )
         session.commit()
-        return grant
+        session.expire(request, ["reviews"])
+        return request
+
+    def _live_grants_of(self, session: Session, request: AccessRequest) -> list[Grant]:
+        live = (GrantStatus.ACTIVE, GrantStatus.SUSPENDED)
+        query = select(Grant).where(Grant.request_id == request.id, Grant.status.in_(live))
+        return list(session.scalars(query))
 
     # -- freeze --------------------------------------------------------------------------------
     def set_frozen(
@@ -725,6 +778,10 @@ class AccessService:
         enqueue_after_commit(session, self.runner, REEVALUATE_USER_TASK, {"user_id": user.id})
         session.commit()
         return row
+
+
+# Requests a reviewer may send back to pending (a denial is the engine's, not a reviewer's).
+RESETTABLE = (RequestStatus.APPROVED, RequestStatus.PENDING, RequestStatus.REJECTED)
 
 
 def _initial_status(decision: Decision) -> RequestStatus:

@@ -32,6 +32,7 @@ MODEL = "/manage/models/<org>/<name>"
 POLICY_ACTIONS = ("apply", "preview", "validate")
 STAGE_LINE = re.compile(r"^stage:[^\n]*$", re.MULTILINE)
 REVISIONS_SHOWN = 20
+DECIDED_SHOWN = 20
 REASON_NEEDED = "Give a reason: it is recorded in the audit log."
 
 
@@ -133,13 +134,10 @@ def stage(org: str, name: str) -> Any:
     assert found.policy_version is not None
     source = with_stage(found.policy_version.source, Stage(wanted))
     if request.form.get("confirm") != "yes":
-        check = airlock().reevaluation.check(
-            db(), principal=principal, source=source, repo_id=found.repo_id
-        )
-        return page(
-            "pub_confirm.html", model=found, action=f"Move to stage {wanted}", kind="stage",
-            reason=reason, stage=wanted, check=check,
-        )  # fmt: skip
+        check = airlock().reevaluation.check(db(), principal=principal, source=source)
+        action = f"Move to stage {wanted}"
+        context: dict[str, Any] = {"reason": reason, "stage": wanted, "check": check}
+        return page("pub_confirm.html", model=found, action=action, kind="stage", **context)
     version, _ = airlock().policies.apply(db(), principal=principal, source=source, comment=reason)
     flash(f"{found.repo_id} is in stage {wanted} (policy version {version.version}).", "success")
     return redirect(url_for("web_publisher.model", org=org, name=name))
@@ -298,8 +296,15 @@ def queue() -> Any:
     """Pending requests for the reviewer's organizations' models, oldest first."""
     principal = _require_manager()
     found = airlock().access.list_requests(db(), principal=principal, status=RequestStatus.PENDING)
+    decided = [
+        r
+        for status in (RequestStatus.APPROVED, RequestStatus.REJECTED)
+        for r in airlock().access.list_requests(db(), principal=principal, status=status)
+    ]
+    decided.sort(key=lambda r: r.decided_at or r.created_at, reverse=True)
     now = utcnow()
-    return page("pub_queue.html", rows=[(r, waited(r.created_at, now)) for r in found])
+    rows = [(r, waited(r.created_at, now)) for r in found]
+    return page("pub_queue.html", rows=rows, decided=decided[:DECIDED_SHOWN])
 
 
 @bp.get("/review/<int:request_id>")
@@ -363,6 +368,26 @@ def decide(request_id: int) -> Any:
     made = outcome.request
     flash(f"Request #{made.id} by {made.user.username}: your verdict is recorded ({made.status}).")
     return redirect(url_for("web_publisher.queue"))
+
+
+@bp.post("/review/<int:request_id>/reset")
+def reset(request_id: int) -> Any:
+    """Send a reviewed request back to pending (its grant revoked); a reason is required."""
+    found = _reviewable(request_id)
+    reason = request.form.get("reason", "").strip()
+    if not reason:
+        errors = {"reset_reason": [REASON_NEEDED]}
+        return _review_page(found, status=400, errors=errors)
+    try:
+        airlock().access.reset_request(
+            db(), principal=current_principal(), request_id=request_id, reason=reason
+        )
+    except (Conflict, Forbidden) as exc:
+        db().rollback()
+        code = 403 if isinstance(exc, Forbidden) else 409
+        return _review_page(found, status=code, errors={"_form": [exc.detail]})
+    flash(f"Request #{request_id} is pending again; its verdicts were cleared.", "success")
+    return redirect(url_for("web_publisher.review", request_id=request_id))
 
 
 def waited(since: datetime, now: datetime) -> str:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from gateway.db.models import AccessRequest, Grant, Model, Role
 from gateway.services.container import Airlock
 from tests.factories import Actor, World, policy_text
+from tests.pg import on_both_engines
 from tests.web.webkit import csrf_of, sign_in
 
 MODEL = "/ui/manage/models/acme/tiny"
@@ -103,6 +104,21 @@ def test_wrong_role_and_other_organizations_are_refused(
     assert other.get(f"/ui/review/{request_id}").status_code == 404
     assert f"#{request_id}" not in other.get("/ui/review").text
     assert _as(app, airlock, "rob").get(f"/ui/review/{request_id}").status_code == 403
+    grant = world.grant(world.actor("gil"), cast.model, tier="card")
+    token = csrf_of(other, "/ui/manage/models")
+    for path, data in (
+        (MODEL + "/freeze", {"frozen": "true", "reason": "x", "confirm": "yes"}),
+        (MODEL + "/stage", {"stage": "general", "reason": "x", "confirm": "yes"}),
+        (MODEL + "/policy", {"source": RU_DENIED, "action": "apply"}),
+        (f"/ui/manage/grants/{grant.id}/revoke", {"reason": "x"}),
+        (f"/ui/review/{request_id}", {"verdict": "approve"}),
+        (f"/ui/review/{request_id}/reset", {"reason": "x"}),
+    ):
+        assert other.post(path, data={"csrf_token": token, **data}).status_code == 404, path
+    with airlock.db.session() as s:
+        assert s.get_one(Model, cast.model.id).frozen_at is None
+        assert s.get_one(Grant, grant.id).status == "active"
+        assert s.get_one(AccessRequest, request_id).status == "pending"
 
 
 def test_every_form_refuses_a_missing_csrf_token(
@@ -110,12 +126,14 @@ def test_every_form_refuses_a_missing_csrf_token(
 ) -> None:
     alice = _as(app, airlock, "alice")
     grant = world.grant(_kyced(world, cast), cast.model)
+    pending = _pending(world, cast)
     for path, data in (
         (MODEL + "/freeze", {"frozen": "true", "reason": "leak", "confirm": "yes"}),
         (MODEL + "/stage", {"stage": "general", "reason": "ready", "confirm": "yes"}),
         (MODEL + "/policy", {"source": RU_DENIED, "action": "apply"}),
         (f"/ui/manage/grants/{grant.id}/revoke", {"reason": "misuse"}),
-        (f"/ui/review/{_pending(world, cast)}", {"verdict": "approve"}),
+        (f"/ui/review/{pending}", {"verdict": "approve"}),
+        (f"/ui/review/{pending}/reset", {"reason": "again"}),
     ):
         refused = alice.post(path, data=data)
         assert refused.status_code == 400 and "security token" in refused.text, path
@@ -151,6 +169,7 @@ def test_policy_errors_are_shown_at_their_line(
     assert valid.status_code == 200 and "The policy is valid" in valid.text
 
 
+@on_both_engines
 def test_preview_lists_the_grants_a_change_would_revoke_and_apply_applies(
     app: Flask, airlock: Airlock, world: World, cast: Cast
 ) -> None:
@@ -169,6 +188,7 @@ def test_preview_lists_the_grants_a_change_would_revoke_and_apply_applies(
     assert "applied as version 2" in alice.get(applied.location).text
 
 
+@on_both_engines
 def test_review_queue_reject_needs_a_reason_then_approve(
     app: Flask, airlock: Airlock, world: World, cast: Cast
 ) -> None:
@@ -190,6 +210,17 @@ def test_review_queue_reject_needs_a_reason_then_approve(
     with airlock.db.session() as s:
         assert s.get_one(AccessRequest, request_id).status == "approved"
         assert s.scalars(select(Grant).where(Grant.request_id == request_id)).one()
+
+    assert "Recently decided" in rita.get("/ui/review").text
+    reset = f"/ui/review/{request_id}/reset"
+    missing = rita.post(reset, data={"csrf_token": token, "reason": ""})
+    assert missing.status_code == 400 and 'id="reset_reason-errors"' in missing.text
+    done = rita.post(reset, data={"csrf_token": token, "reason": "approved in error"})
+    assert done.status_code == 302 and "is pending again" in rita.get(done.location).text
+    with airlock.db.session() as s:
+        assert s.get_one(AccessRequest, request_id).status == "pending"
+        grant = s.scalars(select(Grant).where(Grant.request_id == request_id)).one()
+        assert (grant.status, grant.end_reason) == ("revoked", "approved in error")
 
 
 def test_a_reviewer_may_not_decide_their_own_request(

@@ -55,7 +55,7 @@ def audit(query: s.AuditQuery) -> s.AuditPage:
 def audit_export(query: s.AuditExportQuery) -> Response:
     rows = service.export(airlock().db.sessionmaker, principal=principal(), filters=_filters(query))
     first = next(rows, None)  # the first batch is read now: a database error is still a 503
-    chunks = _export_chunks(chain([first], rows) if first else [], query.format)
+    chunks = export_chunks(chain([first], rows) if first else [], query.format)
     name = f"audit-{utcnow():%Y%m%dT%H%M%SZ}.{query.format}"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     return Response(chunks, mimetype=EXPORT_TYPES[query.format], headers=headers)
@@ -73,9 +73,9 @@ def audit_export(query: s.AuditExportQuery) -> Response:
 )
 def access_report(query: s.AccessReportQuery) -> s.AccessReportOut | Response:
     rows = reports.access_report(db(), principal=principal())
-    report = s.AccessReportOut(generated_at=utcnow(), grants=[_grant_out(r) for r in rows])
+    report = s.AccessReportOut(generated_at=utcnow(), grants=[grant_out(r) for r in rows])
     if query.format == "csv":
-        return Response(_report_csv(report), mimetype="text/csv")
+        return Response(report_csv(report), mimetype="text/csv")
     return report
 
 
@@ -136,7 +136,7 @@ def _filters(query: s.AuditFilters) -> AuditFilter:
     )
 
 
-def _export_chunks(rows: Iterable[dict[str, Any]], kind: str) -> Iterator[bytes]:
+def export_chunks(rows: Iterable[dict[str, Any]], kind: str) -> Iterator[bytes]:
     """The rows as gateway.audit.exports writes them (canonical JSON lines, or CSV with the
     payload as canonical JSON), in chunks; `airlock audit verify`'s reader parses either."""
     buffer = io.StringIO()
@@ -168,7 +168,7 @@ def _drain(lines: list[bytes], buffer: io.StringIO) -> bytes:
     return chunk
 
 
-def _grant_out(row: AccessRow) -> s.AccessGrantOut:
+def grant_out(row: AccessRow) -> s.AccessGrantOut:
     return s.AccessGrantOut(**{**vars(row), "reasons": [_reason(r) for r in row.reasons]})
 
 
@@ -182,7 +182,7 @@ def _reason(reason: Any) -> s.Reason:
     )
 
 
-def _report_csv(report: s.AccessReportOut) -> str:
+def report_csv(report: s.AccessReportOut) -> str:
     fields = [f for f in s.AccessGrantOut.model_fields if f != "reasons"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

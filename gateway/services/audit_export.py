@@ -211,16 +211,16 @@ def prove_event(session: Session, seq: int, *, size: int | None = None) -> dict[
         raise ExportError(
             f"no checkpoint{which} covers event {seq} yet (airlock audit checkpoint signs one)"
         )
-    size, prefix = checkpoint.tree_size, _pruned_prefix(session)
+    size, prefix = checkpoint.tree_size, pruned_prefix(session)
     try:
-        leaves = _leaves(session, prefix.size, size)
+        leaves = leaf_hashes(session, prefix.size, size)
         proof = inclusion_proof(leaves, seq - 1, size, prefix=prefix)
     except ValueError as exc:
         raise ExportError(f"events of the checkpoint of size {size} are missing: {exc}") from None
     return proof_document(export_row(event), size, proof, checkpoint.note)
 
 
-def _pruned_prefix(session: Session) -> Frontier:
+def pruned_prefix(session: Session) -> Frontier:
     """The Merkle frontier of the events pruned away (empty when none were): the one the
     checkpoint at the cut recorded."""
     first = session.scalar(select(func.min(AuditEvent.seq))) or 1
@@ -232,7 +232,7 @@ def _pruned_prefix(session: Session) -> Frontier:
     return Frontier.from_json(cut.frontier)
 
 
-def _leaves(session: Session, after: int, size: int) -> Iterator[bytes]:
+def leaf_hashes(session: Session, after: int, size: int) -> Iterator[bytes]:
     """The leaf hashes of events after..size, streamed; refuses a gap."""
     for position, (seq, digest) in enumerate(_entry_hashes(session, after, size), after + 1):
         if seq != position:

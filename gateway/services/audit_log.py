@@ -76,6 +76,14 @@ class AuditLogService:
         rows = rows[:limit]
         return rows, rows[-1].seq if more and rows else None
 
+    def get(self, session: Session, *, principal: Principal, seq: int) -> AuditEvent:
+        """One event of the caller's organizations; another's is as absent as a missing one."""
+        orgs = readable_orgs(principal)
+        event = session.get(AuditEvent, seq)
+        if event is None or event.org_id not in orgs:
+            raise NotFound(f"no audit event {seq} in your organizations")
+        return event
+
     def timeline(
         self,
         session: Session,
@@ -191,6 +199,36 @@ def _all_events(session: Session) -> Iterator[AuditEvent]:
         yield from batch
         last = batch[-1].seq
         session.expunge_all()
+
+
+@dataclass(frozen=True)
+class EventNames:
+    """The usernames and repository ids an event list's ids stand for."""
+
+    users: dict[int, str]
+    models: dict[int, str]
+    orgs: dict[int, str]
+
+
+def event_names(session: Session, events: list[AuditEvent]) -> EventNames:
+    """Names for the actors, subjects, models and organizations of `events`."""
+    user_ids = {i for e in events for i in (e.actor_id, e.subject_user_id) if i is not None}
+    model_ids = {e.model_id for e in events if e.model_id is not None}
+    org_ids = {e.org_id for e in events if e.org_id is not None}
+    users = session.execute(select(User.id, User.username).where(User.id.in_(user_ids)))
+    models = session.execute(
+        select(Model.id, Organization.slug, Model.name)
+        .join(Organization)
+        .where(Model.id.in_(model_ids))
+    )
+    orgs = session.execute(
+        select(Organization.id, Organization.slug).where(Organization.id.in_(org_ids))
+    )
+    return EventNames(
+        users={int(i): str(name) for i, name in users},
+        models={i: f"{org}/{name}" for i, org, name in models},
+        orgs={int(i): str(slug) for i, slug in orgs},
+    )
 
 
 def readable_orgs(principal: Principal) -> set[int]:

@@ -10,12 +10,13 @@ from flask import Flask
 
 from gateway.services.container import Airlock
 from gateway.services.web_auth import WebAuthService
-from gateway.web import auth, publisher, researcher
+from gateway.web import auth, compliance, publisher, researcher
 from gateway.web.pages import secure_headers
 
 WEB_BLUEPRINTS = (
     auth.bp,  # /ui/login, /ui/login/sso, /ui/login/link/<token>, /ui/logout[/everywhere]
     researcher.bp,  # /ui/: models and tiers, requests, grants, API tokens, identity; /ui/static
+    compliance.bp,  # /ui/compliance/: audit search, events, chain, reports, denials, holds
     publisher.bp,  # /ui/manage/...: models, policy editor, grants, stage, freeze; /ui/review
 )
 

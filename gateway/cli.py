@@ -550,6 +550,18 @@ def requests_decide(
     )
 
 
+@requests.command("reset")
+@click.argument("request_id", type=int)
+@click.option("--reason", required=True)
+@endpoint_option
+@token_option
+def requests_reset(request_id: int, reason: str, endpoint: str | None, token: str | None) -> None:
+    """Send a decided request back to pending (verdicts cleared, its grant revoked)."""
+    client = client_from_env(endpoint, token)
+    path = f"/api/v1/requests/{request_id}/reset"
+    _print(_call(lambda: client.request("POST", path, {"reason": reason})))
+
+
 @main.group()
 def grants() -> None:
     """Grants."""

@@ -131,6 +131,9 @@ def test_request_review_and_revoke_round_trip(
         live, people["reviewer"].token, "grants", "revoke", str(grant["id"]), "--reason", "breach"
     )
     assert code == 0 and json.loads(output)["status"] == "revoked"
+    args = ["requests", "reset", str(request["id"]), "--reason", "decided in error"]
+    code, output = run(live, people["reviewer"].token, *args)
+    assert code == 0 and json.loads(output)["status"] == "pending"
 
 
 def test_freeze_needs_a_publisher(live: str, people: dict[str, Actor], world: World) -> None:

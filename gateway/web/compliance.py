@@ -16,6 +16,7 @@ from sqlalchemy import select
 from gateway.api import schemas as s
 from gateway.api.compliance import EXPORT_TYPES, export_chunks, grant_out, report_csv
 from gateway.api.context import airlock, db
+from gateway.api.spec import ID
 from gateway.audit import AuditAction
 from gateway.audit.facets import REASON_CODES
 from gateway.db.models import AuditEvent, LegalHoldKind, Organization, Role, utcnow
@@ -128,6 +129,8 @@ def _date_arg(args: Mapping[str, str], name: str, errors: dict[str, list[str]]) 
         errors[name] = ["Give a date as YYYY-MM-DD."]
         return None
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    if name == "until" and day == date.max:
+        return None  # the end of time: no upper bound
     return start + timedelta(days=1) if name == "until" else start
 
 
@@ -172,7 +175,7 @@ def export() -> Any:
 # -- one event ------------------------------------------------------------------------------
 
 
-@bp.get("/compliance/audit/<int:seq>")
+@bp.get(f"/compliance/audit/<{ID}:seq>")
 def event(seq: int) -> Any:
     """One event: every field, its reasons, its chain links and its inclusion proof."""
     principal = require_role(Role.COMPLIANCE)
@@ -341,7 +344,7 @@ def place_hold() -> Any:
     return redirect(url_for(".legal_holds"))
 
 
-@bp.post("/compliance/legal-holds/<int:hold_id>/release")
+@bp.post(f"/compliance/legal-holds/<{ID}:hold_id>/release")
 def release_hold(hold_id: int) -> Any:
     """Release a legal hold."""
     principal = require_role(Role.COMPLIANCE)

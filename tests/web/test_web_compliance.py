@@ -221,6 +221,8 @@ def test_reports_denials_and_timelines(client: FlaskClient, airlock: Airlock, ca
     assert "<svg" in denials and "approval_required" in denials and "DE" in denials
     assert 'fill="#8a5a00"' in denials and "as a table" in denials
     assert client.get("/ui/compliance/denials?since=2026-02-01&until=2026-01-01").status_code == 400
+    assert client.get("/ui/compliance/denials?since=0001-01-01").status_code == 400  # too long
+    assert client.get("/ui/compliance/audit?until=9999-12-31").status_code == 200
     timeline = client.get("/ui/compliance/timeline?model=acme/tiny").text
     assert set(_seqs(timeline)) == set(_model_events(airlock, "acme/tiny"))
 
@@ -233,6 +235,7 @@ def test_an_officer_sees_nothing_of_another_organization(
     sign_in(client, airlock, "carol")
     assert not set(beta) & set(_seqs(client.get("/ui/compliance/audit?subject=rob").text))
     assert client.get(f"/ui/compliance/audit/{beta[0]}").status_code == 404
+    assert client.get(f"/ui/compliance/audit/{2**64}").status_code == 404  # never a query error
     assert client.get("/ui/compliance/timeline?model=beta/secret").status_code == 404
     assert not set(beta) & set(_seqs(client.get("/ui/compliance/timeline?user=rob").text))
     exported = client.get("/ui/compliance/audit/export?format=jsonl").text.splitlines()

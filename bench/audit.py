@@ -4,8 +4,11 @@
    chain, one event per transaction, as the gateway writes them) next to plain inserts of the
    same rows by the same 8 processes into `audit_plain`, a table of the same shape (`LIKE
    audit_events INCLUDING ALL`: same columns, keys and indexes, no triggers, no chain), one row
-   per transaction too. For reference, the recorder's three-statement append (SQLite's path,
-   and PostgreSQL's before `audit_append`) runs as a third mode. The modes alternate for a
+   per transaction too. On PostgreSQL the recorder writes a pending row that a deferred trigger
+   chains while the transaction commits (migration 0012). For reference, two earlier appends
+   run as modes of their own, each locking the head in the middle of the transaction: 0009's
+   one-call `audit_append` (installed into the throwaway database from that migration; 0012
+   dropped it) and the three-statement append (SQLite's path). The modes alternate for a
    number of rounds; each round starts every writer at one barrier and stops it after a fixed
    time. Target: chained >= 0.5 x plain.
 2. Events/s verified offline by `gateway.audit.offline.verify_files` over an export written by
@@ -16,7 +19,7 @@ PostgreSQL only: a throwaway database is created on the server of `AIRLOCK_TEST_
 (default the local `test` database as `postgres`) and dropped at the end, whatever happens. The
 database keeps the server's defaults (`synchronous_commit` on: each commit waits for its WAL
 flush, as in production). Figures are printed, never asserted; the exit status is non-zero only
-when the benchmark itself fails. The whole run is bounded (about 50 s with the defaults).
+when the benchmark itself fails. The whole run is bounded (about 60 s with the defaults).
 
     make bench-audit               # = .venv/bin/python bench/audit.py
     .venv/bin/python bench/audit.py --seconds 2 --rounds 1 --verify-events 50000
@@ -39,18 +42,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib import import_module
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import harness
 from harness import BenchError
-from sqlalchemy import MetaData, bindparam, create_engine, insert, text
+from sqlalchemy import JSON, MetaData, bindparam, create_engine, insert, text
 from sqlalchemy.exc import OperationalError
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.audit.canonical import GENESIS_HASH, body_of, canonical_json, entry_hash
-from gateway.audit.chain import ROW_FIELDS
+from gateway.audit.chain import ROW_FIELDS, canonical_pieces
 from gateway.audit.chain import _append as three_statement_append
 from gateway.audit.exports import write_checkpoints, write_events
 from gateway.audit.merkle import Frontier, leaf_hash
@@ -66,9 +70,17 @@ RATIO_TARGET = 0.5
 VERIFY_TARGET = 100_000
 DEFAULT_PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CHAINED = "chained (AuditRecorder)"
+ONE_CALL = "chained, 1 call (0009)"
 THREE = "chained, 3 statements"
 PLAIN = "plain INSERT, no chain"
-MODES = (CHAINED, THREE, PLAIN)
+MODES = (CHAINED, ONE_CALL, THREE, PLAIN)
+ONE_CALL_MIGRATION = import_module(
+    "gateway.db.migrations.versions.0009_audit_retention_legal_holds"
+)
+APPEND_CALL = text(
+    "SELECT seq FROM audit_append(:head, :middle, :tail, :action, :actor_id, :org_id, "
+    ":subject_user_id, :model_id, :effect, :payload)"
+).bindparams(bindparam("payload", type_=JSON))
 START_TIMEOUT = 60.0  # seconds for every writer to import and reach the barrier
 PLAIN_TABLE = Base.metadata.tables["audit_events"].to_metadata(MetaData(), name="audit_plain")
 _PLAIN_INSERT = Prepared(insert(PLAIN_TABLE).values({k: bindparam(k) for k in ROW_FIELDS}))
@@ -105,7 +117,12 @@ def writer_main(
     try:
         for round_no, mode in enumerate(plan):
             barrier.wait(START_TIMEOUT)
-            append = {CHAINED: _chained, THREE: _three_statements, PLAIN: _plain}[mode]
+            append = {
+                CHAINED: _chained,
+                ONE_CALL: _one_call,
+                THREE: _three_statements,
+                PLAIN: _plain,
+            }[mode]
             count, started = 0, time.perf_counter()
             deadline = started + seconds
             while time.perf_counter() < deadline:
@@ -123,12 +140,28 @@ def _chained(db: Database, recorder: AuditRecorder, writer: int, n: int) -> None
         session.commit()
 
 
+def _recorded_fields(writer: int, n: int) -> dict[str, Any]:
+    """The event's fields as the recorder passes them on (action named, payload canonical)."""
+    fields = event_fields(writer, n)
+    payload = json.loads(canonical_json(fields["payload"]))
+    return fields | {"action": str(AuditAction.DOWNLOAD_ISSUE), "payload": payload}
+
+
+def _one_call(db: Database, _recorder: AuditRecorder, writer: int, n: int) -> None:
+    """PostgreSQL's append before 0012: one call of 0009's audit_append, which locks the head
+    in the middle of the transaction (held for the COMMIT round trip too); for reference."""
+    fields = _recorded_fields(writer, n)
+    head, middle, tail = canonical_pieces(fields)
+    with db.session() as session:
+        conn = session.connection()
+        conn.execute(APPEND_CALL, {**fields, "head": head, "middle": middle, "tail": tail})
+        session.commit()
+
+
 def _three_statements(db: Database, _recorder: AuditRecorder, writer: int, n: int) -> None:
     """The recorder's other path (SQLite's, and PostgreSQL's before audit_append): lock the
     head, insert, move the head, three round trips under the lock; for reference."""
-    fields = event_fields(writer, n)
-    payload = json.loads(canonical_json(fields["payload"]))
-    fields |= {"action": str(AuditAction.DOWNLOAD_ISSUE), "payload": payload}
+    fields = _recorded_fields(writer, n)
     with db.session() as session:
         three_statement_append(session.connection(), fields)
         session.commit()
@@ -289,6 +322,7 @@ def postgres_database(admin_url: str) -> Iterator[str]:
         engine = create_engine(url)
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE audit_plain (LIKE audit_events INCLUDING ALL)"))
+            conn.execute(text(ONE_CALL_MIGRATION.APPEND_FUNCTION))  # the reference mode's
             settings = conn.execute(text("SHOW synchronous_commit")).scalar_one()
         engine.dispose()
         print(
@@ -324,13 +358,14 @@ def print_rounds(found: list[Round]) -> None:
         )
     chained = statistics.median(r.rate for r in found if r.mode == CHAINED)
     plain = statistics.median(r.rate for r in found if r.mode == PLAIN)
+    one = statistics.median(r.rate for r in found if r.mode == ONE_CALL)
     three = statistics.median(r.rate for r in found if r.mode == THREE)
     ratio = chained / plain
     verdict = "met" if ratio >= RATIO_TARGET else "MISSED"
     print(
         f"  median: chained {chained:.0f}/s, plain {plain:.0f}/s, ratio {ratio:.2f} "
-        f"(target >= {RATIO_TARGET}: {verdict}); 3 statements {three:.0f}/s, ratio "
-        f"{three / plain:.2f}"
+        f"(target >= {RATIO_TARGET}: {verdict}); references: 1 call (0009) {one:.0f}/s, "
+        f"ratio {one / plain:.2f}; 3 statements {three:.0f}/s, ratio {three / plain:.2f}"
     )
 
 

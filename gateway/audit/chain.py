@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Connection, bindparam, insert, select, text, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.audit.canonical import (
@@ -88,19 +88,13 @@ _APPEND_EVENT = Prepared(insert(_events).values({k: bindparam(k) for k in ROW_FI
 _MOVE_HEAD = Prepared(MOVE_HEAD)
 
 
-@dataclass(frozen=True)
-class Appended:
-    """Where an event landed in the chain."""
-
-    seq: int
-    entry_hash: str
-
-
 class AuditRecorder:
     """Appends events inside the caller's transaction, serialized by the locked head row.
 
     Plain Core statements on the session's connection: they commit or roll back with whatever
-    else the session's transaction holds, and cost a fraction of an ORM unit of work.
+    else the session's transaction holds, and cost a fraction of an ORM unit of work. On
+    PostgreSQL the event is chained (sequence number, timestamp, hashes) while the transaction
+    commits, so the head is locked only for the commit; on SQLite it is chained at once.
     """
 
     def record(
@@ -114,7 +108,7 @@ class AuditRecorder:
         model_id: int | None = None,
         effect: str | None = None,
         payload: Mapping[str, Any] | None = None,
-    ) -> Appended:
+    ) -> None:
         """Add one event to the chain; it commits or rolls back with the change it records."""
         conn = session.connection()
         fields = {
@@ -127,15 +121,14 @@ class AuditRecorder:
             "payload": json.loads(canonical_json(payload or {})),
         }
         if conn.dialect.name == "postgresql":
-            appended = _append_in_one_call(conn, fields)
+            _append_at_commit(conn, fields)
         else:
-            appended = _append(conn, fields)
+            _append(conn, fields)
         if effect is not None:
             count_decision(str(action), effect, payload)
-        return appended
 
 
-def _append(conn: Connection, fields: dict[str, Any]) -> Appended:
+def _append(conn: Connection, fields: dict[str, Any]) -> None:
     """Lock the head, insert the event, move the head: three statements."""
     head = _LOCK_HEAD.all(conn, {})
     if len(head) != 1:
@@ -145,7 +138,6 @@ def _append(conn: Connection, fields: dict[str, Any]) -> Appended:
     row["entry_hash"] = digest = entry_hash(prev, body_of(row))
     _APPEND_EVENT.all(conn, row)
     _MOVE_HEAD.all(conn, {"new_seq": row["seq"], "new_hash": digest})
-    return Appended(row["seq"], digest)
 
 
 # The event's canonical JSON around the two values only the locked head gives. Keys sort as
@@ -155,10 +147,9 @@ def _append(conn: Connection, fields: dict[str, Any]) -> Appended:
 _TIME_KEY = '"occurred_at":"'
 _SEQ_KEY = ',"seq":'
 _PLACEHOLDER_TIME = datetime(2000, 1, 1, tzinfo=UTC)
-APPEND_CALL = text(
-    "SELECT seq, occurred_at, entry_hash FROM audit_append(:head, :middle, :tail, :action, "
-    ":actor_id, :org_id, :subject_user_id, :model_id, :effect, :payload)"
-).bindparams(bindparam("payload", type_=JSON))
+_pending = Base.metadata.tables["audit_pending"]
+_PENDING_FIELDS = (*BODY_FIELDS[2:], "head", "middle", "tail")
+_PEND_EVENT = Prepared(insert(_pending).values({k: bindparam(k) for k in _PENDING_FIELDS}))
 
 
 def canonical_pieces(fields: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -170,12 +161,10 @@ def canonical_pieces(fields: Mapping[str, Any]) -> tuple[str, str, str]:
     return text_[:time_at], text_[middle_at:seq_at], text_[seq_at + 1 :]
 
 
-def _append_in_one_call(conn: Connection, fields: dict[str, Any]) -> Appended:
-    """PostgreSQL: the same three statements in one call of audit_append (migration 0009)."""
-    head, middle, tail = canonical_pieces({k: fields[k] for k in BODY_FIELDS if k in fields})
-    found = conn.execute(APPEND_CALL, {**fields, "head": head, "middle": middle, "tail": tail})
-    seq, _at, digest = found.one()
-    return Appended(seq, digest)
+def _append_at_commit(conn: Connection, fields: dict[str, Any]) -> None:
+    """PostgreSQL: a pending row, chained by a deferred trigger at commit (migration 0012)."""
+    head, middle, tail = canonical_pieces(fields)
+    _PEND_EVENT.all(conn, {**fields, "head": head, "middle": middle, "tail": tail})
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -516,6 +517,27 @@ class AuditFacet(Base):
     )
     name: Mapped[str] = mapped_column(String(16), primary_key=True)
     value: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class AuditPending(Base):
+    """An event recorded in a transaction not yet committed (PostgreSQL): a deferred trigger
+    chains it into audit_events while the transaction commits, and deletes it (migration 0012)."""
+
+    __tablename__ = "audit_pending"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True
+    )
+    action: Mapped[str] = mapped_column(String(64))
+    actor_id: Mapped[int | None]
+    org_id: Mapped[int | None]
+    subject_user_id: Mapped[int | None]
+    model_id: Mapped[int | None]
+    effect: Mapped[str | None] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    head: Mapped[str] = mapped_column(Text)
+    middle: Mapped[str] = mapped_column(Text)
+    tail: Mapped[str] = mapped_column(Text)
 
 
 class AuditHead(Base):

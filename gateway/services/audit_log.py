@@ -7,14 +7,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import ChainReport, verify_chain
 from gateway.audit.facets import FacetName
 from gateway.auth.tokens import Scope
 from gateway.db.engine import begin_read_only
-from gateway.db.models import AuditEvent, AuditFacet, AuditHead, Model, Organization, User
+from gateway.db.models import (
+    AccessRequest,
+    AuditEvent,
+    AuditFacet,
+    AuditHead,
+    Model,
+    Organization,
+    User,
+)
 from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.services.principal import Principal
 from gateway.services.retention import anchor_of, anchor_problem, pruned_anchor
@@ -55,7 +63,7 @@ class AuditFilter:
 
 
 class AuditLogService:
-    """Compliance reads of the audit log, confined to the caller's organizations."""
+    """Compliance reads of the audit log, confined to what `visible_to` lets the caller read."""
 
     def query(
         self,
@@ -67,7 +75,7 @@ class AuditLogService:
         limit: int,
     ) -> tuple[list[AuditEvent], int | None]:
         """A page of events in sequence order after `cursor`, and the next cursor."""
-        query = select(AuditEvent).where(AuditEvent.org_id.in_(readable_orgs(principal)))
+        query = select(AuditEvent).where(visible_to(principal))
         query = self._apply(session, query, filters)
         if cursor is not None:
             query = query.where(AuditEvent.seq > cursor)
@@ -77,10 +85,10 @@ class AuditLogService:
         return rows, rows[-1].seq if more and rows else None
 
     def get(self, session: Session, *, principal: Principal, seq: int) -> AuditEvent:
-        """One event of the caller's organizations; another's is as absent as a missing one."""
-        orgs = readable_orgs(principal)
-        event = session.get(AuditEvent, seq)
-        if event is None or event.org_id not in orgs:
+        """One event the caller may read; any other is as absent as a missing one."""
+        visible = visible_to(principal)
+        event = session.scalar(select(AuditEvent).where(AuditEvent.seq == seq, visible))
+        if event is None:
             raise NotFound(f"no audit event {seq} in your organizations")
         return event
 
@@ -116,13 +124,12 @@ class AuditLogService:
     ) -> Iterator[dict[str, Any]]:
         """The matching events as exported rows (hashed fields and links), read a batch of
         sequence numbers at a time, each batch in a session of its own; authorized at once."""
-        orgs = readable_orgs(principal)
-        return self._stream(sessions, orgs, filters, batch)
+        return self._stream(sessions, visible_to(principal), filters, batch)
 
     def _stream(
         self,
         sessions: Callable[[], Session],
-        orgs: set[int],
+        visible: ColumnElement[bool],
         filters: AuditFilter,
         batch: int,
     ) -> Iterator[dict[str, Any]]:
@@ -130,7 +137,7 @@ class AuditLogService:
             begin_read_only(session)  # takes no write lock (SQLite): the request may hold one
             head = session.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0
             base = self._apply(session, select(*EXPORT_COLUMNS), filters)
-        query = base.where(AuditEvent.org_id.in_(orgs), AuditEvent.seq <= head)
+        query = base.where(visible, AuditEvent.seq <= head)
         last = 0
         while True:
             with sessions() as session:
@@ -228,6 +235,24 @@ def event_names(session: Session, events: list[AuditEvent]) -> EventNames:
         users={int(i): str(name) for i, name in users},
         models={i: f"{org}/{name}" for i, org, name in models},
         orgs={int(i): str(slug) for i, slug in orgs},
+    )
+
+
+def visible_to(principal: Principal) -> ColumnElement[bool]:
+    """The events a compliance officer may read: those of their organizations, and the
+    organization-less ones (tokens, KYC, accounts) about a person (the subject, else the actor)
+    who has ever asked one of those organizations for access to a model; Forbidden without the
+    role."""
+    orgs = readable_orgs(principal)
+    applicants = (
+        select(AccessRequest.user_id)
+        .join(Model, Model.id == AccessRequest.model_id)
+        .where(Model.org_id.in_(orgs))
+    )
+    person = func.coalesce(AuditEvent.subject_user_id, AuditEvent.actor_id)
+    return or_(
+        AuditEvent.org_id.in_(orgs),
+        and_(AuditEvent.org_id.is_(None), person.in_(applicants)),
     )
 
 

@@ -26,7 +26,7 @@ from gateway.db.models import (
     utcnow,
 )
 from gateway.errors import InvalidInput
-from gateway.services.audit_log import readable_orgs
+from gateway.services.audit_log import readable_orgs, visible_to
 from gateway.services.principal import Principal
 
 # The events that are decisions about someone's access; their effect deny or review counts.
@@ -133,13 +133,13 @@ class ComplianceService:
         bucket: Bucket,
     ) -> DenialStats:
         """Counts of deny and review decisions in [since, until) by reason, country and bucket."""
-        orgs = readable_orgs(principal)
+        visible = visible_to(principal)
         end = until or utcnow()
         start = since or end - DEFAULT_PERIOD
         _check_period(start, end, bucket)
         stats = DenialStats(start, end, bucket)
         scope = and_(
-            AuditEvent.org_id.in_(orgs),
+            visible,
             AuditEvent.action.in_([str(a) for a in DENIAL_ACTIONS]),
             AuditEvent.effect.in_(COUNTED_EFFECTS),
             AuditEvent.occurred_at >= start,

@@ -1,7 +1,7 @@
 """The acceptance flow of issue 8 in Debian's Chromium against a live demo: a researcher asks
 for the weights tier and sees it pending with its reasons, a reviewer approves it on the review
 page, the researcher sees the grant and creates a token, and the compliance officer finds the
-request, approval and grant events and sees the chain verified.
+request, approval, grant and token creation events and sees the chain verified.
 
 Screenshots of each page are kept under the test's tmp dir (`screenshots/flow-*.png`).
 """
@@ -133,8 +133,10 @@ def test_request_review_grant_token_and_audit_in_the_browser(
     assert f'"request_id": {request_id}' in approved and "rita" in approved
     granted = _officer_finds(officer, "grant:create")
     assert TIER in granted
-    # token:create is recorded without an organization (a token is the person's, not acme's),
-    # so acme's officer, confined to acme's events as in the API, does not find it.
+    # A token is rob's, not acme's (no organization), but rob asked acme for access: its
+    # officer reads it.
+    token = _officer_finds(officer, "token:create")
+    assert '"name": "flow-laptop"' in token and "models:read" in token
     officer.nav("Chain")
     officer.page.get_by_role("button", name="Verify now").click()
     officer.page.get_by_role("heading", name="Chain verified").wait_for()

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, text, update
 
 from gateway.audit.notes import SigningKey
-from gateway.db.models import AuditEvent, Model, Role
+from gateway.db.models import AuditEvent, Model, Role, User
 from gateway.services.chain_status import ChainStatusService
 from gateway.services.checkpoints import verifier_keys
 from gateway.services.container import Airlock
@@ -247,6 +247,47 @@ def test_an_officer_sees_nothing_of_another_organization(
     assert not set(_seqs(cora.get("/ui/compliance/audit").text)) & set(
         _model_events(airlock, "acme/tiny")
     )
+
+
+def _token_events(airlock: Airlock, username: str) -> set[int]:
+    with airlock.db.session() as session:
+        user_id = session.scalar(select(User.id).where(User.username == username))
+        return set(
+            session.scalars(
+                select(AuditEvent.seq).where(
+                    AuditEvent.action == "token:create", AuditEvent.subject_user_id == user_id
+                )
+            )
+        )
+
+
+def test_an_officer_finds_the_tokens_of_their_own_applicants_only(
+    client: FlaskClient, airlock: Airlock, world: World, cast: Cast
+) -> None:
+    gwen = world.actor("gwen")  # asks beta only; rob asked acme and beta
+    with airlock.db.session() as session:
+        airlock.access.request_access(
+            session,
+            principal=gwen.principal,
+            model=session.merge(cast.other),
+            tier="card",
+            form={"intended_use": "x"},
+            agreement="aup@1",
+            request_country=None,
+        )
+    rob, theirs = _token_events(airlock, "rob"), _token_events(airlock, "gwen")
+    assert rob and theirs
+    sign_in(client, airlock, "carol")
+    assert set(_seqs(client.get("/ui/compliance/audit?action=token:create").text)) == rob
+    assert set(_seqs(client.get("/ui/compliance/audit?subject=gwen").text)) == set()
+    assert client.get(f"/ui/compliance/audit/{min(rob)}").status_code == 200
+    assert client.get(f"/ui/compliance/audit/{min(theirs)}").status_code == 404
+    lines = client.get("/ui/compliance/audit/export?format=jsonl&action=token:create").text
+    assert {json.loads(line)["seq"] for line in lines.splitlines()} == rob
+    cora = client.application.test_client()
+    sign_in(cora, airlock, "cora")
+    assert set(_seqs(cora.get("/ui/compliance/audit?action=token:create").text)) == rob | theirs
+    assert cora.get(f"/ui/compliance/audit/{min(theirs)}").status_code == 200
 
 
 def test_legal_holds_place_and_release(client: FlaskClient, airlock: Airlock, cast: Cast) -> None:

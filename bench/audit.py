@@ -19,7 +19,7 @@ PostgreSQL only: a throwaway database is created on the server of `AIRLOCK_TEST_
 (default the local `test` database as `postgres`) and dropped at the end, whatever happens. The
 database keeps the server's defaults (`synchronous_commit` on: each commit waits for its WAL
 flush, as in production). Figures are printed, never asserted; the exit status is non-zero only
-when the benchmark itself fails. The whole run is bounded (about 60 s with the defaults).
+when the benchmark itself fails. The whole run is bounded (about 55 s with the defaults).
 
     make bench-audit               # = .venv/bin/python bench/audit.py
     .venv/bin/python bench/audit.py --seconds 2 --rounds 1 --verify-events 50000

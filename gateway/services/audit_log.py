@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from gateway.audit import ChainReport, verify_chain
+from gateway.audit import AuditAction, ChainReport, verify_chain
 from gateway.audit.facets import FacetName
 from gateway.auth.tokens import Scope
 from gateway.db.engine import begin_read_only
@@ -252,8 +252,26 @@ def visible_to(principal: Principal) -> ColumnElement[bool]:
     person = func.coalesce(AuditEvent.subject_user_id, AuditEvent.actor_id)
     return or_(
         AuditEvent.org_id.in_(orgs),
-        and_(AuditEvent.org_id.is_(None), person.in_(applicants)),
+        and_(
+            AuditEvent.org_id.is_(None),
+            AuditEvent.action.in_(PERSONAL_ACTIONS),
+            person.in_(applicants),
+        ),
     )
+
+
+# The organization-less events that concern one person; deployment operations (pack:deploy,
+# audit:prune) stay out of every organization's view even when an applicant ran them.
+PERSONAL_ACTIONS = tuple(
+    str(a)
+    for a in (
+        AuditAction.KYC_START,
+        AuditAction.KYC_VERIFY,
+        AuditAction.TOKEN_CREATE,
+        AuditAction.TOKEN_REVOKE,
+        AuditAction.USER_CREATE,
+    )
+)
 
 
 def readable_orgs(principal: Principal) -> set[int]:

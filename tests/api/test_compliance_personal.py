@@ -124,20 +124,26 @@ def test_an_invisible_personal_event_is_not_found(api: Api) -> None:
 
 
 def test_an_event_without_a_subject_is_its_actors(api: Api) -> None:
-    """An organization-less event naming only its actor goes with the actor's applications."""
+    """An organization-less personal event naming only its actor goes with the actor's
+    applications; a deployment operation an applicant ran stays out of view."""
     airlock = api.world.airlock
     with airlock.db.session() as s:
         for who in ("rob", "gwen"):
-            airlock.audit.record(
-                s, AuditAction.PACK_DEPLOY, actor_id=user_id(api, who), payload={"x": who}
-            )
-        airlock.audit.record(s, AuditAction.PACK_DEPLOY, actor_id=None, payload={"x": "nobody"})
+            for action in (AuditAction.KYC_START, AuditAction.PACK_DEPLOY):
+                airlock.audit.record(s, action, actor_id=user_id(api, who), payload={"x": who})
+        airlock.audit.record(s, AuditAction.KYC_START, actor_id=None, payload={"x": "nobody"})
         s.commit()
-        found, _ = AuditLogService().query(
-            s,
-            principal=api.compliance.principal,
-            filters=AuditFilter(action="pack:deploy"),
-            cursor=None,
-            limit=10,
-        )
-        assert [e.payload["x"] for e in found] == ["rob"]
+        seen = {
+            action: [
+                e.payload.get("x")
+                for e in AuditLogService().query(
+                    s,
+                    principal=api.compliance.principal,
+                    filters=AuditFilter(action=action),
+                    cursor=None,
+                    limit=10,
+                )[0]
+            ]
+            for action in ("kyc:start", "pack:deploy")
+        }
+    assert seen == {"kyc:start": ["rob"], "pack:deploy": []}

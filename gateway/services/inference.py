@@ -20,13 +20,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.auth.tokens import Scope
 from gateway.db.models import Grant, GrantStatus, Model, Organization, utcnow
-from gateway.db.prepared import Prepared
 from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
@@ -48,22 +47,13 @@ from gateway.services.access import AccessService, reasons_json, subject_of, vis
 from gateway.services.downloads import usable_grants, with_request_facts
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
-from gateway.services.rows import GrantRow, ModelAccess, ModelRow, load_access
+from gateway.services.rows import GrantRow, ModelAccess, ModelRow, UpstreamRow, load_access
 from gateway.services.upstream import Upstream, UpstreamReply, UpstreamTarget
 from gateway.settings import UPSTREAM_KEY_PREFIX
 from policies import GrantKind, Limits, Tier
 
 log = logging.getLogger(__name__)
 
-_MODELS = Model.__table__.c
-_UPSTREAM_OF_MODEL = Prepared(  # built once: one cheap read per request on the hot path
-    select(
-        _MODELS.upstream_url,
-        _MODELS.upstream_key_ref,
-        _MODELS.upstream_model,
-        _MODELS.prompt_digests,
-    ).where(_MODELS.id == bindparam("id"))
-)
 DAY = 86400
 MINUTE = 60
 LEASE_TTL_MARGIN = 60  # a crashed process's lease outlives the longest upstream wait by this
@@ -200,7 +190,7 @@ class InferenceService:
         if not kept:
             self._deny(session, user_id, found.model, reasons, request_country)
         grant, tier = max(kept, key=lambda kt: (_room(kt[1].limits), kt[0].id))
-        target, digests = self._target(session, found.model)
+        target, digests = self._target(found.model, found.upstream)
         return Admission(user_id, found.model, grant, tier, target, time.monotonic(), digests)
 
     def _live(
@@ -272,18 +262,17 @@ class InferenceService:
         )
         session.commit()
 
-    def _target(self, session: Session, model: ModelRow) -> tuple[UpstreamTarget, bool]:
-        """The model's upstream and credential, and whether its prompts are digested; 503 when
-        the upstream or its credential is not configured."""
-        rows = _UPSTREAM_OF_MODEL.all(session.connection(), {"id": model.id})
-        url, ref, served_as, digests = rows[0] if rows else (None, None, None, False)
+    def _target(self, model: ModelRow, upstream: UpstreamRow) -> tuple[UpstreamTarget, bool]:
+        """The model's upstream and credential (as admission read them with its grants), and
+        whether its prompts are digested; 503 when the upstream or its credential is not set."""
+        url, ref, served_as = upstream.url, upstream.key_ref, upstream.model
         if not url:
             raise UpstreamFailed(f"{model.repo_id} has no inference upstream set", status=503)
         if ref and ref not in self.keys:
             log.error("upstream credential %s of %s is not set", ref, model.repo_id)
             raise UpstreamFailed(f"{model.repo_id}'s upstream credential is not set", status=503)
         key = self.keys.get(ref) if ref else None
-        return UpstreamTarget(url, key, served_as), bool(digests)
+        return UpstreamTarget(url, key, served_as), upstream.digests
 
     # -- limits ------------------------------------------------------------------------------
     def charge(

@@ -290,15 +290,22 @@ _FACT_COLUMNS = (
     _kyc.document_country,
     _kyc.verified_at,
 )
+_UPSTREAM_COLUMNS = (
+    _models.upstream_url,
+    _models.upstream_key_ref,
+    _models.upstream_model,
+    _models.prompt_digests,
+)
 _G = len(_MODEL_COLUMNS)
 _F = _G + len(_GRANT_COLUMNS)
+_U = _F + len(_FACT_COLUMNS)
 
 # One row per active grant of :user_id (one row with no grant if none): the model with its
 # organization, policy version and head revision (with its vetting state); the grant with its
 # request's form and agreement; the user's email, affiliation and current KYC for the model's
-# organization.
+# organization; the model's inference upstream (so /v1 needs no second read).
 MODEL_ACCESS = (
-    select(*_MODEL_COLUMNS, *_GRANT_COLUMNS, *_FACT_COLUMNS)
+    select(*_MODEL_COLUMNS, *_GRANT_COLUMNS, *_FACT_COLUMNS, *_UPSTREAM_COLUMNS)
     .select_from(
         Model.__table__.join(Organization.__table__, _orgs.id == _models.org_id)
         .outerjoin(PolicyVersion.__table__, _policies.id == _models.policy_version_id)
@@ -358,6 +365,17 @@ def load_token(conn: Connection, digest: bytes) -> TokenRow | None:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamRow:
+    """A model's inference upstream as configured: base URL, credential's variable name, the
+    name it serves the model under, and whether prompts are digested."""
+
+    url: str | None
+    key_ref: str | None
+    model: str | None
+    digests: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ModelAccess:
     """A model, the caller's active grants of it (expiry unchecked) and the caller's facts."""
 
@@ -365,6 +383,7 @@ class ModelAccess:
     grants: tuple[GrantRow, ...]
     facts: UserFacts | None
     head_vetting: tuple[str, bool] | None  # the head's (vetting status, publisher override)
+    upstream: UpstreamRow
 
 
 def load_access(
@@ -387,7 +406,8 @@ def load_access(
     if first[_F] is not None:
         kyc = KycRow(*first[_F + 5 : _F + 13]) if first[_F + 4] is not None else None
         facts = UserFacts(first[_F], first[_F + 1], first[_F + 2], first[_F + 3], kyc)
-    return ModelAccess(model, grants, facts, vetting)
+    upstream = UpstreamRow(first[_U], first[_U + 1], first[_U + 2], bool(first[_U + 3]))
+    return ModelAccess(model, grants, facts, vetting, upstream)
 
 
 def load_policy_source(conn: Connection, version_id: int) -> tuple[str, str] | None:

@@ -7,17 +7,19 @@ import hashlib
 import json
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx2
 import openai
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
+from sqlalchemy import event as sqla_event
 from werkzeug.test import TestResponse
 
 from gateway.auth.tokens import Scope
@@ -31,6 +33,7 @@ from gateway.services.upstream import HttpUpstream
 from gateway.settings import Settings, load_settings
 from tests.api.hubkit import bearer, fresh_model
 from tests.factories import Actor, World
+from tests.pg import on_both_engines
 from tests.redis_server import REDIS_URL, throwaway_prefix
 from tests.services.test_limiter_contract import closed_port
 
@@ -895,3 +898,73 @@ def test_the_sdk_reads_a_spent_quota_as_insufficient_quota_and_tries_once(inf: I
         sdk.chat.completions.create(model=REPO, messages=CHAT["messages"], max_tokens=4)
     assert caught.value.code == "insufficient_quota" and caught.value.type == "insufficient_quota"
     assert len(attempts) == 1
+
+
+@contextmanager
+def server_round_trips(engine: Engine, into: Path) -> Iterator[Callable[[], list[str]]]:
+    """What each new connection of `engine` sends the database server, one entry a round trip:
+    SQLite's traced statements (transaction ends included), or the libpq trace's client
+    messages that wait for an answer (a simple query, or an extended query's Sync) on
+    PostgreSQL. Both see the statements `gateway.db.prepared` runs on the DBAPI cursor.
+    Yields a function returning what was sent since its last call."""
+    sent: list[str] = []
+    traced: list[tuple[Any, IO[str]]] = []
+
+    def connected(dbapi_connection: Any, _record: object) -> None:
+        if engine.dialect.name == "sqlite":  # a trigger's programs trace their statement again
+            dbapi_connection.set_trace_callback(
+                lambda sql: None if sent and sent[-1] == sql else sent.append(sql)
+            )
+        else:
+            file = into.open("a")
+            traced.append((dbapi_connection.pgconn, file))
+            dbapi_connection.pgconn.trace(file.fileno())
+
+    def take() -> list[str]:
+        for pgconn, _ in traced:  # libpq flushes its trace when it stops
+            pgconn.untrace()
+        if traced:
+            sent.extend(_waited_for(into.read_text()))
+            into.write_text("")
+            for pgconn, file in traced:
+                pgconn.trace(file.fileno())
+        found = sent[:]
+        del sent[:]
+        return found
+
+    engine.dispose()
+    sqla_event.listen(engine, "connect", connected)
+    try:
+        yield take
+    finally:
+        for pgconn, file in traced:
+            pgconn.untrace()
+            file.close()
+        sqla_event.remove(engine, "connect", connected)
+        engine.dispose()
+
+
+def _waited_for(trace: str) -> list[str]:
+    """The client messages of a libpq trace that wait for the server: Query and Sync."""
+    found = []
+    for line in trace.splitlines():
+        parts = line.split("\t")
+        if len(parts) > 3 and parts[1] == "F" and parts[3] in ("Query", "Sync"):
+            found.append(" ".join(parts[3:5]))
+    return found
+
+
+@on_both_engines
+def test_an_inference_request_makes_a_fixed_number_of_round_trips(
+    inf: Inference, tmp_path: Path
+) -> None:
+    """Admission reads the token, then the model with its grants, facts, policy and upstream in
+    one statement; the audit event is written in its own transaction. SQLite: BEGIN, 2 reads,
+    ROLLBACK, BEGIN IMMEDIATE, the audit's 3 statements, COMMIT. PostgreSQL: a pool ping,
+    BEGIN, 2 reads, ROLLBACK, a ping, BEGIN, the audit's insert, COMMIT."""
+    with server_round_trips(inf.airlock.db.engine, tmp_path / "libpq.trace") as sent:
+        assert inf.post("/chat/completions", CHAT).status_code == 200  # opens the connections
+        sent()
+        assert inf.post("/chat/completions", CHAT).status_code == 200
+        found = sent()
+    assert len(found) == 9, "\n".join(found)  # PostgreSQL's include a ping per checkout

@@ -123,7 +123,7 @@ def _prefix(session: Session, size: int) -> Frontier:
         .limit(1)
     )
     frontier = Frontier.from_json(base.frontier) if base else Frontier()
-    for seq, digest in _entry_hashes(session, frontier.size, size):
+    for seq, digest in entry_hashes(session, frontier.size, size):
         if seq != frontier.size + 1:
             raise ExportError(f"event {frontier.size + 1} is missing: no anchor before the range")
         frontier.append(leaf_hash(bytes.fromhex(digest)))
@@ -136,10 +136,11 @@ def _suffix(session: Session, span: SeqRange, covering: AuditCheckpoint | None) 
     """Entry hashes after the export up to its covering checkpoint."""
     if covering is None:
         return []
-    return [digest for _, digest in _entry_hashes(session, span.last, covering.tree_size)]
+    return [digest for _, digest in entry_hashes(session, span.last, covering.tree_size)]
 
 
-def _entry_hashes(session: Session, after: int, upto: int) -> Iterator[tuple[int, str]]:
+def entry_hashes(session: Session, after: int, upto: int) -> Iterator[tuple[int, str]]:
+    """The sequence numbers and entry hashes of events after..upto in order, read in batches."""
     while after < upto:
         batch = session.execute(
             select(AuditEvent.seq, AuditEvent.entry_hash)
@@ -155,20 +156,20 @@ def _entry_hashes(session: Session, after: int, upto: int) -> Iterator[tuple[int
 
 def _rows(session: Session, span: SeqRange) -> Iterator[dict[str, Any]]:
     """Export rows of the range in sequence order, read in batches."""
-    after = span.first - 1
-    while after < span.last:
-        batch = list(
-            session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.seq > after, AuditEvent.seq <= span.last)
-                .order_by(AuditEvent.seq)
-                .limit(BATCH)
-            )
-        )
+    return (export_row(event) for event in events_in_order(session, span.first - 1, span.last))
+
+
+def events_in_order(session: Session, after: int, upto: int | None = None) -> Iterator[AuditEvent]:
+    """Events after..upto (no upper bound when None) in sequence order, read in batches, each
+    batch detached from the session once read."""
+    while upto is None or after < upto:
+        query = select(AuditEvent).where(AuditEvent.seq > after)
+        if upto is not None:
+            query = query.where(AuditEvent.seq <= upto)
+        batch = list(session.scalars(query.order_by(AuditEvent.seq).limit(BATCH)))
         if not batch:
             return
-        for event in batch:
-            yield export_row(event)
+        yield from batch
         after = batch[-1].seq
         session.expunge_all()
 
@@ -234,7 +235,7 @@ def pruned_prefix(session: Session) -> Frontier:
 
 def leaf_hashes(session: Session, after: int, size: int) -> Iterator[bytes]:
     """The leaf hashes of events after..size, streamed; refuses a gap."""
-    for position, (seq, digest) in enumerate(_entry_hashes(session, after, size), after + 1):
+    for position, (seq, digest) in enumerate(entry_hashes(session, after, size), after + 1):
         if seq != position:
             raise ExportError(f"event {position} is missing: no proof in this checkpoint")
         yield leaf_hash(bytes.fromhex(digest))

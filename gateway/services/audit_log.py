@@ -24,10 +24,10 @@ from gateway.db.models import (
     User,
 )
 from gateway.errors import Forbidden, InvalidInput, NotFound
+from gateway.services.audit_export import events_in_order
 from gateway.services.principal import Principal
 from gateway.services.retention import anchor_of, anchor_problem, pruned_anchor
 
-VERIFY_BATCH = 5000
 EXPORT_BATCH = 1000
 # The columns of an exported row: the hashed fields, then the links (chain.ROW_FIELDS' order).
 EXPORT_COLUMNS = (
@@ -183,29 +183,11 @@ class AuditLogService:
         if anchor is not None and problem is not None:
             return ChainReport(False, 0, anchor.cut_seq, anchor.cut_seq + 1, problem)
         return verify_chain(
-            _all_events(session),
+            events_in_order(session, 0),
             head_seq=head.seq,
             head_hash=head.entry_hash,
             after=anchor_of(anchor),
         )
-
-
-def _all_events(session: Session) -> Iterator[AuditEvent]:
-    last = 0
-    while True:
-        batch = list(
-            session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.seq > last)
-                .order_by(AuditEvent.seq)
-                .limit(VERIFY_BATCH)
-            )
-        )
-        if not batch:
-            return
-        yield from batch
-        last = batch[-1].seq
-        session.expunge_all()
 
 
 @dataclass(frozen=True)

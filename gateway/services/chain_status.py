@@ -3,7 +3,6 @@ verification run now, and whether one event is in a signed checkpoint by a proof
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -15,7 +14,13 @@ from gateway.audit.merkle import Frontier, inclusion_proof
 from gateway.audit.notes import NoteError, VerifierKey, open_checkpoint
 from gateway.audit.offline import verify_proof
 from gateway.db.models import AuditCheckpoint, AuditEvent, AuditHead
-from gateway.services.audit_export import ExportError, export_row, leaf_hashes, pruned_prefix
+from gateway.services.audit_export import (
+    ExportError,
+    events_in_order,
+    export_row,
+    leaf_hashes,
+    pruned_prefix,
+)
 from gateway.services.audit_log import AuditLogService, readable_orgs
 from gateway.services.checkpoints import CheckpointService
 from gateway.services.principal import Principal
@@ -26,7 +31,6 @@ from gateway.storage import Storage
 # about 2 s on SQLite, bench/chain_status.py); past it, every checkpoint's signature and at most
 # this many events after the last one, so a page never waits much longer.
 FULL_VERIFY_LIMIT = 20_000
-BATCH = 5000
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ class ChainStatusService:
         tail = head - after[0]
         upto = after[0] + min(tail, self.full_limit)
         report = verify_chain(
-            _events(session, after[0], upto),
+            events_in_order(session, after[0], upto),
             head_seq=head if upto == head else None,
             after=after,
         )
@@ -214,20 +218,3 @@ def _broken(seq: int | None, problem: str | None) -> str:
 def _head(session: Session) -> int:
     found = session.scalar(select(AuditHead.seq).where(AuditHead.id == 1))
     return int(found or session.scalar(select(func.max(AuditEvent.seq))) or 0)
-
-
-def _events(session: Session, after: int, upto: int) -> Iterator[AuditEvent]:
-    while after < upto:
-        batch = list(
-            session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.seq > after, AuditEvent.seq <= upto)
-                .order_by(AuditEvent.seq)
-                .limit(BATCH)
-            )
-        )
-        if not batch:
-            return
-        yield from batch
-        after = batch[-1].seq
-        session.expunge_all()

@@ -27,6 +27,7 @@ from gateway.audit.notes import (
 )
 from gateway.db.models import AuditCheckpoint, AuditEvent, AuditHead, utcnow
 from gateway.errors import AirlockError
+from gateway.services.audit_export import entry_hashes
 from gateway.settings import Settings
 from gateway.storage import Storage
 
@@ -360,7 +361,7 @@ def _check_roots(session: Session, rows: list[AuditCheckpoint], report: Checkpoi
     frontier = Frontier.from_json(anchor.frontier) if anchor else Frontier()
     pending = iter([r for r in rows if r.tree_size > start])
     want = next(pending, None)
-    hashes = _entry_hashes(session, start, rows[-1].tree_size)
+    hashes = entry_hashes(session, start, rows[-1].tree_size)
     for seq, digest in hashes:
         if want is None or seq != frontier.size + 1:
             break  # a gap: the chain verification names it
@@ -381,20 +382,6 @@ def _compare(row: AuditCheckpoint, root: str, head: str, report: CheckpointRepor
             f"checkpoint at size {row.tree_size}: the events' Merkle root or head hash differs "
             "from the signed one (events up to it were rewritten)"
         )
-
-
-def _entry_hashes(session: Session, after: int, upto: int) -> Iterator[tuple[int, str]]:
-    while after < upto:
-        batch = session.execute(
-            select(AuditEvent.seq, AuditEvent.entry_hash)
-            .where(AuditEvent.seq > after, AuditEvent.seq <= upto)
-            .order_by(AuditEvent.seq)
-            .limit(BATCH)
-        ).all()
-        if not batch:
-            return
-        yield from ((seq, digest) for seq, digest in batch)
-        after = batch[-1][0]
 
 
 def _check_copies(

@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, ChainReport, verify_chain
+from gateway.audit.chain import ROW_FIELDS
 from gateway.audit.facets import FacetName
 from gateway.auth.tokens import Scope
 from gateway.db.engine import begin_read_only
@@ -29,20 +30,8 @@ from gateway.services.principal import Principal
 from gateway.services.retention import anchor_of, anchor_problem, pruned_anchor
 
 EXPORT_BATCH = 1000
-# The columns of an exported row: the hashed fields, then the links (chain.ROW_FIELDS' order).
-EXPORT_COLUMNS = (
-    AuditEvent.seq,
-    AuditEvent.occurred_at,
-    AuditEvent.action,
-    AuditEvent.actor_id,
-    AuditEvent.org_id,
-    AuditEvent.subject_user_id,
-    AuditEvent.model_id,
-    AuditEvent.effect,
-    AuditEvent.payload,
-    AuditEvent.prev_hash,
-    AuditEvent.entry_hash,
-)
+# The columns of an exported row: the hashed fields, then the links.
+EXPORT_COLUMNS = tuple(getattr(AuditEvent, name) for name in ROW_FIELDS)
 
 
 @dataclass(frozen=True)

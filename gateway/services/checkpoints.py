@@ -15,7 +15,8 @@ from typing import Any, cast
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from gateway.audit.canonical import BODY_FIELDS, GENESIS_HASH, body_of, entry_hash
+from gateway.audit.canonical import GENESIS_HASH, body_of, entry_hash
+from gateway.audit.chain import ROW_FIELDS
 from gateway.audit.merkle import Frontier, leaf_hash
 from gateway.audit.notes import (
     Checkpoint,
@@ -296,9 +297,7 @@ class CheckpointService:
         return report
 
 
-_EVENT_ROWS = select(
-    *(getattr(AuditEvent, name) for name in (*BODY_FIELDS, "prev_hash", "entry_hash"))
-)
+_EVENT_ROWS = select(*(getattr(AuditEvent, name) for name in ROW_FIELDS))
 
 
 def _events(session: Session, after: int, upto: int) -> Iterator[Mapping[str, Any]]:

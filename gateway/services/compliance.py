@@ -28,6 +28,7 @@ from gateway.db.models import (
 from gateway.errors import InvalidInput
 from gateway.services.audit_log import readable_orgs, visible_to
 from gateway.services.principal import Principal
+from gateway.services.rows import current_kyc_id
 
 # The events that are decisions about someone's access; their effect deny or review counts.
 DENIAL_ACTIONS = frozenset(
@@ -158,22 +159,9 @@ class ComplianceService:
         return stats
 
 
-_holder_kyc = aliased(KycVerification)
 _affiliation = aliased(Organization)
-# The newest approved verification of the holder valid for the model's organization, the one
-# the policy engine reads (rows.current_kyc_id), correlated per grant.
-_CURRENT_KYC = (
-    select(_holder_kyc.id)
-    .where(
-        _holder_kyc.user_id == Grant.user_id,
-        _holder_kyc.status == "approved",
-        or_(_holder_kyc.issuer_org_id.is_(None), _holder_kyc.issuer_org_id == Model.org_id),
-    )
-    .order_by(_holder_kyc.verified_at.desc(), _holder_kyc.id.desc())
-    .limit(1)
-    .correlate(Grant, Model)
-    .scalar_subquery()
-)
+# The holder's current verification for the model's organization, as the policy engine reads it.
+_HOLDER_KYC = current_kyc_id(Model.org_id.expression, Grant.user_id.expression)
 _ACCESS_REPORT = (
     select(
         Grant.id,
@@ -201,7 +189,7 @@ _ACCESS_REPORT = (
     .join(PolicyVersion, PolicyVersion.id == Grant.policy_version_id)
     .outerjoin(_affiliation, _affiliation.id == User.affiliation_org_id)
     .outerjoin(AccessRequest, AccessRequest.id == Grant.request_id)
-    .outerjoin(KycVerification, KycVerification.id == _CURRENT_KYC)
+    .outerjoin(KycVerification, KycVerification.id == _HOLDER_KYC)
 )
 
 

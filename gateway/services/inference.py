@@ -20,12 +20,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.auth.tokens import Scope
-from gateway.db.models import Grant, GrantStatus, Model, Organization, utcnow
+from gateway.db.models import Model, utcnow
 from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
@@ -47,7 +46,14 @@ from gateway.services.access import AccessService, reasons_json, subject_of, vis
 from gateway.services.downloads import usable_grants, with_request_facts
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
-from gateway.services.rows import GrantRow, ModelAccess, ModelRow, UpstreamRow, load_access
+from gateway.services.rows import (
+    GrantRow,
+    ModelAccess,
+    ModelRow,
+    UpstreamRow,
+    load_access,
+    load_granted_access,
+)
 from gateway.services.upstream import Upstream, UpstreamReply, UpstreamTarget
 from gateway.settings import UPSTREAM_KEY_PREFIX
 from policies import GrantKind, Limits, Tier
@@ -151,19 +157,8 @@ class InferenceService:
     ) -> list[ModelRow]:
         """The models the caller may call now (none without a live inference grant)."""
         user_id = _require_caller(principal)
-        names = session.execute(
-            select(Organization.slug, Model.name)
-            .join(Model, Model.org_id == Organization.id)
-            .join(Grant, Grant.model_id == Model.id)
-            .where(Grant.user_id == user_id, Grant.status == GrantStatus.ACTIVE)
-            .distinct()
-            .order_by(Organization.slug, Model.name)
-        ).all()
         found = []
-        for org_slug, name in names:
-            access = load_access(session.connection(), org_slug, name, user_id)
-            if access is None:
-                continue
+        for access in load_granted_access(session.connection(), user_id):
             try:
                 kept, _ = self._live(session, principal, access, request_country)
             except NotFound:  # an internal model, not a member: it does not exist for them

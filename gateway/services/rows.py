@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -300,31 +301,48 @@ _G = len(_MODEL_COLUMNS)
 _F = _G + len(_GRANT_COLUMNS)
 _U = _F + len(_FACT_COLUMNS)
 
+_ACCESS_FROM = (
+    Model.__table__.join(Organization.__table__, _orgs.id == _models.org_id)
+    .outerjoin(PolicyVersion.__table__, _policies.id == _models.policy_version_id)
+    .outerjoin(_head, _head.c.id == _models.head_revision_id)
+    .outerjoin(
+        Grant.__table__,
+        and_(
+            _grants.model_id == _models.id,
+            _grants.user_id == bindparam("user_id"),
+            _grants.status == str(GrantStatus.ACTIVE),
+        ),
+    )
+    .outerjoin(AccessRequest.__table__, _requests.id == _grants.request_id)
+    .outerjoin(User.__table__, _users.id == bindparam("user_id"))
+    .outerjoin(_affiliation, _affiliation.c.id == _users.affiliation_org_id)
+    .outerjoin(KycVerification.__table__, _kyc.id == current_kyc_id(_models.org_id))
+)
+_ACCESS_COLUMNS = (*_MODEL_COLUMNS, *_GRANT_COLUMNS, *_FACT_COLUMNS, *_UPSTREAM_COLUMNS)
+
 # One row per active grant of :user_id (one row with no grant if none): the model with its
 # organization, policy version and head revision (with its vetting state); the grant with its
 # request's form and agreement; the user's email, affiliation and current KYC for the model's
 # organization; the model's inference upstream (so /v1 needs no second read).
 MODEL_ACCESS = (
-    select(*_MODEL_COLUMNS, *_GRANT_COLUMNS, *_FACT_COLUMNS, *_UPSTREAM_COLUMNS)
-    .select_from(
-        Model.__table__.join(Organization.__table__, _orgs.id == _models.org_id)
-        .outerjoin(PolicyVersion.__table__, _policies.id == _models.policy_version_id)
-        .outerjoin(_head, _head.c.id == _models.head_revision_id)
-        .outerjoin(
-            Grant.__table__,
-            and_(
-                _grants.model_id == _models.id,
-                _grants.user_id == bindparam("user_id"),
-                _grants.status == str(GrantStatus.ACTIVE),
-            ),
-        )
-        .outerjoin(AccessRequest.__table__, _requests.id == _grants.request_id)
-        .outerjoin(User.__table__, _users.id == bindparam("user_id"))
-        .outerjoin(_affiliation, _affiliation.c.id == _users.affiliation_org_id)
-        .outerjoin(KycVerification.__table__, _kyc.id == current_kyc_id(_models.org_id))
-    )
+    select(*_ACCESS_COLUMNS)
+    .select_from(_ACCESS_FROM)
     .where(_orgs.slug == bindparam("org"), _models.name == bindparam("name"))
     .order_by(_grants.id)
+)
+# The same for every model :user_id holds an active grant of, by organization slug and name.
+GRANTED_ACCESS = (
+    select(*_ACCESS_COLUMNS)
+    .select_from(_ACCESS_FROM)
+    .where(
+        _models.id.in_(
+            select(_grants.model_id).where(
+                _grants.user_id == bindparam("user_id"),
+                _grants.status == str(GrantStatus.ACTIVE),
+            )
+        )
+    )
+    .order_by(_orgs.slug, _models.name, _grants.id)
 )
 
 _tickets = Base.metadata.tables["download_tickets"]
@@ -344,6 +362,7 @@ INSERT_TICKET = (
 # -- the two reads every Hub request makes run on the DBAPI cursor (gateway/db/prepared.py) ----
 _TOKEN_BY_DIGEST = Prepared(TOKEN_BY_DIGEST)
 _MODEL_ACCESS = Prepared(MODEL_ACCESS)
+_GRANTED_ACCESS = Prepared(GRANTED_ACCESS)
 _INSERT_TICKET = Prepared(INSERT_TICKET)
 
 
@@ -391,8 +410,20 @@ def load_access(
 ) -> ModelAccess | None:
     """The model `org_slug/name` with what deciding `user_id`'s access needs, or None."""
     rows = _MODEL_ACCESS.all(conn, {"org": org_slug, "name": name, "user_id": user_id})
-    if not rows:
-        return None
+    return _access_of(rows) if rows else None
+
+
+def load_granted_access(conn: Connection, user_id: int) -> list[ModelAccess]:
+    """What `load_access` reads, in one statement, for every model `user_id` holds an active
+    grant of, by organization slug and model name."""
+    by_model: dict[int, list[tuple[object, ...]]] = {}
+    for row in _GRANTED_ACCESS.all(conn, {"user_id": user_id}):
+        by_model.setdefault(row[0], []).append(row)  # dicts keep the statement's order
+    return [_access_of(rows) for rows in by_model.values()]
+
+
+def _access_of(rows: Sequence[tuple[Any, ...]]) -> ModelAccess:
+    """One model's rows of MODEL_ACCESS or GRANTED_ACCESS as a ModelAccess."""
     first = rows[0]
     head, vetting = None, None
     if first[8] is not None:

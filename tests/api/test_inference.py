@@ -186,6 +186,24 @@ def test_models_is_empty_without_a_grant_and_for_weights_only_grants(inf: Infere
     assert inf.client.get("/v1/models", headers=bearer(inf.outsider)).get_json()["data"] == []
 
 
+@on_both_engines
+def test_models_reads_every_granted_model_in_one_statement(inf: Inference, tmp_path: Path) -> None:
+    """The round trips of /v1/models do not grow with the caller's granted models."""
+    other = "acme/chat-two"
+    inf.world.model(
+        inf.publisher, other, files={}, policy=POLICY.format(repo=other, stage="limited")
+    )
+    inf.world.grant(inf.researcher, fresh_model(inf.world, other), tier="chat")
+    with server_round_trips(inf.airlock.db.engine, tmp_path / "libpq.trace") as sent:
+        listed = inf.client.get("/v1/models", headers=bearer(inf.researcher)).get_json()["data"]
+        sent()
+        assert inf.client.get("/v1/models", headers=bearer(inf.researcher)).status_code == 200
+        found = sent()
+    assert [m["id"] for m in listed] == [REPO, other]
+    pinged = inf.airlock.db.engine.dialect.name == "postgresql"  # a ping per checkout
+    assert len(found) == 4 + pinged, "\n".join(found)  # BEGIN, token, models, ROLLBACK
+
+
 def test_models_needs_a_valid_key(inf: Inference) -> None:
     error(inf.client.get("/v1/models"), 401, "invalid_api_key")
     bad = "alk_" + "x" * 40

@@ -19,6 +19,7 @@ from gateway.services.rows import (
     TOKEN_BY_DIGEST,
     insert_ticket,
     load_access,
+    load_granted_access,
     load_token,
 )
 from tests.api.hubkit import REPO, make_hub
@@ -65,6 +66,8 @@ def test_loaders_agree_with_the_orm(client: FlaskClient, world: World, airlock: 
         grant = s.get_one(Grant, hub.grant.id)
         head = s.get_one(Revision, found.model.head.id if found and found.model.head else 0)
         unknown = load_access(conn, org, "no-such-model", hub.researcher.user.id)
+        granted = load_granted_access(conn, hub.researcher.user.id)
+        ungranted = load_granted_access(conn, hub.outsider.user.id)
     assert token is not None and found is not None
     assert (token.id, token.digest, list(token.scopes), token.expires_at) == (
         entity.id,
@@ -77,6 +80,7 @@ def test_loaders_agree_with_the_orm(client: FlaskClient, world: World, airlock: 
     ]
     assert found.head_vetting == (head.vetting_status, head.vetting_override_at is not None)
     assert unknown is None
+    assert granted == [found] and ungranted == []  # the batched read, as /v1/models makes it
 
 
 @on_both_engines

@@ -166,8 +166,32 @@ def reset_request(request_id: int, body: s.ResetIn) -> s.AccessRequestOut:
     bp, "/me/grants", "GET", summary="Your grants", response=s.GrantList, scopes=("access:request",)
 )
 def my_grants() -> s.GrantList:
-    grants = airlock().access.list_grants(db(), principal=principal(), mine=True)
-    return s.GrantList(grants=[grant_out(g) for g in grants])
+    access = airlock().access
+    grants = access.list_grants(db(), principal=principal(), mine=True)
+    renewals = access.pending_renewals(db(), grants)
+    return s.GrantList(grants=[grant_out(g, renewals.get(g.id)) for g in grants])
+
+
+@endpoint(
+    bp,
+    f"/grants/<{ID}:grant_id>/renew",
+    "POST",
+    summary="Renew your grant in its renewal window (a new request for its tier, prefilled)",
+    body=s.RenewIn,
+    response=s.AccessRequestOut,
+    status=201,
+    scopes=("access:request",),
+)
+def renew_grant(grant_id: int, body: s.RenewIn) -> s.AccessRequestOut:
+    outcome = airlock().access.renew_grant(
+        db(),
+        principal=principal(),
+        grant_id=grant_id,
+        form=body.form,
+        agreement=body.agreement,
+        request_country=request_country(),
+    )
+    return request_out(outcome.request, outcome.grant)
 
 
 @endpoint(bp, "/me", "GET", summary="Who you are", response=s.WhoamiOut)

@@ -362,6 +362,22 @@ class GrantOut(BaseModel):
     expires_at: datetime | None
     ended_at: datetime | None
     end_reason: str | None
+    renewable_from: datetime | None = Field(
+        default=None, description="when its renewal window opens (POST /grants/<id>/renew)"
+    )
+    renewal_request_id: int | None = Field(
+        default=None, description="the renewal request pending for this grant, if any"
+    )
+
+
+class RenewIn(BaseModel):
+    """Renew a grant; form and agreement default to the previous request's."""
+
+    model_config = Strict
+    form: dict[Annotated[str, StringConstraints(max_length=64)], FormValue] | None = Field(
+        default=None, max_length=50
+    )
+    agreement: str | None = Field(default=None, max_length=120, description="e.g. acme-aup@2")
 
 
 class ReviewOut(BaseModel):

@@ -13,6 +13,7 @@ from gateway.db.models import (
     Revision,
     utcnow,
 )
+from gateway.services.access import renewable_from
 
 
 def model_out(model: Model, stage: str | None) -> s.ModelOut:
@@ -44,19 +45,22 @@ def revision_out(revision: Revision) -> s.RevisionOut:
     )
 
 
-def grant_out(grant: Grant) -> s.GrantOut:
+def grant_out(grant: Grant, renewal_request_id: int | None = None) -> s.GrantOut:
     """A grant, `expired` once past its expiry even before a sweep has marked it so."""
+    status = _effective_status(grant)
     return s.GrantOut(
         id=grant.id,
         user=grant.user.username,
         repo_id=grant.model.repo_id,
         tier=grant.tier,
-        status=_effective_status(grant),
+        status=status,
         policy_version=grant.policy_version.version,
         granted_at=grant.granted_at,
         expires_at=grant.expires_at,
         ended_at=grant.ended_at,
         end_reason=grant.end_reason,
+        renewable_from=renewable_from(grant) if status == GrantStatus.ACTIVE else None,
+        renewal_request_id=renewal_request_id,
     )
 
 

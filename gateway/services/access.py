@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import or_, select
@@ -35,6 +35,7 @@ from gateway.services.rows import CURRENT_KYC_ID, CURRENT_KYC_IDS, KycRow, UserF
 from gateway.tasks import TaskRunner, enqueue_after_commit
 from gateway.tasks.catalog import PROVISION_TASK, REEVALUATE_USER_TASK
 from policies import (
+    AgreementRef,
     Decision,
     Effect,
     KycLevel,
@@ -313,11 +314,35 @@ class AccessService:
         """Decide a request now: auto tiers grant at once, manual ones wait for reviewers."""
         user_id = principal.require_scope(Scope.ACCESS_REQUEST)
         self.require_visible(principal, model)
-        version, policy = self.policies.require_current(model)
+        _, policy = self.policies.require_current(model)
         if policy.tier(tier) is None:
             names = [t.name for t in policy.tiers]
             raise InvalidInput(f"unknown tier '{tier[:64]}'; this model offers {names}")
         self._refuse_duplicate(session, user_id=user_id, model=model, tier=tier)
+        return self._file(
+            session,
+            user_id=user_id,
+            model=model,
+            tier=tier,
+            form=form,
+            agreement=agreement,
+            request_country=request_country,
+        )
+
+    def _file(
+        self,
+        session: Session,
+        *,
+        user_id: int,
+        model: Model,
+        tier: str,
+        form: Mapping[str, object],
+        agreement: str | None,
+        request_country: str | None,
+        renews: Grant | None = None,
+    ) -> RequestOutcome:
+        """Evaluate, store and audit one request; an automatic tier's grant is created at once."""
+        version, policy = self.policies.require_current(model)
         user = session.get_one(User, user_id)
         accepted = _parse_agreement(agreement)
         now = utcnow()
@@ -360,6 +385,7 @@ class AccessService:
                 "policy_version": version.version,
                 "decision": decision.to_dict(),
                 "request_country": request_country,
+                **({"renews_grant_id": renews.id} if renews else {}),
             },
         )
         grant = None
@@ -370,6 +396,26 @@ class AccessService:
         return RequestOutcome(request, grant, decision)
 
     def _refuse_duplicate(self, session: Session, *, user_id: int, model: Model, tier: str) -> None:
+        self._refuse_pending(session, user_id=user_id, model=model, tier=tier)
+        now = utcnow()
+        active = session.scalar(
+            select(Grant).where(
+                Grant.user_id == user_id,
+                Grant.model_id == model.id,
+                Grant.tier == tier,
+                Grant.status == GrantStatus.ACTIVE,
+                or_(Grant.expires_at.is_(None), Grant.expires_at > now),
+            )
+        )
+        if active:
+            opens = renewable_from(active)
+            renew = f"; renew it from {opens:%Y-%m-%d %H:%M} UTC" if opens else ""
+            raise Conflict(
+                f"grant {active.id} for this tier is already active{renew}",
+                extra={"grant_id": active.id},
+            )
+
+    def _refuse_pending(self, session: Session, *, user_id: int, model: Model, tier: str) -> None:
         pending = session.scalar(
             select(AccessRequest.id).where(
                 AccessRequest.user_id == user_id,
@@ -382,20 +428,100 @@ class AccessService:
             raise Conflict(
                 f"request {pending} for this tier is already pending", extra={"request_id": pending}
             )
-        now = utcnow()
-        active = session.scalar(
-            select(Grant.id).where(
-                Grant.user_id == user_id,
-                Grant.model_id == model.id,
-                Grant.tier == tier,
-                Grant.status == GrantStatus.ACTIVE,
-                or_(Grant.expires_at.is_(None), Grant.expires_at > now),
-            )
+
+    # -- renewal -------------------------------------------------------------------------------
+    def renew_grant(
+        self,
+        session: Session,
+        *,
+        principal: Principal,
+        grant_id: int,
+        form: Mapping[str, object] | None,
+        agreement: str | None,
+        request_country: str | None,
+    ) -> RequestOutcome:
+        """Ask again for an expiring grant's tier, in its renewal window: an ordinary request
+        (current policy, same review), prefilled with the previous answers; once granted, the
+        new grant supersedes the old one."""
+        user_id = principal.require_scope(Scope.ACCESS_REQUEST)
+        grant = session.get(Grant, grant_id)
+        if grant is None or grant.user_id != user_id:
+            raise NotFound("no such grant")
+        model = grant.model
+        self.require_visible(principal, model)
+        _require_renewable(grant, utcnow())
+        self._refuse_pending(session, user_id=user_id, model=model, tier=grant.tier)
+        previous = session.get(AccessRequest, grant.request_id) if grant.request_id else None
+        _, policy = self.policies.require_current(model)
+        tier = policy.tier(grant.tier)
+        if tier is None:
+            raise Conflict(f"this model no longer offers tier '{grant.tier}'; nothing to renew")
+        return self._file(
+            session,
+            user_id=user_id,
+            model=model,
+            tier=grant.tier,
+            form=previous.form if form is None and previous else (form or {}),
+            agreement=agreement or _previous_agreement(previous, tier.requires.agreement),
+            request_country=request_country,
+            renews=grant,
         )
-        if active:
-            raise Conflict(
-                f"grant {active} for this tier is already active", extra={"grant_id": active}
+
+    def pending_renewals(self, session: Session, grants: Collection[Grant]) -> dict[int, int]:
+        """For each live grant with a request pending for its tier (its renewal): that request's
+        id, by grant id."""
+        live = [g for g in grants if g.status == GrantStatus.ACTIVE and g.expires_at]
+        if not live:
+            return {}
+        rows = session.execute(
+            select(
+                AccessRequest.id, AccessRequest.user_id, AccessRequest.model_id, AccessRequest.tier
+            ).where(
+                AccessRequest.user_id.in_({g.user_id for g in live}),
+                AccessRequest.status == RequestStatus.PENDING,
             )
+        ).all()
+        pending = {(u, m, t): i for i, u, m, t in rows}
+        found = {g.id: pending.get((g.user_id, g.model_id, g.tier)) for g in live}
+        return {g: r for g, r in found.items() if r is not None}
+
+    def _supersede(self, session: Session, new: Grant, actor_id: int) -> list[int]:
+        """End the holder's other live grants for the new grant's tier (a renewal's old grant),
+        in the new grant's transaction, so two never count at once."""
+        old = session.scalars(
+            select(Grant).where(
+                Grant.user_id == new.user_id,
+                Grant.model_id == new.model_id,
+                Grant.tier == new.tier,
+                Grant.status == GrantStatus.ACTIVE,
+                Grant.id != new.id,
+                or_(Grant.expires_at.is_(None), Grant.expires_at > new.granted_at),
+            )
+        ).all()
+        for grant in old:
+            grant.status, grant.ended_at, grant.ended_by_id, grant.end_reason = (
+                str(GrantStatus.EXPIRED),
+                new.granted_at,
+                actor_id,
+                f"superseded by grant {new.id} (renewal)",
+            )
+            self.audit.record(
+                session,
+                AuditAction.GRANT_EXPIRE,
+                actor_id=actor_id,
+                org_id=new.model.org_id,
+                subject_user_id=grant.user_id,
+                model_id=grant.model_id,
+                effect="deny",
+                payload={
+                    "grant_id": grant.id,
+                    "tier": grant.tier,
+                    "expires_at": grant.expires_at,
+                    "reason": "superseded",
+                    "superseded_by": new.id,
+                },
+            )
+        return [g.id for g in old]
 
     def review(
         self,
@@ -533,6 +659,7 @@ class AccessService:
         )
         session.add(grant)
         session.flush()
+        superseded = self._supersede(session, grant, actor_id)
         if tier.fingerprint:
             enqueue_after_commit(session, self.runner, PROVISION_TASK, {"grant_id": grant.id})
         self.audit.record(
@@ -549,6 +676,7 @@ class AccessService:
                 "tier": request.tier,
                 "grants": sorted(str(g) for g in tier.grants),
                 "expires_at": grant.expires_at,
+                **({"supersedes": superseded} if superseded else {}),
             },
         )
         return grant
@@ -778,6 +906,49 @@ class AccessService:
         enqueue_after_commit(session, self.runner, REEVALUATE_USER_TASK, {"user_id": user.id})
         session.commit()
         return row
+
+
+# A grant may be renewed in the last RENEWAL_WINDOW before its expiry, or in the last third of
+# its lifetime when that is shorter (a 30-day grant from its 20th day).
+RENEWAL_WINDOW = timedelta(days=30)
+
+
+def renewable_from(grant: Grant) -> datetime | None:
+    """When the grant's renewal window opens; None for a grant that never expires."""
+    if grant.expires_at is None:
+        return None
+    return grant.expires_at - min(RENEWAL_WINDOW, (grant.expires_at - grant.granted_at) / 3)
+
+
+def _require_renewable(grant: Grant, now: datetime) -> None:
+    """Conflict unless the grant is active, expiring, unexpired and in its renewal window."""
+    expired = grant.expires_at is not None and grant.expires_at <= now
+    if grant.status != GrantStatus.ACTIVE or expired:
+        status = GrantStatus.EXPIRED if expired else grant.status
+        raise Conflict(f"grant {grant.id} is {status}: request its tier again instead")
+    opens = renewable_from(grant)
+    if opens is None:
+        raise Conflict(f"grant {grant.id} does not expire: there is nothing to renew")
+    if now < opens:
+        raise Conflict(
+            f"grant {grant.id} can be renewed from {opens:%Y-%m-%d %H:%M} UTC",
+            extra={"renewable_from": opens.isoformat()},
+        )
+
+
+def _previous_agreement(previous: AccessRequest | None, current: AgreementRef | None) -> str | None:
+    """The previous request's acceptance, if it is of the version the tier now requires."""
+    if current is None:
+        return None
+    if previous is None or (previous.agreement_id, previous.agreement_version) != (
+        current.id,
+        current.version,
+    ):
+        raise InvalidInput(
+            f"agreement '{current.id}' is now version {current.version}: read it and accept it "
+            f"again (agreement: '{current.id}@{current.version}')"
+        )
+    return f"{current.id}@{current.version}"
 
 
 # Requests a reviewer may send back to pending (a denial is the engine's, not a reviewer's).

@@ -11,7 +11,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from sqlalchemy import Engine, MetaData, create_engine, insert, text
 from sqlalchemy.exc import OperationalError
 
 from gateway.db.migrate import upgrade
+from tests.ports import free_port
 
 ADMIN_URL = os.environ.get(
     "AIRLOCK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -186,12 +186,6 @@ def _missing(what: str) -> NoReturn:
     pytest.skip(what)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PrivateCluster:
     """A PostgreSQL server of the test's own (initdb + pg_ctl), which it may stop and restart.
 
@@ -201,7 +195,7 @@ class PrivateCluster:
 
     def __init__(self, bin_dir: Path, root: Path, *, run_as: list[str]) -> None:
         self.bin_dir, self.root, self.run_as = bin_dir, root, run_as
-        self.port = _free_port()
+        self.port = free_port()
         self.data = root / "data"
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 

@@ -19,6 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from tests.ports import free_port
 from tests.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,12 +81,6 @@ class S3Server:
             "s3_access_key_id": self.access_key,
             "s3_secret_access_key": self.secret_key,
         }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings, load_settings
 from tests.api.hubkit import REPO, bearer, make_hub
 from tests.factories import World
+from tests.ports import free_port, silent_port
 from tests.s3_servers import S3Server, moto_server
 from tests.workers.conftest import claimed_redis_db
 
@@ -27,20 +27,11 @@ PASSWORD = "hunter2-not-for-logs"
 EFFECTS = ("allow", "deny", "review")
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP port that accepts connections and never answers (a hung dependency)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        yield sock.getsockname()[1]
+    with silent_port() as port:
+        yield port
 
 
 def app_with(settings: Settings, **overrides: object) -> tuple[Flask, Airlock]:
@@ -75,8 +66,8 @@ def test_readyz_is_ready_when_every_configured_dependency_answers(client: FlaskC
 def test_readyz_names_each_failed_dependency_without_its_credentials(settings: Settings) -> None:
     app, services = app_with(
         settings,
-        redis_url=f"redis://:{PASSWORD}@127.0.0.1:{closed_port()}/0",
-        broker_url=f"amqp://airlock:{PASSWORD}@127.0.0.1:{closed_port()}//",
+        redis_url=f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0",
+        broker_url=f"amqp://airlock:{PASSWORD}@127.0.0.1:{free_port()}//",
     )
     try:
         response = app.test_client().get("/readyz")
@@ -122,7 +113,7 @@ def test_readyz_fails_when_storage_cannot_be_written(settings: Settings, tmp_pat
 
 
 def test_readyz_fails_when_the_database_is_down(settings: Settings) -> None:
-    url = f"postgresql+psycopg://airlock:{PASSWORD}@127.0.0.1:{closed_port()}/airlock"
+    url = f"postgresql+psycopg://airlock:{PASSWORD}@127.0.0.1:{free_port()}/airlock"
     app, services = app_with(settings, database_url=url)
     try:
         response = app.test_client().get("/readyz")

@@ -155,7 +155,7 @@ def test_a_grant_with_room_for_two_admits_two(client: FlaskClient, world: World)
 
 def test_a_download_ending_while_the_limiter_is_down_is_still_served(hub: Hub) -> None:
     """Releasing is best effort: the bytes go out, and the lease expires with its URL."""
-    from tests.e2e.live import free_port
+    from tests.ports import free_port
 
     url = blob_url(hub.get(URL, hub.researcher))
     working = hub.world.airlock.downloads.limiter

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import time
 import urllib.error
@@ -65,13 +64,6 @@ def cli_command_exists(argv: list[str]) -> bool:
             return False
         command = found
     return not isinstance(command, click.Group)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, timeout: float = 30) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from gateway.db.migrate import upgrade
-from tests.deploy.conftest import DEPLOY, ROOT, VENV_BIN, free_port, wait_http
+from tests.deploy.conftest import DEPLOY, ROOT, VENV_BIN, wait_http
+from tests.ports import free_port
 from tests.processes import stop_process
 
 HEALTHZ = 'airlock_http_requests_total{method="GET",status="200",surface="health"}'

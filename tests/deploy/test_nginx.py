@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import DEPLOY, free_port, require, wait_http
+from tests.deploy.conftest import DEPLOY, require, wait_http
+from tests.ports import free_port
 from tests.processes import stop_process
 
 UPSTREAM = "server gateway:8000;"

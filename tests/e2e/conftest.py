@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.live import ROOT, Server, free_port, wait_healthy
+from tests.e2e.live import ROOT, Server, wait_healthy
+from tests.ports import free_port
 from tests.processes import stop_process
 
 

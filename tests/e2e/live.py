@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -48,12 +47,6 @@ class Server:
         if token:
             env["HF_TOKEN"] = token
         return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_healthy(endpoint: str, process: subprocess.Popen[bytes], log: Path) -> None:

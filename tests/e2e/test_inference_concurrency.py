@@ -32,8 +32,9 @@ from gateway.demo import _principal, demo_policy, seed, wire_upstream
 from gateway.devtools.upstream import ReferenceUpstream
 from gateway.services.container import build_airlock
 from gateway.settings import load_settings
-from tests.e2e.live import ROOT, free_port
+from tests.e2e.live import ROOT
 from tests.pg import throwaway_database
+from tests.ports import free_port
 from tests.processes import stop_process
 from tests.redis_server import REDIS_URL, require_redis
 

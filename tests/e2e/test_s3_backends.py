@@ -26,9 +26,10 @@ from gateway.db.migrate import upgrade
 from gateway.db.models import DownloadFingerprint, Grant, Revision, Role
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import load_settings
-from tests.e2e.live import ROOT, free_port
+from tests.e2e.live import ROOT
 from tests.factories import Actor, World, safetensors_bytes
 from tests.pg import throwaway_database
+from tests.ports import free_port
 from tests.s3_servers import S3Server, moto_server
 from tests.workers.conftest import claimed_redis_db, fingerprint_policy
 

@@ -7,7 +7,6 @@ sleeps and its windows short where time must pass. Each Redis test has its own k
 from __future__ import annotations
 
 import math
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from gateway.ratelimit.base import month_of
 from gateway.ratelimit.redis import EPOCH
 from gateway.services.container import build_airlock
 from gateway.settings import Settings
+from tests.ports import free_port as closed_port
+from tests.ports import silent_port
 from tests.redis_server import REDIS_URL, throwaway_prefix
 
 HOUR = 3600
@@ -307,20 +308,11 @@ def test_redis_reloads_its_scripts_after_a_flush() -> None:
         limiter.close()
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.fixture
 def stalled_port() -> Iterator[int]:
     """A loopback server whose kernel accepts connections that nobody ever answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield sock.getsockname()[1]
+    with silent_port() as port:
+        yield port
 
 
 def assert_fails_closed_quickly(operation: Callable[[], object]) -> None:

@@ -13,7 +13,8 @@ import pytest
 
 from gateway.errors import ArtifactMissing, StorageUnavailable, UploadMissing
 from gateway.storage import S3Options, S3Storage, storage_from_url
-from tests.s3_servers import S3Server, free_port
+from tests.ports import free_port
+from tests.s3_servers import S3Server
 from tests.storage.conftest import PART, s3_storage
 
 DATA = bytes(range(256)) * 64  # 16 KiB

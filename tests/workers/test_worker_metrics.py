@@ -14,7 +14,7 @@ from gateway.db.migrate import upgrade
 from gateway.tasks.broker import CeleryRunner
 from gateway.tasks.catalog import SWEEP_TASK
 from tests.pg import throwaway_database
-from tests.s3_servers import free_port
+from tests.ports import free_port
 from tests.workers.conftest import claimed_redis_db
 from tests.workers.test_worker_process import Deployment
 

@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 
 from gateway.app import create_app
 from gateway.db.migrate import upgrade
+from gateway.demo import seed
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings, load_settings
 from tests.factories import World
@@ -123,3 +124,15 @@ def client(app: Flask) -> FlaskClient:
 def world(airlock: Airlock) -> World:
     """Factories building orgs, users, models and grants through the services."""
     return World(airlock)
+
+
+@pytest.fixture(scope="module")
+def seeded_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo data dir seeded once per test module through the services (`airlock demo`'s data)."""
+    root = tmp_path_factory.mktemp("demo")
+    demo_settings = load_settings({}, data_dir=root)
+    upgrade(demo_settings.database_url)
+    demo_airlock = build_airlock(demo_settings)
+    seed(demo_airlock, root)
+    demo_airlock.close()
+    return root

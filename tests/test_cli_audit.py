@@ -10,22 +10,6 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from gateway.cli import main
-from gateway.db.migrate import upgrade
-from gateway.demo import seed
-from gateway.services.container import build_airlock
-from gateway.settings import load_settings
-
-
-@pytest.fixture(scope="module")
-def seeded_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo data dir seeded once through the services."""
-    root = tmp_path_factory.mktemp("demo")
-    settings = load_settings({}, data_dir=root)
-    upgrade(settings.database_url)
-    airlock = build_airlock(settings)
-    seed(airlock, root)
-    airlock.close()
-    return root
 
 
 @pytest.fixture

@@ -6,30 +6,16 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
 from gateway.cli import main
-from gateway.db.migrate import upgrade
 from gateway.db.models import Grant, RevisionFile, StagedFile, User
-from gateway.demo import PEOPLE, seed
+from gateway.demo import PEOPLE
 from gateway.services.container import build_airlock
 from gateway.settings import load_settings
 
 RESEARCHER = PEOPLE["researcher"].username
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo data dir seeded once: the researcher's weights grant is provisioned, marked."""
-    root = tmp_path_factory.mktemp("demo")
-    settings = load_settings({}, data_dir=root)
-    upgrade(settings.database_url)
-    airlock = build_airlock(settings)
-    seed(airlock, root)
-    airlock.close()
-    return root
 
 
 def files(demo: Path) -> tuple[int, Path, Path]:
@@ -56,26 +42,26 @@ def trace(demo: Path, *args: str) -> tuple[int, str]:
 
 
 def test_trace_names_the_researchers_grant_for_their_copy_even_renamed(
-    demo: Path, tmp_path: Path
+    seeded_demo: Path, tmp_path: Path
 ) -> None:
-    grant, copy, original = files(demo)
+    grant, copy, original = files(seeded_demo)
     leaked = tmp_path / "weights-from-a-torrent.safetensors"
     shutil.copyfile(copy, leaked)
-    code, output = trace(demo, str(leaked), "--model", "acme/tiny-llm")
+    code, output = trace(seeded_demo, str(leaked), "--model", "acme/tiny-llm")
     assert code == 0, output
     assert f"acme/tiny-llm: attributed to grant {grant}" in output
     assert f"exact copy of model.safetensors delivered to grant {grant} ({RESEARCHER}" in output
     assert "threshold: z >= 6.0" in output
-    code, output = trace(demo, str(original), "--json")  # every marked model
+    code, output = trace(seeded_demo, str(original), "--json")  # every marked model
     (report,) = json.loads(output)
     assert code == 0 and report["verdict"] == "inconclusive" and report["exact"] == []
     assert [f["z"] for f in report["ranked"]] == [0.0]
 
 
-def test_trace_refuses_a_file_that_is_not_safetensors(demo: Path, tmp_path: Path) -> None:
+def test_trace_refuses_a_file_that_is_not_safetensors(seeded_demo: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00" * 100)
-    code, output = trace(demo, str(junk), "--model", "acme/tiny-llm")
+    code, output = trace(seeded_demo, str(junk), "--model", "acme/tiny-llm")
     assert code == 1 and "not a safetensors file" in output
-    code, output = trace(demo, str(junk), "--model", "acme/none")
+    code, output = trace(seeded_demo, str(junk), "--model", "acme/none")
     assert code == 1 and "not found" in output

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -365,20 +366,8 @@ class DownloadService:
         *,
         country: str | None = None,
     ) -> None:
-        # A read-only request's transaction began deferred on SQLite, and a deferred read
-        # cannot safely become a writer under concurrent writers: audit in a fresh one.
-        session.rollback()
-        self.audit.record(
-            session,
-            AuditAction.DOWNLOAD_DENY,
-            actor_id=principal.user_id,
-            org_id=model.org_id,
-            subject_user_id=principal.user_id,
-            model_id=model.id,
-            effect="deny",
-            payload={"reasons": reasons, **({"request_country": country} if country else {})},
-        )
-        session.commit()
+        payload = {"reasons": reasons, **({"request_country": country} if country else {})}
+        self._audit_deny(session, principal, model, payload)
         summary = " ".join(r["message"] for r in reasons)
         raise AccessDenied(
             f"Access to model {model.repo_id} is restricted. {summary} "
@@ -691,6 +680,14 @@ class DownloadService:
         reason: dict[str, str],
     ) -> None:
         """Audit a limit refusal on its own: the request's ticket is rolled back first."""
+        self._audit_deny(session, principal, model, {"grant_id": grant.id, "reasons": [reason]})
+
+    def _audit_deny(
+        self, session: Session, principal: Principal, model: ModelRow, payload: Mapping[str, Any]
+    ) -> None:
+        """Record download:deny in a transaction of its own, the request's work rolled back."""
+        # A read-only request's transaction began deferred on SQLite, and a deferred read
+        # cannot safely become a writer under concurrent writers: audit in a fresh one.
         session.rollback()
         self.audit.record(
             session,
@@ -700,7 +697,7 @@ class DownloadService:
             subject_user_id=principal.user_id,
             model_id=model.id,
             effect="deny",
-            payload={"grant_id": grant.id, "reasons": [reason]},
+            payload=payload,
         )
         session.commit()
 

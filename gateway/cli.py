@@ -358,11 +358,8 @@ def policy() -> None:
 @token_option
 def policy_apply(file: Any, comment: str, endpoint: str | None, token: str | None) -> None:
     """Validate FILE and apply it as the next version of its model's policy."""
-    client = client_from_env(endpoint, token)
-    result = _call(
-        lambda: client.request(
-            "POST", "/api/v1/policies", {"source": file.read(), "comment": comment}
-        )
+    result = _api(
+        endpoint, token, "POST", "/api/v1/policies", {"source": file.read(), "comment": comment}
     )
     state = "applied" if result["created"] else "unchanged"
     click.echo(
@@ -417,11 +414,10 @@ def policy_check(
     file: Any, repo_id: str | None, as_json: bool, endpoint: str | None, token: str | None
 ) -> None:
     """Dry-run FILE: list the live grants it would keep, suspend, revoke or reinstate."""
-    client = client_from_env(endpoint, token)
     body: dict[str, Any] = {"source": file.read()}
     if repo_id:
         body["repo_id"] = repo_id
-    report = _call(lambda: client.request("POST", "/api/v1/policies/check", body))
+    report = _api(endpoint, token, "POST", "/api/v1/policies/check", body)
     if as_json:
         _print(report)
         return
@@ -503,16 +499,8 @@ def request_access(
 ) -> None:
     """Request a tier of REPO_ID and print the decision with every reason."""
     form = dict(f.split("=", 1) for f in fields if "=" in f)
-    client = client_from_env(endpoint, token)
-    _print(
-        _call(
-            lambda: client.request(
-                "POST",
-                f"{repo_path(repo_id)}/access",
-                {"tier": tier, "form": form, "agreement": agreement},
-            )
-        )
-    )
+    body = {"tier": tier, "form": form, "agreement": agreement}
+    _print(_api(endpoint, token, "POST", f"{repo_path(repo_id)}/access", body))
 
 
 @main.group()
@@ -526,8 +514,7 @@ def requests() -> None:
 @token_option
 def requests_list(status: str, endpoint: str | None, token: str | None) -> None:
     """List requests for your organizations' models."""
-    client = client_from_env(endpoint, token)
-    _print(_call(lambda: client.request("GET", f"/api/v1/requests?status={status}")))
+    _print(_api(endpoint, token, "GET", f"/api/v1/requests?status={status}"))
 
 
 @requests.command("decide")
@@ -540,14 +527,8 @@ def requests_decide(
     request_id: int, verdict: str, note: str, endpoint: str | None, token: str | None
 ) -> None:
     """Approve or reject a request (rejections need --note)."""
-    client = client_from_env(endpoint, token)
-    _print(
-        _call(
-            lambda: client.request(
-                "POST", f"/api/v1/requests/{request_id}/review", {"verdict": verdict, "note": note}
-            )
-        )
-    )
+    body = {"verdict": verdict, "note": note}
+    _print(_api(endpoint, token, "POST", f"/api/v1/requests/{request_id}/review", body))
 
 
 @requests.command("reset")
@@ -557,9 +538,8 @@ def requests_decide(
 @token_option
 def requests_reset(request_id: int, reason: str, endpoint: str | None, token: str | None) -> None:
     """Send a decided request back to pending (verdicts cleared, its grant revoked)."""
-    client = client_from_env(endpoint, token)
     path = f"/api/v1/requests/{request_id}/reset"
-    _print(_call(lambda: client.request("POST", path, {"reason": reason})))
+    _print(_api(endpoint, token, "POST", path, {"reason": reason}))
 
 
 @main.group()
@@ -574,12 +554,8 @@ def grants() -> None:
 @token_option
 def grants_revoke(grant_id: int, reason: str, endpoint: str | None, token: str | None) -> None:
     """Revoke a grant; the next request under it is refused."""
-    client = client_from_env(endpoint, token)
-    _print(
-        _call(
-            lambda: client.request("POST", f"/api/v1/grants/{grant_id}/revoke", {"reason": reason})
-        )
-    )
+    path = f"/api/v1/grants/{grant_id}/revoke"
+    _print(_api(endpoint, token, "POST", path, {"reason": reason}))
 
 
 @main.command()
@@ -590,14 +566,8 @@ def grants_revoke(grant_id: int, reason: str, endpoint: str | None, token: str |
 @token_option
 def freeze(repo_id: str, reason: str, undo: bool, endpoint: str | None, token: str | None) -> None:
     """Emergency freeze of REPO_ID: weights and inference refused at once."""
-    client = client_from_env(endpoint, token)
-    _print(
-        _call(
-            lambda: client.request(
-                "POST", f"{repo_path(repo_id)}/freeze", {"frozen": not undo, "reason": reason}
-            )
-        )
-    )
+    body = {"frozen": not undo, "reason": reason}
+    _print(_api(endpoint, token, "POST", f"{repo_path(repo_id)}/freeze", body))
 
 
 @main.command("upstream")
@@ -625,9 +595,8 @@ def upstream(
     token: str | None,
 ) -> None:
     """Set REPO_ID's inference upstream (replacing its whole upstream configuration)."""
-    client = client_from_env(endpoint, token)
     body = {"url": url, "key_ref": key_ref, "model": served_as, "prompt_digests": prompt_digests}
-    _print(_call(lambda: client.request("PUT", f"{repo_path(repo_id)}/upstream", body)))
+    _print(_api(endpoint, token, "PUT", f"{repo_path(repo_id)}/upstream", body))
 
 
 @main.group()
@@ -1165,6 +1134,12 @@ def _hold_out(hold: Any) -> dict[str, Any]:
         "created_at": hold.created_at.isoformat(),
         "released_at": hold.released_at.isoformat() if hold.released_at else None,
     }
+
+
+def _api(endpoint: str | None, token: str | None, method: str, path: str, body: Any = None) -> Any:
+    """One JSON call to the API with the environment's client; a failure ends the command."""
+    client = client_from_env(endpoint, token)
+    return _call(lambda: client.request(method, path, body))
 
 
 def _call(action: Any) -> Any:

@@ -443,15 +443,8 @@ class AccessService:
         """Ask again for an expiring grant's tier, in its renewal window: an ordinary request
         (current policy, same review), prefilled with the previous answers; once granted, the
         new grant supersedes the old one."""
-        user_id = principal.require_scope(Scope.ACCESS_REQUEST)
-        grant = session.get(Grant, grant_id)
-        if grant is None or grant.user_id != user_id:
-            raise NotFound("no such grant")
-        model = grant.model
-        self.require_visible(principal, model)
-        _require_renewable(grant, utcnow())
-        self._refuse_pending(session, user_id=user_id, model=model, tier=grant.tier)
-        previous = session.get(AccessRequest, grant.request_id) if grant.request_id else None
+        grant, previous = self.renewable(session, principal=principal, grant_id=grant_id)
+        user_id, model = grant.user_id, grant.model
         _, policy = self.policies.require_current(model)
         tier = policy.tier(grant.tier)
         if tier is None:
@@ -466,6 +459,21 @@ class AccessService:
             request_country=request_country,
             renews=grant,
         )
+
+    def renewable(
+        self, session: Session, *, principal: Principal, grant_id: int
+    ) -> tuple[Grant, AccessRequest | None]:
+        """The caller's grant, in its renewal window with no renewal pending, and the request
+        that produced it (whose answers prefill the renewal)."""
+        user_id = principal.require_scope(Scope.ACCESS_REQUEST)
+        grant = session.get(Grant, grant_id)
+        if grant is None or grant.user_id != user_id:
+            raise NotFound("no such grant")
+        self.require_visible(principal, grant.model)
+        _require_renewable(grant, utcnow())
+        self._refuse_pending(session, user_id=user_id, model=grant.model, tier=grant.tier)
+        previous = session.get(AccessRequest, grant.request_id) if grant.request_id else None
+        return grant, previous
 
     def pending_renewals(self, session: Session, grants: Collection[Grant]) -> dict[int, int]:
         """For each live grant with a request pending for its tier (its renewal): that request's

@@ -11,8 +11,9 @@ from sqlalchemy import select
 
 from gateway.api.context import airlock, base_url, db, request_country, visible_model
 from gateway.auth.tokens import Scope
-from gateway.db.models import GrantStatus, Model, RequestStatus, User, utcnow
+from gateway.db.models import Grant, GrantStatus, Model, RequestStatus, User, utcnow
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
+from gateway.services.access import renewable_from
 from gateway.web.pages import NAV, NavItem, audience_blueprint, current_principal, flash, page
 from gateway.web.words import duration, grants_in_words, requirements_in_words
 from policies import FormField, KycLevel, ReleasePolicy, validate_form
@@ -204,10 +205,84 @@ def request_detail(request_id: int) -> Any:
 
 @bp.get("/grants")
 def grants() -> Any:
-    """The user's grants with expiry."""
-    found = airlock().access.list_grants(db(), principal=current_principal(), mine=True)
-    now = utcnow()
-    return page("grants.html", grants=list(reversed(found)), now=now)
+    """The user's grants with expiry, when each may be renewed, and pending renewals."""
+    access = airlock().access
+    found = access.list_grants(db(), principal=current_principal(), mine=True)
+    pending = access.pending_renewals(db(), found)
+    rows = [(g, renewable_from(g), pending.get(g.id)) for g in reversed(found)]
+    return page("grants.html", rows=rows, now=utcnow())
+
+
+@bp.get("/grants/<int:grant_id>/renew")
+def renew_form(grant_id: int) -> Any:
+    """The renewal form, prefilled with the answers of the request behind the grant."""
+    grant, previous = airlock().access.renewable(
+        db(), principal=current_principal(), grant_id=grant_id
+    )
+    values = dict(previous.form) if previous else {}
+    accepted = (previous.agreement_id, previous.agreement_version) if previous else None
+    return _renew_page(grant, values=values, accepted=accepted)
+
+
+@bp.post("/grants/<int:grant_id>/renew")
+def renew(grant_id: int) -> Any:
+    """Submit a renewal (through the same service as the API)."""
+    grant, _ = airlock().access.renewable(db(), principal=current_principal(), grant_id=grant_id)
+    tier, fields = _renewed_tier(grant)
+    values = _form_values(fields, request.form)
+    errors = _field_errors(fields, values)
+    ref = tier.requires.agreement
+    if ref and request.form.get(AGREEMENT_FIELD) != str(ref):
+        errors[AGREEMENT_FIELD] = ["Accept the agreement to renew this grant."]
+    if errors:
+        return _renew_page(grant, status=400, values=values, errors=errors)
+    try:
+        outcome = airlock().access.renew_grant(
+            db(),
+            principal=current_principal(),
+            grant_id=grant.id,
+            form=values,
+            agreement=str(ref) if ref else None,
+            request_country=request_country(),
+        )
+    except (Conflict, InvalidInput) as exc:
+        return _renew_page(grant, status=409, values=values, errors={"_form": [exc.detail]})
+    made = outcome.request
+    flash(f"Renewal request {made.id} for grant #{grant.id} is {made.status}.", "success")
+    return redirect(url_for("web_researcher.request_detail", request_id=made.id))
+
+
+def _renewed_tier(grant: Grant) -> tuple[Tier, Sequence[FormField]]:
+    _, policy = airlock().policies.require_current(grant.model)
+    tier = policy.tier(grant.tier)
+    if tier is None:
+        raise Conflict(f"this model no longer offers tier '{grant.tier}'; nothing to renew")
+    return tier, policy.forms.get(tier.requires.form or "", ())
+
+
+def _renew_page(
+    grant: Grant,
+    *,
+    status: int = 200,
+    values: Mapping[str, object],
+    errors: Mapping[str, list[str]] | None = None,
+    accepted: tuple[str | None, int | None] | None = None,
+) -> Any:
+    tier, fields = _renewed_tier(grant)
+    ref = tier.requires.agreement
+    _, policy = airlock().policies.require_current(grant.model)
+    return page(
+        "renew.html",
+        status,
+        grant=grant,
+        fields=fields,
+        values=values,
+        errors=errors or {},
+        agreement=policy.agreements.get(ref.id) if ref else None,
+        accepted=ref is not None and accepted == (ref.id, ref.version),
+        changed=ref is not None and accepted is not None and accepted != (ref.id, ref.version),
+        agreement_field=AGREEMENT_FIELD,
+    )
 
 
 @bp.get("/tokens")

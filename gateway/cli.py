@@ -558,6 +558,26 @@ def grants_revoke(grant_id: int, reason: str, endpoint: str | None, token: str |
     _print(_api(endpoint, token, "POST", path, {"reason": reason}))
 
 
+@grants.command("renew")
+@click.argument("grant_id", type=int)
+@click.option("--agreement", help="Accept the tier's agreement again, e.g. acme-aup@2.")
+@click.option("--field", "fields", multiple=True, metavar="NAME=VALUE", help="A form field.")
+@endpoint_option
+@token_option
+def grants_renew(
+    grant_id: int,
+    agreement: str | None,
+    fields: tuple[str, ...],
+    endpoint: str | None,
+    token: str | None,
+) -> None:
+    """Renew your grant in its renewal window; without --field, the previous answers are sent
+    again (and the previous agreement, if the tier still requires that version)."""
+    form = dict(f.split("=", 1) for f in fields if "=" in f) if fields else None
+    body = {"form": form, "agreement": agreement}
+    _print(_api(endpoint, token, "POST", f"/api/v1/grants/{grant_id}/renew", body))
+
+
 @main.command()
 @click.argument("repo_id")
 @click.option("--reason", required=True)

@@ -8,6 +8,7 @@ import textwrap
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from gateway.audit import AuditAction
 from gateway.auth.tokens import Scope
 from gateway.db.models import Grant, Model, Organization, Role, User
 from gateway.kyc import KycFacts
@@ -207,6 +208,16 @@ class World:
             )
             assert outcome.grant is not None, outcome.decision.to_dict()
             return outcome.grant
+
+
+def record_events(airlock: Airlock, count: int, **fields: int) -> None:
+    """`count` filler audit events (user:create, payloads {"i": 0} onwards), committed at once."""
+    with airlock.db.session() as session:
+        for i in range(count):
+            airlock.audit.record(
+                session, AuditAction.USER_CREATE, actor_id=None, payload={"i": i}, **fields
+            )
+        session.commit()
 
 
 def safetensors_bytes(values: int = 64) -> bytes:

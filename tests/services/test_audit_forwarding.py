@@ -26,6 +26,7 @@ from gateway.audit.forward import (
 from gateway.db.models import AuditForwardCursor
 from gateway.services.container import Airlock
 from gateway.services.forwarding import ForwardingService
+from tests.factories import record_events
 from tests.pg import on_both_engines
 
 SECRET_TOKEN = "alk_" + "s3cr3t" * 6
@@ -182,20 +183,13 @@ class Crash(BaseException):
     """The forwarding process stops dead (nothing after this runs)."""
 
 
-def record(airlock: Airlock, count: int) -> None:
-    with airlock.db.session() as session:
-        for n in range(count):
-            airlock.audit.record(session, AuditAction.USER_CREATE, actor_id=None, payload={"n": n})
-        session.commit()
-
-
 def delivered(path: Path) -> list[int]:
     return [json.loads(line)["metadata"]["sequence"] for line in path.read_text().splitlines()]
 
 
 @on_both_engines
 def test_a_refused_batch_is_sent_again_by_the_next_run(airlock: Airlock, tmp_path: Path) -> None:
-    record(airlock, 25)
+    record_events(airlock, 25)
     out = tmp_path / "siem.jsonl"
     service = ForwardingService(batch=10)
     with pytest.raises(SinkError):
@@ -210,7 +204,7 @@ def test_a_refused_batch_is_sent_again_by_the_next_run(airlock: Airlock, tmp_pat
 def test_a_crash_after_acceptance_duplicates_at_most_one_batch(
     airlock: Airlock, tmp_path: Path
 ) -> None:
-    record(airlock, 25)
+    record_events(airlock, 25)
     out = tmp_path / "siem.jsonl"
     with pytest.raises(Crash):
         ForwardingService(batch=10).forward(
@@ -218,7 +212,7 @@ def test_a_crash_after_acceptance_duplicates_at_most_one_batch(
         )
     ForwardingService(batch=10).forward(airlock.db, FileSink(str(out)))
     assert delivered(out) == [*range(1, 21), *range(11, 26)]  # batch 11..20 twice
-    record(airlock, 2)
+    record_events(airlock, 2)
     ForwardingService(batch=10).forward(airlock.db, FileSink(str(out)))
     assert delivered(out)[-3:] == [25, 26, 27]
     with airlock.db.session() as session:
@@ -229,7 +223,7 @@ def test_forwarding_is_off_by_default(airlock: Airlock, tmp_path: Path) -> None:
     from gateway.tasks import jobs
 
     assert airlock.settings.audit_forward is None
-    record(airlock, 3)
+    record_events(airlock, 3)
     jobs.forward_audit(airlock)
     assert ForwardingService().cursor(airlock.db) == 0
 
@@ -239,7 +233,7 @@ def test_the_task_forwards_to_the_configured_file(airlock: Airlock, tmp_path: Pa
 
     out = tmp_path / "audit.jsonl"
     airlock.settings = airlock.settings.with_overrides(audit_forward=f"file:{out}")
-    record(airlock, 3)
+    record_events(airlock, 3)
     jobs.forward_audit(airlock)
     jobs.forward_audit(airlock)  # twice: nothing new, nothing sent
     assert delivered(out) == [1, 2, 3]

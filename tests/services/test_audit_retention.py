@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import DBAPIError
 
-from gateway.audit import AuditAction
 from gateway.audit.notes import SigningKey
 from gateway.audit.offline import ProofReport, verify_files, verify_proof
 from gateway.db.models import (
@@ -25,21 +24,12 @@ from gateway.services.audit_log import AuditLogService
 from gateway.services.checkpoints import CheckpointService
 from gateway.services.container import Airlock
 from gateway.services.retention import PruneResult, retention_horizon
-from tests.factories import World
+from tests.factories import World, record_events
 from tests.pg import on_both_engines
 
 KEY = SigningKey.generate("airlock.test-audit")
 ORIGIN = "airlock.test/audit"
 DECADE_ON = timedelta(days=366 * 11)
-
-
-def record(airlock: Airlock, n: int, **fields: int) -> None:
-    with airlock.db.session() as session:
-        for i in range(n):
-            airlock.audit.record(
-                session, AuditAction.USER_CREATE, actor_id=None, payload={"i": i}, **fields
-            )
-        session.commit()
 
 
 def prune(airlock: Airlock, now: datetime, years: int = 10) -> PruneResult:
@@ -72,7 +62,7 @@ def assert_verifies(airlock: Airlock) -> None:
 def test_prune_removes_the_prefix_past_retention_and_the_chain_still_verifies(
     airlock: Airlock,
 ) -> None:
-    record(airlock, 12)
+    record_events(airlock, 12)
     result = prune(airlock, utcnow() + DECADE_ON)
     assert result.cuts == ((12, 12),)
     assert seqs(airlock) == [13]  # only the audit:prune event itself
@@ -84,16 +74,16 @@ def test_prune_removes_the_prefix_past_retention_and_the_chain_still_verifies(
     assert event.payload["checkpoint"]["size"] == 12
     assert event.prev_hash == anchor.cut_hash
     assert_verifies(airlock)
-    record(airlock, 2)  # the chain continues; a second prune has nothing new past retention
+    record_events(airlock, 2)  # the chain continues; a second prune has nothing new past retention
     assert prune(airlock, utcnow()).deleted == 0
     assert_verifies(airlock)
 
 
 @on_both_engines
 def test_prune_never_removes_events_newer_than_the_horizon(airlock: Airlock) -> None:
-    record(airlock, 5)
+    record_events(airlock, 5)
     middle = utcnow()
-    record(airlock, 4)
+    record_events(airlock, 4)
     result = prune(airlock, retention_horizon(middle, -10))  # ten years on: horizon == middle
     assert result.plan.horizon == middle
     assert result.cuts == ((5, 5),)
@@ -107,9 +97,9 @@ def test_a_legal_hold_stops_the_cut_before_the_first_held_event(
 ) -> None:
     world.org("acme")
     alice = world.actor("alice", affiliation="acme")
-    record(airlock, 3)
-    record(airlock, 2, subject_user_id=alice.user.id)
-    record(airlock, 3)
+    record_events(airlock, 3)
+    record_events(airlock, 2, subject_user_id=alice.user.id)
+    record_events(airlock, 3)
     with airlock.db.session() as session:
         hold = airlock.legal_holds.place(
             session, principal=None, org="acme", kind="user", subject="alice", reason="case 42"
@@ -136,7 +126,7 @@ def test_a_legal_hold_stops_the_cut_before_the_first_held_event(
 
 @on_both_engines
 def test_a_plain_delete_is_still_refused(airlock: Airlock) -> None:
-    record(airlock, 3)
+    record_events(airlock, 3)
     with airlock.db.session() as session, pytest.raises(DBAPIError, match="append-only"):
         session.execute(delete(AuditEvent).where(AuditEvent.seq == 1))
     with airlock.db.session() as session, pytest.raises(DBAPIError, match="append-only"):
@@ -149,7 +139,7 @@ def test_nothing_is_pruned_without_a_signing_key(airlock: Airlock) -> None:
     from gateway.services.checkpoints import SigningKeyMissing
     from gateway.tasks import jobs
 
-    record(airlock, 2)
+    record_events(airlock, 2)
     postgres_like = airlock.settings.with_overrides(database_url="postgresql://nowhere/x")
     airlock.settings = postgres_like
     with pytest.raises(SigningKeyMissing):
@@ -158,7 +148,7 @@ def test_nothing_is_pruned_without_a_signing_key(airlock: Airlock) -> None:
 
 
 def test_a_tampered_prune_anchor_fails_verification(airlock: Airlock) -> None:
-    record(airlock, 4)
+    record_events(airlock, 4)
     prune(airlock, utcnow() + DECADE_ON)
     with airlock.db.session() as session:
         session.execute(
@@ -212,9 +202,9 @@ def test_a_researcher_cannot_place_a_hold(airlock: Airlock, world: World) -> Non
 def test_an_export_after_a_prune_verifies_offline_from_the_cut(
     airlock: Airlock, tmp_path: Path
 ) -> None:
-    record(airlock, 6)
+    record_events(airlock, 6)
     prune(airlock, utcnow() + DECADE_ON)
-    record(airlock, 3)
+    record_events(airlock, 3)
     with airlock.db.session() as session:
         CheckpointService().create(session, signer=KEY, storage=airlock.storage, origin=ORIGIN)
         manifest = export_audit(session, out=tmp_path / "export", fmt="jsonl")

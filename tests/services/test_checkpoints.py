@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from gateway.audit import AuditAction, entry_hash, event_body
+from gateway.audit import entry_hash, event_body
 from gateway.audit.merkle import leaf_hash, root
 from gateway.audit.notes import Checkpoint, SigningKey, open_checkpoint, sign_checkpoint
 from gateway.db.models import AuditCheckpoint, AuditEvent, utcnow
@@ -23,17 +23,11 @@ from gateway.services.checkpoints import (
     storage_key,
 )
 from gateway.services.container import Airlock
+from tests.factories import record_events
 from tests.pg import on_both_engines
 
 ORIGIN = "airlock.test/audit"
 KEY = SigningKey.generate("airlock.test-audit")
-
-
-def record(airlock: Airlock, n: int) -> None:
-    with airlock.db.session() as session:
-        for i in range(n):
-            airlock.audit.record(session, AuditAction.ORG_CREATE, actor_id=None, payload={"i": i})
-        session.commit()
 
 
 def create(airlock: Airlock, key: SigningKey = KEY, size: int | None = None) -> int | None:
@@ -79,7 +73,7 @@ def is_due(airlock: Airlock, *, events: int, every: timedelta = timedelta(hours=
 
 @on_both_engines
 def test_a_checkpoint_signs_the_merkle_root_and_head_of_every_event(airlock: Airlock) -> None:
-    record(airlock, 7)
+    record_events(airlock, 7)
     assert create(airlock) == 7
     (row,) = rows(airlock)
     cp = open_checkpoint(row.note, [KEY.verifier()])
@@ -96,19 +90,19 @@ def test_a_checkpoint_signs_the_merkle_root_and_head_of_every_event(airlock: Air
 
 def test_due_after_n_events_or_after_the_interval(airlock: Airlock) -> None:
     assert not is_due(airlock, events=3)  # an empty chain
-    record(airlock, 2)
+    record_events(airlock, 2)
     assert is_due(airlock, events=3)  # the first checkpoint: any event
     create(airlock)
-    record(airlock, 2)
+    record_events(airlock, 2)
     assert not is_due(airlock, events=3)
     assert is_due(airlock, events=3, every=timedelta(0))  # the interval passed
-    record(airlock, 1)
+    record_events(airlock, 1)
     assert is_due(airlock, events=3)
 
 
 def test_nothing_new_makes_no_checkpoint(airlock: Airlock) -> None:
     assert create(airlock) is None  # empty chain
-    record(airlock, 3)
+    record_events(airlock, 3)
     assert create(airlock) == 3
     assert create(airlock) is None
     assert not is_due(airlock, events=1, every=timedelta(0))
@@ -118,7 +112,7 @@ def test_nothing_new_makes_no_checkpoint(airlock: Airlock) -> None:
 def test_the_frontier_continues_to_the_from_scratch_root(airlock: Airlock) -> None:
     sizes = []
     for n in (1, 2, 5, 8, 13):
-        record(airlock, n)
+        record_events(airlock, n)
         sizes.append(create(airlock))
     assert sizes == [1, 3, 8, 16, 29]
     leaves = all_leaves(airlock)
@@ -128,7 +122,7 @@ def test_the_frontier_continues_to_the_from_scratch_root(airlock: Airlock) -> No
 
 
 def test_a_checkpoint_at_a_given_size_extends_the_one_before_it(airlock: Airlock) -> None:
-    record(airlock, 10)
+    record_events(airlock, 10)
     assert create(airlock, size=4) == 4
     assert create(airlock, size=4) is None  # one already there
     assert create(airlock) == 10
@@ -140,7 +134,7 @@ def test_a_checkpoint_at_a_given_size_extends_the_one_before_it(airlock: Airlock
 
 @on_both_engines
 def test_concurrent_creators_make_one_checkpoint_per_size(airlock: Airlock) -> None:
-    record(airlock, 50)
+    record_events(airlock, 50)
     results: list[int | None] = []
     errors: list[BaseException] = []
     start = threading.Barrier(4)
@@ -164,7 +158,7 @@ def test_concurrent_creators_make_one_checkpoint_per_size(airlock: Airlock) -> N
 
 @on_both_engines
 def test_checkpoints_are_append_only_in_the_database(airlock: Airlock) -> None:
-    record(airlock, 2)
+    record_events(airlock, 2)
     create(airlock)
     for statement in (
         "UPDATE audit_checkpoints SET root_hash = head_hash",
@@ -175,11 +169,11 @@ def test_checkpoints_are_append_only_in_the_database(airlock: Airlock) -> None:
 
 
 def test_verify_passes_on_honest_checkpoints(airlock: Airlock) -> None:
-    record(airlock, 5)
+    record_events(airlock, 5)
     create(airlock)
-    record(airlock, 4)
+    record_events(airlock, 4)
     create(airlock)
-    record(airlock, 2)  # a tail after the last checkpoint is fine
+    record_events(airlock, 2)  # a tail after the last checkpoint is fine
     report = verify(airlock)
     assert report.ok, report.problems
     assert (report.checked, report.stored, report.warnings) == (2, 2, [])
@@ -188,9 +182,9 @@ def test_verify_passes_on_honest_checkpoints(airlock: Airlock) -> None:
 
 @on_both_engines
 def test_verify_fails_when_checkpoints_were_rolled_back_in_the_database(airlock: Airlock) -> None:
-    record(airlock, 5)
+    record_events(airlock, 5)
     create(airlock)
-    record(airlock, 5)
+    record_events(airlock, 5)
     create(airlock)
     untriggered(airlock, "DELETE FROM audit_checkpoints WHERE tree_size = 10")
     report = verify(airlock)
@@ -202,7 +196,7 @@ def test_verify_fails_when_checkpoints_were_rolled_back_in_the_database(airlock:
 
 
 def test_verify_fails_when_the_storage_copy_contradicts_the_database(airlock: Airlock) -> None:
-    record(airlock, 3)
+    record_events(airlock, 3)
     create(airlock)
     other = sign_checkpoint(Checkpoint(ORIGIN, 3, bytes(32), "0" * 64, utcnow()), KEY)
     airlock.storage.put_stream(storage_key(3), io.BytesIO(other.encode()), max_bytes=4096)
@@ -214,7 +208,7 @@ def test_verify_fails_when_the_storage_copy_contradicts_the_database(airlock: Ai
 
 
 def test_verify_fails_for_a_note_signed_by_an_unknown_key(airlock: Airlock) -> None:
-    record(airlock, 3)
+    record_events(airlock, 3)
     create(airlock, key=SigningKey.generate("intruder"))
     report = verify(airlock)
     assert not report.ok
@@ -227,7 +221,7 @@ def test_verify_fails_for_a_note_signed_by_an_unknown_key(airlock: Airlock) -> N
 
 def test_verify_fails_when_events_up_to_a_checkpoint_were_rewritten(airlock: Airlock) -> None:
     """The whole chain recomputed after an edit passes the chain check, not the checkpoint."""
-    record(airlock, 4)
+    record_events(airlock, 4)
     create(airlock)
     with airlock.db.session() as session:
         event = session.get_one(AuditEvent, 4)
@@ -250,7 +244,7 @@ def test_verify_fails_when_events_up_to_a_checkpoint_were_rewritten(airlock: Air
 
 
 def test_verify_fails_when_events_a_checkpoint_covers_are_gone(airlock: Airlock) -> None:
-    record(airlock, 4)
+    record_events(airlock, 4)
     create(airlock)
     with airlock.db.engine.begin() as conn:
         conn.execute(text("SET LOCAL session_replication_role = replica"))
@@ -266,7 +260,7 @@ def test_verify_fails_when_events_a_checkpoint_covers_are_gone(airlock: Airlock)
 
 
 def test_verify_fails_when_a_middle_event_a_checkpoint_covers_is_gone(airlock: Airlock) -> None:
-    record(airlock, 5)
+    record_events(airlock, 5)
     create(airlock)
     untriggered(airlock, "DELETE FROM audit_events WHERE seq = 3")
     assert verify(airlock).problems == [
@@ -277,9 +271,9 @@ def test_verify_fails_when_a_middle_event_a_checkpoint_covers_is_gone(airlock: A
 
 def test_old_checkpoints_verify_with_the_retired_key_after_rotation(airlock: Airlock) -> None:
     old, new = KEY, SigningKey.generate("airlock.test-audit-2027")
-    record(airlock, 3)
+    record_events(airlock, 3)
     create(airlock, key=old)
-    record(airlock, 3)
+    record_events(airlock, 3)
     create(airlock, key=new)
     assert verify(airlock, new, old).ok  # current + retired
     report = verify(airlock, new)  # the retired key forgotten
@@ -290,7 +284,7 @@ def test_old_checkpoints_verify_with_the_retired_key_after_rotation(airlock: Air
 def test_a_copy_missing_from_storage_is_a_warning_and_the_next_run_writes_it(
     airlock: Airlock,
 ) -> None:
-    record(airlock, 3)
+    record_events(airlock, 3)
     create(airlock)
     airlock.storage.delete(storage_key(3))
     report = verify(airlock)
@@ -306,13 +300,13 @@ def test_a_long_history_is_signed_in_steps_each_within_a_run(
     airlock: Airlock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("gateway.services.checkpoints.MAX_EVENTS_PER_RUN", 4)
-    record(airlock, 10)
+    record_events(airlock, 10)
     assert [create(airlock) for _ in range(4)] == [4, 8, 10, None]
     assert verify(airlock).ok
 
 
 def test_after_a_prune_the_checkpoint_at_the_cut_anchors_the_rest(airlock: Airlock) -> None:
-    record(airlock, 8)
+    record_events(airlock, 8)
     assert (create(airlock, size=2), create(airlock, size=5), create(airlock)) == (2, 5, 8)
     untriggered(airlock, "DELETE FROM audit_events WHERE seq <= 5")
     report = verify(airlock)

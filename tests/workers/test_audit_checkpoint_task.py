@@ -8,22 +8,15 @@ import stat
 import pytest
 from sqlalchemy import select
 
-from gateway.audit import AuditAction
 from gateway.audit.notes import SigningKey, open_checkpoint
 from gateway.db.models import AuditCheckpoint
 from gateway.services.checkpoints import KEY_FILE, SigningKeyMissing, verifier_keys
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings
 from gateway.tasks import jobs
+from tests.factories import record_events
 
 KEY = SigningKey.generate("airlock.test-audit")
-
-
-def record(airlock: Airlock, n: int) -> None:
-    with airlock.db.session() as session:
-        for i in range(n):
-            airlock.audit.record(session, AuditAction.ORG_CREATE, actor_id=None, payload={"i": i})
-        session.commit()
 
 
 def sizes(airlock: Airlock) -> list[int]:
@@ -42,14 +35,14 @@ def test_the_task_twice_signs_one_checkpoint_when_due(keyed: Settings) -> None:
     assert "PRIVATE" not in repr(keyed)
     airlock = build_airlock(keyed)
     try:
-        record(airlock, 3)
+        record_events(airlock, 3)
         for _ in range(2):
             jobs.checkpoint_audit(airlock)  # the first checkpoint is due at once
         assert sizes(airlock) == [3]
-        record(airlock, 4)  # fewer than 5 new events, within the hour: not due
+        record_events(airlock, 4)  # fewer than 5 new events, within the hour: not due
         jobs.checkpoint_audit(airlock)
         assert sizes(airlock) == [3]
-        record(airlock, 1)
+        record_events(airlock, 1)
         for _ in range(2):
             jobs.checkpoint_audit(airlock)
         assert sizes(airlock) == [3, 8]
@@ -63,7 +56,7 @@ def test_the_task_twice_signs_one_checkpoint_when_due(keyed: Settings) -> None:
 def test_without_a_key_in_production_the_task_fails_and_signs_nothing(settings: Settings) -> None:
     airlock = build_airlock(settings)  # PostgreSQL, no AIRLOCK_AUDIT_SIGNING_KEY
     try:
-        record(airlock, 2)
+        record_events(airlock, 2)
         with pytest.raises(SigningKeyMissing, match="AIRLOCK_AUDIT_SIGNING_KEY"):
             jobs.checkpoint_audit(airlock)
         assert sizes(airlock) == []
@@ -78,14 +71,14 @@ def test_embedded_defaults_generate_a_key_once_and_say_so(
 ) -> None:
     airlock = build_airlock(settings)
     try:
-        record(airlock, 2)
+        record_events(airlock, 2)
         with caplog.at_level(logging.WARNING, logger="gateway.services.checkpoints"):
             jobs.checkpoint_audit(airlock)
         path = settings.data_dir / KEY_FILE
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert "generated an audit signing key" in caplog.text
         assert "PRIVATE" not in caplog.text
-        record(airlock, 1)
+        record_events(airlock, 1)
         jobs.checkpoint_audit(airlock, force=True)
         assert sizes(airlock) == [2, 3]
         (verifier,) = verifier_keys(settings)

@@ -8,6 +8,7 @@ import pickle
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from flask.testing import FlaskClient
 from sqlalchemy import update
@@ -158,6 +159,13 @@ class Api:
             )
             principal = identity.authenticate(s, issued.plaintext)
         return Actor(actor.user, issued.plaintext, principal)
+
+
+def audit_events(api: Api, caller: Actor, **params: Any) -> list[dict[str, Any]]:
+    """The audit search's events as `caller` reads them: one page, asserted to be the last."""
+    body = ok(api.get(f"/api/v1/audit?{urlencode(params)}", caller))
+    assert body["next_cursor"] is None
+    return body["events"]  # type: ignore[no-any-return]
 
 
 def make_api(client: FlaskClient, world: World, *, publish: bool = True) -> Api:

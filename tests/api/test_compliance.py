@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, Role, utcnow
-from tests.api.apikit import REPO, RIVAL_REPO, Api, make_api, ok, problem
-from tests.factories import Actor, World
+from tests.api.apikit import REPO, RIVAL_REPO, Api, audit_events, make_api, ok, problem
+from tests.factories import World
 
 
 @pytest.fixture
@@ -26,12 +26,6 @@ def api(client: FlaskClient, world: World) -> Api:
     return api
 
 
-def events(api: Api, caller: Actor, **params: Any) -> list[dict[str, Any]]:
-    body = ok(api.get(f"/api/v1/audit?{urlencode(params)}", caller))
-    assert body["next_cursor"] is None
-    return body["events"]  # type: ignore[no-any-return]
-
-
 def org_id(api: Api, slug: str) -> int:
     return api.world.org(slug).id
 
@@ -42,13 +36,13 @@ def model_id(api: Api, repo: str) -> int:
 
 
 def test_compliance_sees_its_orgs_events_only(api: Api) -> None:
-    mine = events(api, api.compliance)
+    mine = audit_events(api, api.compliance)
     assert mine
     assert {e["org_id"] for e in mine} == {org_id(api, "acme"), None}
     assert {"model:create", "policy:apply", "kyc:verify", "grant:create"} <= {
         e["action"] for e in mine
     }
-    theirs = events(api, api.rival_compliance)
+    theirs = audit_events(api, api.rival_compliance)
     assert {e["org_id"] for e in theirs} == {org_id(api, "globex"), None}
     # Both see only the organization-less events of rob, who asked both for access.
     shared = [e for e in mine if e["seq"] in {t["seq"] for t in theirs}]
@@ -56,10 +50,10 @@ def test_compliance_sees_its_orgs_events_only(api: Api) -> None:
 
 
 def test_filters_cannot_reach_into_another_org(api: Api) -> None:
-    assert events(api, api.compliance, repo_id=RIVAL_REPO) == []
-    assert events(api, api.compliance, actor="gus") == []
-    assert events(api, api.rival_compliance, repo_id=REPO) == []
-    subject = events(api, api.compliance, subject="rob")
+    assert audit_events(api, api.compliance, repo_id=RIVAL_REPO) == []
+    assert audit_events(api, api.compliance, actor="gus") == []
+    assert audit_events(api, api.rival_compliance, repo_id=REPO) == []
+    subject = audit_events(api, api.compliance, subject="rob")
     assert subject
     assert {e["org_id"] for e in subject} == {org_id(api, "acme"), None}  # None: his token
 
@@ -78,11 +72,11 @@ def test_audit_needs_a_token_with_audit_read(api: Api) -> None:
 def test_an_owner_reads_only_the_audit_of_their_own_org(api: Api) -> None:
     # An owner of globex holds audit:read by role; it confers nothing in acme.
     owner = api.world.actor("olga", org="globex", role=Role.OWNER)
-    assert {e["org_id"] for e in events(api, owner)} == {org_id(api, "globex"), None}
+    assert {e["org_id"] for e in audit_events(api, owner)} == {org_id(api, "globex"), None}
 
 
 def test_cursor_pagination_returns_every_event_exactly_once(api: Api) -> None:
-    everything = [e["seq"] for e in events(api, api.compliance, limit=1000)]
+    everything = [e["seq"] for e in audit_events(api, api.compliance, limit=1000)]
     seen: list[int] = []
     cursor: int | None = None
     pages = 0
@@ -103,20 +97,20 @@ def test_cursor_pagination_returns_every_event_exactly_once(api: Api) -> None:
 
 
 def test_filter_by_action_effect_actor_subject_and_repo(api: Api) -> None:
-    grants = events(api, api.compliance, action="grant:create")
+    grants = audit_events(api, api.compliance, action="grant:create")
     assert [e["payload"]["tier"] for e in grants] == ["weights-auto"]
-    assert {e["effect"] for e in events(api, api.compliance, effect="allow")} == {"allow"}
-    by_pat = events(api, api.compliance, actor="pat")
+    assert {e["effect"] for e in audit_events(api, api.compliance, effect="allow")} == {"allow"}
+    by_pat = audit_events(api, api.compliance, actor="pat")
     assert by_pat
     assert {e["actor_id"] for e in by_pat} == {api.publisher.user.id}
-    about_rob = events(api, api.compliance, subject="rob")
+    about_rob = audit_events(api, api.compliance, subject="rob")
     assert {e["subject_user_id"] for e in about_rob} == {api.researcher.user.id}
     assert {"kyc:verify", "request:create", "grant:create"} <= {e["action"] for e in about_rob}
-    on_repo = events(api, api.compliance, repo_id=REPO)
+    on_repo = audit_events(api, api.compliance, repo_id=REPO)
     assert on_repo
     assert {e["model_id"] for e in on_repo} == {model_id(api, REPO)}
-    assert events(api, api.compliance, actor="nobody") == []
-    assert events(api, api.compliance, action="grant:create", effect="deny") == []
+    assert audit_events(api, api.compliance, actor="nobody") == []
+    assert audit_events(api, api.compliance, action="grant:create", effect="deny") == []
 
 
 def test_filter_by_time(api: Api) -> None:
@@ -126,16 +120,16 @@ def test_filter_by_time(api: Api) -> None:
         ).first()
         assert middle is not None
         moment = middle.occurred_at
-    all_events = events(api, api.compliance)
-    since = events(api, api.compliance, since=moment.isoformat())
-    until = events(api, api.compliance, until=moment.isoformat())
+    all_events = audit_events(api, api.compliance)
+    since = audit_events(api, api.compliance, since=moment.isoformat())
+    until = audit_events(api, api.compliance, until=moment.isoformat())
     assert since
     assert until
     assert all(e["seq"] >= middle.seq for e in since)
     assert all(e["seq"] < middle.seq for e in until)
     assert len(since) + len(until) == len(all_events)
     future = (utcnow() + timedelta(days=1)).isoformat()
-    assert events(api, api.compliance, since=future) == []
+    assert audit_events(api, api.compliance, since=future) == []
 
 
 def test_time_filters_need_a_time_zone(api: Api) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 from flask.testing import FlaskClient
@@ -15,7 +14,7 @@ from gateway.audit import AuditAction
 from gateway.db.models import AuditEvent, User
 from gateway.errors import NotFound
 from gateway.services.audit_log import AuditFilter, AuditLogService
-from tests.api.apikit import REPO, RIVAL_REPO, Api, make_api, ok
+from tests.api.apikit import REPO, RIVAL_REPO, Api, audit_events, make_api, ok
 from tests.factories import Actor, World
 from tests.pg import on_both_engines
 
@@ -40,9 +39,7 @@ def user_id(api: Api, name: str) -> int:
 
 
 def events(api: Api, caller: Actor, **params: Any) -> list[dict[str, Any]]:
-    body = ok(api.get(f"/api/v1/audit?{urlencode({'limit': 1000, **params})}", caller))
-    assert body["next_cursor"] is None
-    return body["events"]  # type: ignore[no-any-return]
+    return audit_events(api, caller, **{"limit": 1000, **params})
 
 
 def subjects(api: Api, found: list[dict[str, Any]]) -> set[str]:

@@ -19,7 +19,18 @@ from gateway.auth.tokens import Scope
 from gateway.db.models import Grant, utcnow
 from gateway.services.audit_log import AuditFilter, AuditLogService
 from gateway.settings import Settings
-from tests.api.apikit import FORM, REPO, RIVAL_REPO, Api, backdate, make_api, ok, past, problem
+from tests.api.apikit import (
+    FORM,
+    REPO,
+    RIVAL_REPO,
+    Api,
+    audit_events,
+    backdate,
+    make_api,
+    ok,
+    past,
+    problem,
+)
 from tests.factories import Actor, World
 from tests.pg import on_both_engines
 
@@ -82,12 +93,6 @@ def ask(api: Api, actor: Actor, repo: str, tier: str, country: str) -> dict[str,
     return body
 
 
-def events(api: Api, caller: Actor, **params: Any) -> list[dict[str, Any]]:
-    body = ok(api.get(f"/api/v1/audit?{urlencode(params)}", caller))
-    assert body["next_cursor"] is None
-    return body["events"]  # type: ignore[no-any-return]
-
-
 def org_id(api: Api, slug: str) -> int:
     return api.world.org(slug).id
 
@@ -106,33 +111,33 @@ def codes_of(event: dict[str, Any]) -> set[str]:
 @on_both_engines
 def test_filter_by_tier_reason_and_country(api: Api) -> None:
     acme, globex = org_id(api, "acme"), org_id(api, "globex")
-    manual = events(api, api.compliance, tier="weights-manual")
+    manual = audit_events(api, api.compliance, tier="weights-manual")
     assert [e["action"] for e in manual] == ["request:create"]
-    auto = events(api, api.compliance, tier="weights-auto")
+    auto = audit_events(api, api.compliance, tier="weights-auto")
     assert {"request:create", "grant:create"} <= {e["action"] for e in auto}
     assert {tier_of(e) for e in auto} == {"weights-auto"}
     assert {e["org_id"] for e in auto} == {acme}
 
-    denied = events(api, api.compliance, reason="jurisdiction_denied")
+    denied = audit_events(api, api.compliance, reason="jurisdiction_denied")
     assert [(e["action"], e["effect"], e["org_id"]) for e in denied] == [
         ("request:create", "deny", acme)
     ]
     assert "jurisdiction_denied" in codes_of(denied[0])
-    review = events(api, api.compliance, reason="approval_required", effect="review")
+    review = audit_events(api, api.compliance, reason="approval_required", effect="review")
     assert [tier_of(e) for e in review] == ["weights-manual"]
-    assert events(api, api.compliance, reason="approval_required", effect="deny") == []
+    assert audit_events(api, api.compliance, reason="approval_required", effect="deny") == []
 
-    iran = events(api, api.compliance, country="IR")
+    iran = audit_events(api, api.compliance, country="IR")
     assert {e["action"] for e in iran} == {"kyc:verify", "request:create"}
     assert {e["org_id"] for e in iran} == {acme}
     assert [e["payload"]["request_country"] for e in iran if e["action"] == "request:create"] == [
         "IR"
     ]
-    assert {e["org_id"] for e in events(api, api.rival_compliance, country="IR")} == {globex}
+    assert {e["org_id"] for e in audit_events(api, api.rival_compliance, country="IR")} == {globex}
     # Another organization's values select nothing of theirs.
-    assert events(api, api.compliance, country="DE") == []
-    assert events(api, api.rival_compliance, country="FR") == []
-    assert events(api, api.rival_compliance, tier="weights-manual") == []
+    assert audit_events(api, api.compliance, country="DE") == []
+    assert audit_events(api, api.rival_compliance, country="FR") == []
+    assert audit_events(api, api.rival_compliance, tier="weights-manual") == []
 
 
 BAD_FILTERS = (
@@ -181,7 +186,7 @@ def test_export_streams_verifiable_rows_of_own_orgs_only(api: Api, tmp_path: Pat
 
 
 def check_export(api: Api, kind: str, tmp_path: Path) -> None:
-    listed = events(api, api.compliance, limit=1000)
+    listed = audit_events(api, api.compliance, limit=1000)
     rows = exported(api.get(f"/api/v1/audit/export?format={kind}", api.compliance), tmp_path)
     assert [r["seq"] for r in rows] == [e["seq"] for e in listed]
     for row in rows:
@@ -196,7 +201,7 @@ def check_export(api: Api, kind: str, tmp_path: Path) -> None:
     assert {r["org_id"] for r in shared} == {None}
     filtered = f"/api/v1/audit/export?format={kind}&reason=jurisdiction_denied&country=IR"
     assert [r["seq"] for r in exported(api.get(filtered, api.compliance), tmp_path)] == [
-        e["seq"] for e in events(api, api.compliance, reason="jurisdiction_denied")
+        e["seq"] for e in audit_events(api, api.compliance, reason="jurisdiction_denied")
     ]
     theirs = f"/api/v1/audit/export?format={kind}&repo_id={RIVAL_REPO}"
     assert exported(api.get(theirs, api.compliance), tmp_path) == []
@@ -204,7 +209,7 @@ def check_export(api: Api, kind: str, tmp_path: Path) -> None:
 
 def test_export_reads_in_batches_and_stops_at_the_head(api: Api) -> None:
     airlock = api.world.airlock
-    everything = [e["seq"] for e in events(api, api.compliance, limit=1000)]
+    everything = [e["seq"] for e in audit_events(api, api.compliance, limit=1000)]
     rows = AuditLogService().export(
         airlock.db.sessionmaker,
         principal=api.compliance.principal,

@@ -14,6 +14,7 @@ from gateway.services.access import RequestOutcome, renewable_from
 from gateway.services.policy import PolicyService
 from policies import KycLevel
 from tests.factories import Actor, World, policy_text
+from tests.pg import on_both_engines
 
 FORM = {"intended_use": "evaluation"}
 
@@ -118,6 +119,7 @@ def test_renewal_is_refused_until_the_window_opens_and_accepted_inside_it(scene:
     assert scene.renew(grant.id).request.status == RequestStatus.APPROVED
 
 
+@on_both_engines
 def test_auto_tier_renews_at_once_and_supersedes_the_old_grant(scene: Scene) -> None:
     old = scene.grant()
     scene.age(old.id, timedelta(days=25))
@@ -136,6 +138,7 @@ def test_auto_tier_renews_at_once_and_supersedes_the_old_grant(scene: Scene) -> 
     assert (expired["reason"], expired["superseded_by"]) == ("superseded", outcome.grant.id)
 
 
+@on_both_engines
 def test_manual_tier_renewal_waits_for_a_reviewer_and_rejection_keeps_the_old_grant(
     scene: Scene,
 ) -> None:

@@ -31,7 +31,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import queue
 import secrets
 import statistics
@@ -43,7 +42,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import import_module
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -369,17 +367,6 @@ def print_rounds(found: list[Round]) -> None:
     )
 
 
-def machine() -> str:
-    """What this ran on, for the report."""
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return (
-        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"{pages / 2**30:.1f} GiB RAM, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, SQLAlchemy {version('sqlalchemy')}, "
-        f"psycopg {version('psycopg')}"
-    )
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; the defaults are what `make bench-audit` runs."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -403,7 +390,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run, report, clean up; 1 on errors (never on missed targets)."""
     args = parse_args(argv)
-    print(f"machine: {machine()}")
+    print(f"machine: {harness.machine('SQLAlchemy', 'psycopg')}")
     print(
         f"background: {harness.machine_busy(1.0):.2f} of {os.cpu_count()} CPUs busy before "
         "start (other tenants of this machine; compare ratios, not absolute figures)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import platform
 import re
 import shutil
 import signal
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -205,6 +207,17 @@ def _wait_http(url: str, log: Path, proc: subprocess.Popen[bytes], timeout: floa
             time.sleep(0.1)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
     raise BenchError(f"{url} did not come up within {timeout:.0f}s\n{tail}")
+
+
+def machine(*packages: str) -> str:
+    """What this ran on, for the report: CPUs, RAM, system, Python and `packages`' versions."""
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return (
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"{pages / 2**30:.1f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+        + "".join(f", {name} {version(name)}" for name in packages)
+    )
 
 
 def machine_busy(seconds: float = 2.0) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import secrets
 import signal
 import statistics
@@ -30,7 +29,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -270,17 +268,6 @@ def postgres_database(admin_url: str) -> Iterator[str | None]:
         admin.dispose()
 
 
-def machine() -> str:
-    """What this ran on, for the report."""
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return (
-        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"{pages / 2**30:.1f} GiB RAM, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, gunicorn {version('gunicorn')}, "
-        f"Flask {version('flask')}, SQLAlchemy {version('sqlalchemy')}"
-    )
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; the defaults are what `make bench` runs."""
     cpus = os.cpu_count() or 2
@@ -309,7 +296,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(bench: Bench) -> None:
     """Every benchmark in order, printing as it goes."""
     args = bench.args
-    print(f"machine: {machine()}")
+    print(f"machine: {harness.machine('gunicorn', 'Flask', 'SQLAlchemy')}")
     print(
         f"servers: {bench.config.describe()} for both apps; {args.connections} keep-alive "
         f"connections, {args.duration:.0f} s per run; HEAD by the Python client, GET by "

@@ -93,7 +93,7 @@ def test_a_renewal_needs_the_csrf_token_and_the_own_grant(
         assert s.get_one(Grant, old).status == GrantStatus.ACTIVE
 
 
-def test_a_pending_renewal_shows_on_the_grants_page(
+def test_the_form_is_prefilled_and_a_pending_renewal_shows_on_the_grants_page(
     client: FlaskClient, airlock: Airlock, world: World, rob: Actor
 ) -> None:
     access = airlock.access
@@ -115,6 +115,10 @@ def test_a_pending_renewal_shows_on_the_grants_page(
         granted.granted_at -= timedelta(days=61)
         granted.expires_at -= timedelta(days=61)
         s.commit()
+    sign_in(client, airlock, "rob")
+    form = client.get(f"/ui/grants/{granted.id}/renew").text
+    assert re.search(r'name="intended_use"[^>]*>evaluation</textarea>', form)  # prefilled
+    with airlock.db.session() as s:
         pending = access.renew_grant(
             s,
             principal=rob.principal,
@@ -123,7 +127,6 @@ def test_a_pending_renewal_shows_on_the_grants_page(
             agreement=None,
             request_country=None,
         ).request
-    sign_in(client, airlock, "rob")
     page = client.get(GRANTS).text
     assert f'Renewal request #{pending.id}</a>: <span class="status status-pending">' in page
     assert f"/ui/grants/{granted.id}/renew" not in page

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from gateway.api.context import airlock, db, principal, request_country
-from gateway.db.engine import begin_read_only
+from gateway.db.engine import begin_reads
 from gateway.errors import InvalidInput
 from gateway.services.inference import Admission, openai_ratelimit_headers
 
@@ -21,7 +21,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @bp.get("/models")
 def list_models() -> Response:
-    begin_read_only(db())
+    begin_reads(db())
     models = airlock().inference.permitted_models(
         db(), principal=principal(), request_country=request_country()
     )
@@ -69,7 +69,7 @@ def _relay(path: str, *, streams: bool) -> Response:
 def _admit(path: str, body: dict[str, Any]) -> tuple[Admission, dict[str, Any]]:
     """Authorize the body's model and charge its limits; the body to send upstream."""
     session = db()
-    begin_read_only(session)  # a refusal's audit ends this transaction and writes in a new one
+    begin_reads(session)  # a refusal's audit ends these reads and writes in a new transaction
     service = airlock().inference
     admission = service.admit(
         session, principal=principal(), repo_id=body["model"], request_country=request_country()

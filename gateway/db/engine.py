@@ -34,6 +34,20 @@ def begin_read_only(session: Session) -> None:
         session.connection(execution_options={READ_ONLY: True})
 
 
+def begin_reads(session: Session) -> None:
+    """Begin `session`'s work as independent reads: on PostgreSQL no transaction at all (each
+    statement commits alone, and under READ COMMITTED each statement of a transaction has its
+    own snapshot anyway), which saves the BEGIN and ROLLBACK round trips; on SQLite a read-only
+    transaction (`begin_read_only`). End it (commit or rollback) before writing: the next
+    transaction is an ordinary one. No effect once the session's transaction has begun."""
+    if session.in_transaction():
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    else:
+        begin_read_only(session)
+
+
 class Database:
     """Owns one engine and hands out sessions; SQLite gets WAL and immediate transactions."""
 

@@ -4,7 +4,6 @@ policy then revokes (each with an audit event); `airlock policy explain` runs of
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from sqlalchemy import select, update
-from werkzeug.serving import make_server
 
 from gateway.cli import main
 from gateway.db.models import AuditEvent, Grant, KycVerification, Role, utcnow
 from gateway.settings import Settings
 from tests.factories import World, policy_text
+from tests.ports import serving
 
 REPO = "acme/tiny"
 RU_DENIED = policy_text(REPO).replace(
@@ -28,12 +27,8 @@ RU_DENIED = policy_text(REPO).replace(
 
 @pytest.fixture
 def live(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    with serving(app) as url:
+        yield url
 
 
 def cli(*args: str) -> tuple[int, str]:

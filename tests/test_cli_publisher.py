@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from flask import Flask
-from werkzeug.serving import make_server
 
 from gateway.cli import main
 from gateway.db.models import Role
 from tests.factories import Actor, World, policy_text, safetensors_bytes
+from tests.ports import serving
 
 
 @pytest.fixture
 def live(app: Flask) -> Iterator[str]:
     """The gateway served on a loopback port for the duration of a test."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture

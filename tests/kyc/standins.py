@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,10 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from gateway.settings import KycProviderSettings
+from tests.ports import serving
 
 PERSONA_KEY, STRIPE_KEY, ONFIDO_KEY = "persona_test_key", "sk_test_stripe", "onfido_test_token"
 OLD_SECRET, NEW_SECRET = "whsec_old_rotating_out", "whsec_new_rotating_in"
@@ -272,15 +271,9 @@ def _json(body: Any, status: int) -> Response:
 def running_apis() -> Iterator[ProviderApis]:
     """The stand-in on a loopback port for the duration of the block."""
     apis = ProviderApis()
-    server = make_server("127.0.0.1", 0, apis, threaded=True)
-    apis.base_url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(apis) as url:
+        apis.base_url = url
         yield apis
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 # -- webhook bodies and signatures, as each provider sends them ------------------------------------

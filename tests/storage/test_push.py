@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from gateway.app import create_app
 from gateway.cli import main
@@ -21,6 +19,7 @@ from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings
 from gateway.storage import S3Storage
 from tests.factories import Actor, World
+from tests.ports import serving
 from tests.s3_servers import S3Server, part_puts
 from tests.storage.conftest import PART
 
@@ -50,14 +49,10 @@ def live(settings: Settings, moto: S3Server) -> Iterator[Live]:
     world = World(airlock)
     world.org("acme")
     publisher = world.actor("pat", org="acme", role=Role.PUBLISHER)
-    server = make_server("127.0.0.1", 0, create_app(airlock=airlock), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield Live(f"http://127.0.0.1:{server.server_port}", airlock, publisher)
+        with serving(create_app(airlock=airlock)) as url:
+            yield Live(url, airlock, publisher)
     finally:
-        server.shutdown()
-        thread.join()
         airlock.close()
 
 

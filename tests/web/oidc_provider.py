@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,8 @@ from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode
 from flask import Flask, jsonify
 from joserfc.jwk import RSAKey
-from werkzeug.serving import make_server
+
+from tests.ports import serving
 
 CLIENT_ID = "airlock-web"
 CLIENT_SECRET = "s3cret-for-tests"
@@ -232,12 +232,6 @@ def running_provider(redirect_uri: str) -> Iterator[Provider]:
     """A provider serving on a free loopback port for the duration of the block."""
     provider = Provider()
     provider.client.redirect_uris.append(redirect_uri)
-    server = make_server("127.0.0.1", 0, build_app(provider), threaded=True)
-    provider.issuer = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(build_app(provider)) as url:
+        provider.issuer = url
         yield provider
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)

@@ -72,35 +72,11 @@ def make_celery(settings: Settings) -> Celery:
     configure(app, settings)
     app.conf.update(
         beat_schedule={
-            "sweep-grants": {
-                "task": SWEEP_TASK,
-                "schedule": float(SWEEP_INTERVAL_SECONDS),
-                # A sweep nobody ran within its interval is superseded by the next one.
-                "options": {"queue": SPECS[SWEEP_TASK].queue, "expires": SWEEP_INTERVAL_SECONDS},
-            },
-            "rescreen-grants": {
-                "task": RESCREEN_TASK,
-                "schedule": float(RESCREEN_INTERVAL_SECONDS),
-                "options": {"queue": SPECS[RESCREEN_TASK].queue, "expires": 3600},
-            },
-            "checkpoint-audit": {
-                "task": CHECKPOINT_TASK,
-                "schedule": float(CHECKPOINT_TICK_SECONDS),
-                "options": {
-                    "queue": SPECS[CHECKPOINT_TASK].queue,
-                    "expires": CHECKPOINT_TICK_SECONDS,
-                },
-            },
-            "forward-audit": {
-                "task": FORWARD_TASK,
-                "schedule": float(FORWARD_TICK_SECONDS),
-                "options": {"queue": SPECS[FORWARD_TASK].queue, "expires": FORWARD_TICK_SECONDS},
-            },
-            "prune-audit": {
-                "task": PRUNE_TASK,
-                "schedule": float(PRUNE_INTERVAL_SECONDS),
-                "options": {"queue": SPECS[PRUNE_TASK].queue, "expires": 3600},
-            },
+            "sweep-grants": _every(SWEEP_TASK, SWEEP_INTERVAL_SECONDS),
+            "rescreen-grants": _every(RESCREEN_TASK, RESCREEN_INTERVAL_SECONDS, expires=3600),
+            "checkpoint-audit": _every(CHECKPOINT_TASK, CHECKPOINT_TICK_SECONDS),
+            "forward-audit": _every(FORWARD_TASK, FORWARD_TICK_SECONDS),
+            "prune-audit": _every(PRUNE_TASK, PRUNE_INTERVAL_SECONDS, expires=3600),
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )
@@ -110,6 +86,13 @@ def make_celery(settings: Settings) -> Celery:
     worker_process_shutdown.connect(services.close, weak=False)
     connect_telemetry(settings)
     return app
+
+
+def _every(task: str, seconds: int, *, expires: int | None = None) -> dict[str, Any]:
+    """A beat entry: `task` on its queue every `seconds`, dropped unless run within `expires`
+    (default: the interval, as the next run supersedes it)."""
+    options = {"queue": SPECS[task].queue, "expires": seconds if expires is None else expires}
+    return {"task": task, "schedule": float(seconds), "options": options}
 
 
 def run_worker(

@@ -48,6 +48,14 @@ def begin_reads(session: Session) -> None:
         begin_read_only(session)
 
 
+def begin_one_statement(session: Session) -> None:
+    """On PostgreSQL, let `session`'s next statement be its own transaction (AUTOCOMMIT): for
+    a write that is one statement (an audit event on PostgreSQL is one insert, chained by its
+    commit trigger), saving the BEGIN and COMMIT round trips. Nothing on SQLite."""
+    if not session.in_transaction() and session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
 class Database:
     """Owns one engine and hands out sessions; SQLite gets WAL and immediate transactions."""
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.auth.tokens import Scope
+from gateway.db.engine import begin_one_statement
 from gateway.db.models import Model, utcnow
 from gateway.errors import (
     AccessDenied,
@@ -486,6 +487,7 @@ class InferenceService:
             payload.update(delivery.digests())
         session = self.sessions()
         try:
+            begin_one_statement(session)  # the event is the transaction's only statement
             self.audit.record(
                 session,
                 AuditAction.INFERENCE_SERVE,

@@ -32,6 +32,7 @@ from gateway.kyc import KycFacts
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
 from gateway.services.rows import CURRENT_KYC_ID, CURRENT_KYC_IDS, KycRow, UserFacts
+from gateway.services.supersession import renewed_grants, supersede
 from gateway.tasks import TaskRunner, enqueue_after_commit
 from gateway.tasks.catalog import PROVISION_TASK, REEVALUATE_USER_TASK
 from policies import (
@@ -493,44 +494,6 @@ class AccessService:
         found = {g.id: pending.get((g.user_id, g.model_id, g.tier)) for g in live}
         return {g: r for g, r in found.items() if r is not None}
 
-    def _supersede(self, session: Session, new: Grant, actor_id: int) -> list[int]:
-        """End the holder's other live grants for the new grant's tier (a renewal's old grant),
-        in the new grant's transaction, so two never count at once."""
-        old = session.scalars(
-            select(Grant).where(
-                Grant.user_id == new.user_id,
-                Grant.model_id == new.model_id,
-                Grant.tier == new.tier,
-                Grant.status == GrantStatus.ACTIVE,
-                Grant.id != new.id,
-                or_(Grant.expires_at.is_(None), Grant.expires_at > new.granted_at),
-            )
-        ).all()
-        for grant in old:
-            grant.status, grant.ended_at, grant.ended_by_id, grant.end_reason = (
-                str(GrantStatus.EXPIRED),
-                new.granted_at,
-                actor_id,
-                f"superseded by grant {new.id} (renewal)",
-            )
-            self.audit.record(
-                session,
-                AuditAction.GRANT_EXPIRE,
-                actor_id=actor_id,
-                org_id=new.model.org_id,
-                subject_user_id=grant.user_id,
-                model_id=grant.model_id,
-                effect="deny",
-                payload={
-                    "grant_id": grant.id,
-                    "tier": grant.tier,
-                    "expires_at": grant.expires_at,
-                    "reason": "superseded",
-                    "superseded_by": new.id,
-                },
-            )
-        return [g.id for g in old]
-
     def review(
         self,
         session: Session,
@@ -667,9 +630,11 @@ class AccessService:
         )
         session.add(grant)
         session.flush()
-        superseded = self._supersede(session, grant, actor_id)
-        if tier.fingerprint:
+        if tier.fingerprint:  # the old grant runs on until the new one's copies are staged
+            superseded = [g.id for g in renewed_grants(session, grant, now)]
             enqueue_after_commit(session, self.runner, PROVISION_TASK, {"grant_id": grant.id})
+        else:
+            superseded = supersede(session, self.audit, grant, actor_id=actor_id, at=now)
         self.audit.record(
             session,
             AuditAction.GRANT_CREATE,

@@ -275,7 +275,7 @@ class DownloadService:
         checked = self._recheck(
             session, principal, model, policy, usable, found.facts, request_country, apply_url
         )
-        return WeightsAccess(model, policy, checked)
+        return WeightsAccess(model, policy, provisioned_first(session, checked))
 
     def _recheck(
         self,
@@ -726,6 +726,31 @@ def usable_grants(
         ):
             usable.append((grant, tier))
     return usable
+
+
+def provisioned_first(
+    session: Session, grants: tuple[tuple[GrantRow, Tier], ...]
+) -> tuple[tuple[GrantRow, Tier], ...]:
+    """`grants` with each tier's provisioned grants ahead of its unprovisioned ones (otherwise
+    in grant order): a renewal's old grant serves until the new grant's copies are staged.
+    Reads the database only when the caller holds several grants of one tier."""
+    if len({grant.tier for grant, _ in grants}) == len(grants):
+        return grants
+    ready = set(
+        session.scalars(
+            select(Grant.id).where(
+                Grant.id.in_([grant.id for grant, _ in grants]), Grant.provisioned_at.is_not(None)
+            )
+        )
+    )
+    by_tier: dict[str, list[tuple[GrantRow, Tier]]] = {}
+    for pair in grants:
+        by_tier.setdefault(pair[0].tier, []).append(pair)
+    queues = {
+        name: iter(sorted(pairs, key=lambda pair: pair[0].id not in ready))
+        for name, pairs in by_tier.items()
+    }
+    return tuple(next(queues[grant.tier]) for grant, _ in grants)
 
 
 def _dimensions(

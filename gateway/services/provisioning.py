@@ -28,6 +28,7 @@ from gateway.db.models import (
 from gateway.errors import ArtifactMissing, ServiceUnavailable
 from gateway.fingerprint import Keyring, MarkedTensor, NotSafetensors, mark
 from gateway.services.policy import PolicyService
+from gateway.services.supersession import supersede
 from gateway.storage import Storage
 from gateway.tasks import TaskRunner, enqueue_after_commit
 from gateway.tasks.catalog import PROVISION_TASK
@@ -306,6 +307,8 @@ class ProvisioningService:
             session.commit()
             return False
         grant.provisioned_at = utcnow()
+        # A renewal's old grant served the researcher while this one was staged: it ends now.
+        supersede(session, self.audit, grant, actor_id=None, at=grant.provisioned_at)
         self.audit.record(
             session,
             AuditAction.GRANT_PROVISION,

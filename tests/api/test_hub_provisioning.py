@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from datetime import timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -228,3 +229,99 @@ def head_revision_id(hub: Hub) -> int:
         found = s.get_one(Model, hub.model.id).head_revision_id
     assert found is not None
     return found
+
+
+def renew(hub: Hub, by: timedelta = timedelta(days=25)) -> int:
+    """Age the researcher's grant `by` and renew it (an auto tier: granted at once)."""
+    with hub.world.airlock.db.session() as s:
+        grant = s.get_one(Grant, hub.grant.id)
+        assert grant.expires_at is not None
+        grant.granted_at, grant.expires_at = grant.granted_at - by, grant.expires_at - by
+        s.commit()
+        outcome = hub.world.airlock.access.renew_grant(
+            s,
+            principal=hub.researcher.principal,
+            grant_id=hub.grant.id,
+            form=None,
+            agreement=None,
+            request_country=None,
+        )
+    assert outcome.grant is not None
+    return outcome.grant.id
+
+
+def statuses(hub: Hub) -> dict[int, str]:
+    with hub.world.airlock.db.session() as s:
+        query = select(Grant.id, Grant.status).where(Grant.user_id == hub.grant.user_id)
+        return dict(s.execute(query).all())
+
+
+def served_grant(hub: Hub) -> str:
+    """The grant whose staged copy a HEAD and a GET of the file serve (both must agree)."""
+    head = hub.head(URL, hub.researcher)
+    assert head.status_code == 200, (head.status_code, head.headers)
+    query = dict(parse_qsl(urlsplit(location(hub.get(URL, hub.researcher))).query))
+    with hub.world.airlock.db.session() as s:
+        sha = s.scalar(
+            select(StagedFile.sha256).where(
+                StagedFile.grant_id == int(query["g"]), StagedFile.file_id == file_id(hub)
+            )
+        )
+    assert query["o"] == "staged" and query["h"] == sha
+    assert head.headers["X-Linked-Etag"] == f'"{sha}"'
+    return query["g"]
+
+
+def superseded(hub: Hub) -> list[tuple[int, int]]:
+    with hub.world.airlock.db.session() as s:
+        query = select(AuditEvent.payload).where(AuditEvent.action == "grant:expire")
+        return [(p["grant_id"], p["superseded_by"]) for p in s.scalars(query.order_by("seq"))]
+
+
+def test_a_renewal_serves_the_old_copy_until_the_new_grant_is_provisioned(
+    hub: Hub, broker: Broker
+) -> None:
+    provision(hub, broker)
+    old, new = hub.grant.id, renew(hub)
+    assert broker.held == [{"grant_id": new}]
+    assert statuses(hub) == {old: "active", new: "active"} and superseded(hub) == []
+    assert served_grant(hub) == str(old)  # no 503 while the new copies are staged
+    with hub.world.airlock.db.session() as s:
+        created = s.scalars(select(AuditEvent).where(AuditEvent.action == "grant:create"))
+        assert created.all()[-1].payload["supersedes"] == [old]
+    provision(hub, broker)
+    assert statuses(hub) == {old: "expired", new: "active"}
+    assert superseded(hub) == [(old, new)]
+    assert served_grant(hub) == str(new)
+    assert hub.fetch(location(hub.get(URL, hub.researcher))).data == FILES[PATH]
+
+
+def test_an_old_grant_that_expires_before_the_new_copies_are_staged_just_expires(
+    hub: Hub, broker: Broker
+) -> None:
+    provision(hub, broker)
+    old, new = hub.grant.id, renew(hub)
+    with hub.world.airlock.db.session() as s:
+        s.execute(update(Grant).where(Grant.id == old).values(expires_at=func.now()))
+        s.commit()
+    assert_provisioning(hub.head(URL, hub.researcher))
+    provision(hub, broker)
+    assert superseded(hub) == [] and statuses(hub)[old] == "active"  # the sweep expires it
+    assert served_grant(hub) == str(new)
+
+
+def test_a_provisioned_grant_serves_ahead_of_an_older_unprovisioned_one_of_its_tier(
+    hub: Hub, broker: Broker
+) -> None:
+    """Two live grants of one tier (the older one's copies asked for again): no 503."""
+    provision(hub, broker)
+    old, new = hub.grant.id, renew(hub)
+    provision(hub, broker)
+    with hub.world.airlock.db.session() as s:
+        s.execute(
+            update(Grant)
+            .where(Grant.id == old)
+            .values(status="active", ended_at=None, end_reason=None, provisioned_at=None)
+        )
+        s.commit()
+    assert served_grant(hub) == str(new)

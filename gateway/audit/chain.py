@@ -62,6 +62,9 @@ class AuditAction(StrEnum):
     REVISION_COMMIT = "revision:commit"
     REVISION_OVERRIDE = "revision:override"
     REVISION_VET = "revision:vet"
+    SESSION_CREATE = "session:create"
+    SESSION_DENY = "session:deny"
+    SESSION_END = "session:end"
     TOKEN_CREATE = "token:create"  # noqa: S105 (an action name, not a secret)
     TOKEN_REVOKE = "token:revoke"  # noqa: S105
     USER_CREATE = "user:create"

@@ -23,13 +23,15 @@ class FacetName(StrEnum):
 
 
 class RefusalCode(StrEnum):
-    """Codes of the gateway's own refusals (downloads, inference), beside the engine's codes."""
+    """The gateway's own refusal codes (downloads, inference, sign-in), beside the engine's."""
 
     CONCURRENT_DOWNLOADS_EXCEEDED = "concurrent_downloads_exceeded"
     CONCURRENT_REQUESTS_EXCEEDED = "concurrent_requests_exceeded"
     GRANT_EXPIRED = "grant_expired"
     GRANT_REVOKED = "grant_revoked"
     GRANT_SUSPENDED = "grant_suspended"
+    LOGIN_LINK_EXPIRED = "login_link_expired"
+    LOGIN_LINK_USED = "login_link_used"
     NO_GRANT = "no_grant"
     RATE_LIMITED = "rate_limited"
     RATE_LIMITER_UNAVAILABLE = "rate_limiter_unavailable"

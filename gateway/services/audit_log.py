@@ -238,6 +238,9 @@ PERSONAL_ACTIONS = tuple(
     for a in (
         AuditAction.KYC_START,
         AuditAction.KYC_VERIFY,
+        AuditAction.SESSION_CREATE,
+        AuditAction.SESSION_DENY,
+        AuditAction.SESSION_END,
         AuditAction.TOKEN_CREATE,
         AuditAction.TOKEN_REVOKE,
         AuditAction.USER_CREATE,

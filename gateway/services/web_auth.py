@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from gateway.audit import AuditAction
 from gateway.auth.tokens import Scope
 from gateway.db.models import LoginLink, Membership, OidcIdentity, Role, User, WebSession, utcnow
 from gateway.errors import Forbidden, InvalidCredentials
@@ -25,6 +26,8 @@ TOUCH_EVERY = timedelta(seconds=60)  # last_seen_at is written at most this ofte
 LINK_PREFIX = "all_"  # airlock login link
 MAX_SECRET_LENGTH = 200
 USERNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+AUDIT_METHODS = {"link": "login_link", "oidc": "oidc"}  # session method -> audited method
+SESSION_REF_HEX = 12  # the audited session reference: a prefix of the stored digest, no more
 
 
 class UnknownAccount(Forbidden):
@@ -71,16 +74,33 @@ class WebAuthService:
         )
 
     # -- sessions ------------------------------------------------------------------------------
-    def start(self, session: Session, *, user_id: int | None, method: str | None) -> str:
-        """A new session (signed in when `user_id` is set); returns the cookie's random id."""
+    def start(
+        self,
+        session: Session,
+        *,
+        user_id: int | None,
+        method: str | None,
+        issuer: str | None = None,
+    ) -> str:
+        """A new session (signed in, and audited as session:create, when `user_id` is set);
+        returns the cookie's random id."""
         plaintext = secrets.token_urlsafe(32)
         now = utcnow()
         ttl = self.lifetime if user_id is not None else PENDING_TTL
+        found = digest(plaintext)
         # Sessions past their end are swept here, by index, instead of by a periodic task.
         session.execute(delete(WebSession).where(WebSession.expires_at <= now))
+        if user_id is not None:
+            payload = {
+                "method": AUDIT_METHODS.get(method or "", method),
+                "session": found.hex()[:SESSION_REF_HEX],
+            }
+            if issuer is not None:
+                payload["issuer"] = issuer
+            self._record(session, AuditAction.SESSION_CREATE, user_id, payload)
         session.add(
             WebSession(
-                digest=digest(plaintext),
+                digest=found,
                 user_id=user_id,
                 method=method,
                 data={},
@@ -113,15 +133,42 @@ class WebAuthService:
         session.commit()
 
     def end(self, session: Session, session_id: int) -> None:
-        """Sign one browser out."""
-        session.execute(delete(WebSession).where(WebSession.id == session_id))
+        """Sign one browser out (audited as session:end when it was signed in)."""
+        user_id = session.scalar(
+            delete(WebSession).where(WebSession.id == session_id).returning(WebSession.user_id)
+        )
+        if user_id is not None:
+            payload = {"scope": "this", "ended": 1}
+            self._record(session, AuditAction.SESSION_END, user_id, payload)
         session.commit()
 
     def end_all(self, session: Session, user_id: int) -> int:
-        """Sign the user out everywhere; returns how many sessions ended."""
+        """Sign the user out everywhere (audited as session:end); returns how many ended."""
         result = session.execute(delete(WebSession).where(WebSession.user_id == user_id))
+        ended = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        payload = {"scope": "everywhere", "ended": ended}
+        self._record(session, AuditAction.SESSION_END, user_id, payload)
         session.commit()
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return ended
+
+    def _record(
+        self,
+        session: Session,
+        action: AuditAction,
+        user_id: int,
+        payload: Mapping[str, Any],
+        *,
+        effect: str | None = None,
+    ) -> None:
+        """One personal session event: the person acts on their own sign-in."""
+        self.identity.audit.record(
+            session,
+            action,
+            actor_id=user_id,
+            subject_user_id=user_id,
+            effect=effect,
+            payload=payload,
+        )
 
     def csrf_token(self, plaintext: str) -> str:
         """The session's CSRF token: an HMAC of its id, so nothing more is stored."""
@@ -190,11 +237,24 @@ class WebAuthService:
         )
         if spent.rowcount != 1:  # type: ignore[attr-defined]
             session.rollback()
+            self._deny_link(session, found)
             raise InvalidCredentials("this sign-in link is not valid, was used, or has expired")
         user_id = session.scalar(select(LoginLink.user_id).where(LoginLink.digest == found))
         session.commit()
         assert user_id is not None
         return user_id
+
+    def _deny_link(self, session: Session, found: bytes) -> None:
+        """Audit a refused link whose owner is known (used or expired) as session:deny; a
+        link that matches nothing names nobody and is not recorded."""
+        link = session.scalar(select(LoginLink).where(LoginLink.digest == found))
+        if link is None:
+            return
+        used = link.used_at is not None
+        reason = {"code": "login_link_used"} if used else {"code": "login_link_expired"}
+        payload = {"method": "login_link", "reasons": [reason]}
+        self._record(session, AuditAction.SESSION_DENY, link.user_id, payload, effect="deny")
+        session.commit()
 
     # -- OpenID Connect ------------------------------------------------------------------------
     def match_oidc(

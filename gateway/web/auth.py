@@ -130,7 +130,8 @@ def sso_callback() -> Any:
         claims=claims,
         allow_signup=settings.oidc_allow_signup,
     )
-    return _signed_in(user_id, "oidc", str(pending.get("next") or ""))
+    target = str(pending.get("next") or "")
+    return _signed_in(user_id, "oidc", target, issuer=settings.oidc_issuer)
 
 
 def _validated_claims(pending: dict[str, Any]) -> dict[str, Any]:
@@ -161,12 +162,12 @@ def _failed(why: str, detail: str, *, clear: bool = True) -> Any:
     return response
 
 
-def _signed_in(user_id: int, method: str, target: str) -> Response:
+def _signed_in(user_id: int, method: str, target: str, *, issuer: str | None = None) -> Response:
     """A fresh session id for the signed-in user (never the pre-sign-in one)."""
     previous = current_session()
     if previous is not None:
         web_auth().end(db(), previous.id)
-    sid = web_auth().start(db(), user_id=user_id, method=method)
+    sid = web_auth().start(db(), user_id=user_id, method=method, issuer=issuer)
     response = redirect(safe_next(target))
     _set_cookie(response, sid, max_age=int(web_auth().lifetime.total_seconds()))
     return response

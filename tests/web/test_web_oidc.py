@@ -13,7 +13,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from gateway.app import create_app
-from gateway.db.models import OidcIdentity, User
+from gateway.db.models import AuditEvent, OidcIdentity, User
+from gateway.services.audit_log import AuditLogService
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings
 from tests.factories import World
@@ -161,3 +162,23 @@ def test_the_client_secret_is_never_rendered(web: FlaskClient, sso: Airlock, app
     # without an issuer configured there is no SSO button, and the start page says so
     plain = app.test_client().get("/ui/login/sso")
     assert plain.status_code == 404
+
+
+def test_an_oidc_sign_in_writes_one_session_create_naming_the_issuer(
+    web: FlaskClient, sso: Airlock, provider: Provider
+) -> None:
+    World(sso).actor("rob")
+    provider.sign_in_as("idp-rob-1", "rob@example.org")
+    assert _back(web, _to_provider(web)).status_code == 302
+    with sso.db.session() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action.like("session:%"))
+        ).all()
+        rob = session.scalar(select(User.id).where(User.username == "rob"))
+        assert [e.action for e in events] == ["session:create"]
+        [event] = events
+        assert event.actor_id == rob and event.subject_user_id == rob
+        assert set(event.payload) == {"method", "issuer", "session"}
+        assert event.payload["method"] == "oidc" and event.payload["issuer"] == provider.issuer
+        assert len(event.payload["session"]) == 12
+        assert AuditLogService().verify(session).ok

@@ -148,9 +148,7 @@ class ChainStatusService:
                 "to the one before it and to the recorded head"
             )
         else:
-            found.problems.append(
-                f"the chain breaks at event {chain.first_bad_seq}: {chain.problem}"
-            )
+            found.problems.append(_broken(chain.first_bad_seq, chain.problem))
         notes = CheckpointService().verify(session, verifiers=self.verifiers, storage=self.storage)
         found.problems += notes.problems
         found.checked.append(
@@ -184,9 +182,7 @@ class ChainStatusService:
             after=after,
         )
         if not report.ok:
-            found.problems.append(
-                f"the chain breaks at event {report.first_bad_seq}: {report.problem}"
-            )
+            found.problems.append(_broken(report.first_bad_seq, report.problem))
         found.checked.append(
             f"the {report.checked} events after the last checkpoint (up to {upto}) were re-hashed "
             "and link to its signed head hash"

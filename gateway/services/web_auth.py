@@ -228,20 +228,19 @@ class WebAuthService:
             raise InvalidCredentials("this sign-in link is not valid")
         now = utcnow()
         found = digest(plaintext)
-        spent = session.execute(
+        user_id: int | None = session.scalar(
             update(LoginLink)
             .where(
                 LoginLink.digest == found, LoginLink.used_at.is_(None), LoginLink.expires_at > now
             )
             .values(used_at=now)
+            .returning(LoginLink.user_id)
         )
-        if spent.rowcount != 1:  # type: ignore[attr-defined]
+        if user_id is None:
             session.rollback()
             self._deny_link(session, found)
             raise InvalidCredentials("this sign-in link is not valid, was used, or has expired")
-        user_id = session.scalar(select(LoginLink.user_id).where(LoginLink.digest == found))
         session.commit()
-        assert user_id is not None
         return user_id
 
     def _deny_link(self, session: Session, found: bytes) -> None:

@@ -289,18 +289,7 @@ class DownloadService:
         apply_url: str,
     ) -> tuple[tuple[GrantRow, Tier], ...]:
         """Evaluate the live policy for each grant's tier; deny-effects refuse the download."""
-        subject = subject_of(facts, request_country=request_country)
-        kept, reasons = [], []
-        now = utcnow()
-        for grant, tier in usable:
-            decision = self.access.decide(
-                policy, tier.name, with_request_facts(subject, grant), model, now
-            )
-            denying = [r for r in reasons_json(decision) if r["effect"] == "deny"]
-            if denying:
-                reasons += denying
-            else:
-                kept.append((grant, tier))
+        kept, reasons = held_grants(self.access, policy, model, usable, facts, request_country)
         if not kept:
             self._deny(session, principal, model, apply_url, reasons, country=request_country)
         return tuple(kept)
@@ -726,6 +715,29 @@ def usable_grants(
         ):
             usable.append((grant, tier))
     return usable
+
+
+def held_grants(
+    access: AccessService,
+    policy: ReleasePolicy,
+    model: ModelRow,
+    usable: Sequence[tuple[GrantRow, Tier]],
+    facts: UserFacts,
+    request_country: str | None,
+) -> tuple[list[tuple[GrantRow, Tier]], list[dict[str, str]]]:
+    """The grants of `usable` whose tier the live policy does not deny now, and every deny
+    reason of the others."""
+    subject = subject_of(facts, request_country=request_country)
+    kept, reasons = [], []
+    now = utcnow()
+    for grant, tier in usable:
+        decision = access.decide(policy, tier.name, with_request_facts(subject, grant), model, now)
+        denying = [r for r in reasons_json(decision) if r["effect"] == "deny"]
+        if denying:
+            reasons += denying
+        else:
+            kept.append((grant, tier))
+    return kept, reasons
 
 
 def provisioned_first(

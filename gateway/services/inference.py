@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.auth.tokens import Scope
 from gateway.db.engine import begin_one_statement
-from gateway.db.models import Model, utcnow
+from gateway.db.models import Model
 from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
@@ -43,8 +43,8 @@ from gateway.ratelimit import (
     LimitResult,
     MonthlyQuota,
 )
-from gateway.services.access import AccessService, reasons_json, subject_of, visible_to
-from gateway.services.downloads import usable_grants, with_request_facts
+from gateway.services.access import AccessService, visible_to
+from gateway.services.downloads import held_grants, usable_grants
 from gateway.services.policy import PolicyService
 from gateway.services.principal import Principal
 from gateway.services.rows import (
@@ -206,17 +206,7 @@ class InferenceService:
             return [], [_reason("token_scope_missing", "token.scopes", SCOPE_MESSAGE)]
         if not usable or policy is None or found.facts is None:
             return [], [_reason("no_grant", "grants", NO_GRANT_MESSAGE)]
-        subject = subject_of(found.facts, request_country=request_country)
-        kept, reasons = [], []
-        now = utcnow()
-        for grant, tier in usable:
-            facts = with_request_facts(subject, grant)
-            decision = self.access.decide(policy, tier.name, facts, model, now)
-            denying = [r for r in reasons_json(decision) if r["effect"] == "deny"]
-            reasons += denying
-            if not denying:
-                kept.append((grant, tier))
-        return kept, reasons
+        return held_grants(self.access, policy, model, usable, found.facts, request_country)
 
     def _deny(
         self,

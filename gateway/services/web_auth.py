@@ -81,9 +81,10 @@ class WebAuthService:
         user_id: int | None,
         method: str | None,
         issuer: str | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> str:
-        """A new session (signed in, and audited as session:create, when `user_id` is set);
-        returns the cookie's random id."""
+        """A new session (signed in, and audited as session:create, when `user_id` is set)
+        holding `data`; returns the cookie's random id."""
         plaintext = secrets.token_urlsafe(32)
         now = utcnow()
         ttl = self.lifetime if user_id is not None else PENDING_TTL
@@ -103,7 +104,7 @@ class WebAuthService:
                 digest=found,
                 user_id=user_id,
                 method=method,
-                data={},
+                data=dict(data or {}),
                 created_at=now,
                 last_seen_at=now,
                 expires_at=now + ttl,

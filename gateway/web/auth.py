@@ -96,10 +96,7 @@ def sso_start() -> Any:
         "redirect_uri": redirect_uri,
         "next": safe_next(request.args.get("next")),
     }
-    sid = web_auth().start(db(), user_id=None, method=None)
-    found = web_auth().resume(db(), sid)
-    assert found is not None
-    web_auth().save_data(db(), found.id, {"oidc": pending})
+    sid = web_auth().start(db(), user_id=None, method=None, data={"oidc": pending})
     response = redirect(started["url"])
     _set_cookie(response, sid, max_age=600)
     return response

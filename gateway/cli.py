@@ -473,13 +473,7 @@ def _json_document(file: Any) -> Any:
 def _instant(at: str | None) -> Any:
     from datetime import UTC, datetime
 
-    if at is None:
-        return datetime.now(UTC)
-    try:
-        instant = datetime.fromisoformat(at.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{at!r} is not an ISO 8601 time", param_hint="--at") from None
-    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+    return datetime.now(UTC) if at is None else _when(at, hint="--at")
 
 
 @main.command("request")
@@ -886,7 +880,7 @@ def audit_keygen(name: str, out: str) -> None:
     click.echo(key.verifier().to_text())
 
 
-def _when(value: str | None) -> Any:
+def _when(value: str | None, *, hint: str | None = None) -> Any:
     """A timezone-aware datetime from ISO 8601 (a date or a time; UTC when no offset)."""
     from datetime import UTC, datetime
 
@@ -895,7 +889,8 @@ def _when(value: str | None) -> Any:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 date or time") from None
+        message = f"{value!r} is not an ISO 8601 date or time"
+        raise click.BadParameter(message, param_hint=hint) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -40,7 +40,7 @@ STAGES = (
     ("    _target (upstream config)", "gateway/services/inference.py", "_target"),
     ("  charge (limiter)", "gateway/services/inference.py", "charge"),
     ("  complete (upstream call)", "gateway/services/inference.py", "complete"),
-    ("    upstream post", "gateway/services/upstream.py", "post"),
+    ("    upstream send", "gateway/services/upstream.py", "send"),
     ("    _finish (settle + audit)", "gateway/services/inference.py", "_finish"),
     ("      audit.record", "gateway/audit/chain.py", "record"),
     ("      session commit", "sqlalchemy/orm/session.py", "commit"),

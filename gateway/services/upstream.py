@@ -2,22 +2,27 @@
 
 Transport errors and upstream statuses are translated here into `UpstreamFailed` with the
 status the gateway answers (502 bad answer, 503 unreachable or overloaded, 504 too slow);
-no urllib3 exception escapes.
+no socket, TLS or http.client exception escapes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
+import ssl
+import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPException, HTTPResponse, HTTPSConnection
 from typing import Any, Protocol
-
-import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError
+from urllib.parse import urlsplit
 
 from gateway.errors import UpstreamFailed
 
 MAX_EVENT_BYTES = 4 * 1024**2
+POOL_SIZE = 32  # idle keep-alive connections kept per upstream; more are opened when needed
 
 
 @dataclass(frozen=True)
@@ -57,34 +62,52 @@ class Upstream(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class _Origin:
+    """Where a base URL's connections go, and the path prefix of its requests."""
+
+    https: bool
+    host: str
+    port: int | None
+    prefix: str
+
+
 class HttpUpstream:
-    """Upstreams over HTTP(S) with pooled connections (urllib3)."""
+    """Upstreams over HTTP(S) (http.client), with pooled keep-alive connections per upstream;
+    a connection the upstream closed while idle is replaced before it is used, and none is
+    retried after a request was sent (a POST may not be sent twice)."""
 
     def __init__(self, *, timeout: float, connect_timeout: float = 5.0) -> None:
-        self.pool = urllib3.PoolManager(maxsize=32, block=False, retries=False)
-        self.timeout = urllib3.Timeout(connect=min(connect_timeout, timeout), read=timeout)
+        self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
+        self.tls = ssl.create_default_context()  # the system's CAs, hostnames checked
+        self.idle: dict[_Origin, list[HTTPConnection]] = {}
+        self.origins: dict[str, _Origin] = {}
+        self.lock = threading.Lock()
+        # Idle sockets are closed when the upstream is (or when it is collected, as urllib3's
+        # pools are), never left to the garbage collector's ResourceWarning.
+        self._finalizer = weakref.finalize(self, _close_idle, self.idle)
 
     def send(self, target: UpstreamTarget, path: str, body: dict[str, Any]) -> UpstreamReply:
         """POST the body; the reply is left unread so a stream can be passed on as it comes."""
-        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept-Encoding": "identity",
+            "User-Agent": "airlock",
+        }
         if target.api_key:
             headers["Authorization"] = f"Bearer {target.api_key}"
-        url = target.base_url.rstrip("/") + path
+        origin = self._origin(target.base_url)
+        conn = self._checkout(origin)
         try:
-            response = self.pool.request(
-                "POST",
-                url,
-                body=json.dumps(body).encode(),
-                headers=headers,
-                timeout=self.timeout,
-                preload_content=False,
-                redirect=False,
-            )
-        except HTTPError as exc:
+            conn.request("POST", origin.prefix + path, json.dumps(body).encode(), headers)
+            response = conn.getresponse()
+        except (OSError, HTTPException) as exc:
+            conn.close()
             raise translate(exc) from None
+        reply = HttpReply(response, conn, self, origin)
         if not 200 <= response.status < 300:
-            response.drain_conn()
-            response.release_conn()
+            reply.drain()
             refused = (
                 " (it refused the gateway's credential)" if response.status in (401, 403) else ""
             )
@@ -92,40 +115,98 @@ class HttpUpstream:
                 f"the model's upstream answered {response.status}{refused}",
                 status=503 if response.status in (429, 503) else 502,
             )
-        return HttpReply(response)
+        return reply
 
     def close(self) -> None:
         """Close pooled connections."""
-        self.pool.clear()
+        with self.lock:
+            _close_idle(self.idle)
+
+    def _origin(self, base_url: str) -> _Origin:
+        found = self.origins.get(base_url)
+        if found is None:
+            parts = urlsplit(base_url)
+            found = _Origin(
+                parts.scheme == "https",
+                parts.hostname or "",
+                parts.port,
+                parts.path.rstrip("/"),
+            )
+            self.origins[base_url] = found
+        return found
+
+    def _checkout(self, origin: _Origin) -> HTTPConnection:
+        """An idle connection still open, or a new one (connect errors translated)."""
+        with self.lock:
+            idle = self.idle.get(origin)
+            while idle:
+                conn = idle.pop()
+                if conn.sock is not None and not _dropped(conn):
+                    return conn
+                conn.close()
+        conn = self._connection(origin)
+        try:
+            conn.connect()
+            assert conn.sock is not None
+            conn.sock.settimeout(self.timeout)  # the read timeout from here on
+        except (OSError, HTTPException) as exc:
+            conn.close()
+            raise translate(exc, connecting=True) from None
+        return conn
+
+    def _connection(self, origin: _Origin) -> HTTPConnection:
+        if origin.https:
+            return HTTPSConnection(
+                origin.host, origin.port, timeout=self.connect_timeout, context=self.tls
+            )
+        return HTTPConnection(origin.host, origin.port, timeout=self.connect_timeout)
+
+    def checkin(self, origin: _Origin, conn: HTTPConnection) -> None:
+        """Keep a connection whose answer was read to its end for the next request."""
+        if conn.sock is None:
+            return
+        with self.lock:
+            idle = self.idle.setdefault(origin, [])
+            if len(idle) < POOL_SIZE:
+                idle.append(conn)
+                return
+        conn.close()
 
 
 class HttpReply:
     """An upstream answer read lazily from its socket."""
 
-    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+    def __init__(
+        self, response: HTTPResponse, conn: HTTPConnection, owner: HttpUpstream, origin: _Origin
+    ) -> None:
         self.response = response
+        self.conn = conn
+        self.owner = owner
+        self.origin = origin
 
     def json(self) -> dict[str, Any]:
         """The whole body as a JSON object; 502 if it is not one."""
+        data = self._read()
         try:
-            found = json.loads(self.response.read())
-        except HTTPError as exc:
-            raise translate(exc) from None
+            found = json.loads(data)
         except ValueError:
             raise UpstreamFailed("the model's upstream sent a body that is not JSON") from None
-        finally:
-            self.close()
         if not isinstance(found, dict):
             raise UpstreamFailed("the model's upstream sent a body that is not a JSON object")
         return found
+
+    def drain(self) -> None:
+        """Read and drop the body (an error answer), keeping the connection if it can be."""
+        with contextlib.suppress(UpstreamFailed):
+            self._read()
 
     def events(self) -> Iterator[bytes]:
         """Complete SSE events, one at a time; a cut stream raises UpstreamFailed."""
         pending = b""
         try:
-            # read1, not stream(n): stream(n) waits for n bytes unless the body is chunked, so
-            # an HTTP/1.0 upstream's events would be held until the stream ended.
-            while chunk := self.response.read1(64 * 1024, decode_content=False):
+            # read1, not read(n): read(n) waits for n bytes unless the body is chunked, so an
+            # HTTP/1.0 upstream's events would be held until the stream ended.
+            while chunk := self.response.read1(64 * 1024):
                 pending += chunk.replace(b"\r\n", b"\n")
                 while b"\n\n" in pending:
                     event, pending = pending.split(b"\n\n", 1)
@@ -133,7 +214,7 @@ class HttpReply:
                         yield event + b"\n\n"
                 if len(pending) > MAX_EVENT_BYTES:
                     raise UpstreamFailed("the model's upstream sent an oversized event")
-        except HTTPError as exc:
+        except (OSError, HTTPException) as exc:
             raise translate(exc) from None
         finally:
             self.close()
@@ -141,15 +222,44 @@ class HttpReply:
     def close(self) -> None:
         """Drop the connection (an unfinished stream cannot be reused)."""
         self.response.close()
-        self.response.release_conn()
+        self.conn.close()
+
+    def _read(self) -> bytes:
+        """The whole body; the connection goes back to the pool unless the upstream closes it."""
+        try:
+            data = self.response.read()
+        except (OSError, HTTPException) as exc:
+            self.close()
+            raise translate(exc) from None
+        if self.response.will_close:
+            self.close()
+        else:
+            self.owner.checkin(self.origin, self.conn)
+        return data
 
 
-def translate(exc: HTTPError) -> UpstreamFailed:
+def _close_idle(idle: dict[_Origin, list[HTTPConnection]]) -> None:
+    for conns in idle.values():
+        for conn in conns:
+            conn.close()
+    idle.clear()
+
+
+def _dropped(conn: HTTPConnection) -> bool:
+    """Whether an idle connection is readable: closed by the upstream (or sending unasked)."""
+    poller = select.poll()
+    poller.register(conn.sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def translate(exc: BaseException, *, connecting: bool = False) -> UpstreamFailed:
     """Our error for a transport failure: 504 for slowness, 503 unreachable, 502 otherwise."""
-    if isinstance(exc, NewConnectionError):  # a ConnectTimeoutError subclass: check it first
-        return UpstreamFailed("the model's upstream cannot be reached", status=503)
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError):  # socket timeouts, connecting or reading
         return UpstreamFailed("the model's upstream did not answer in time", status=504)
-    if isinstance(exc, ProtocolError):
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return UpstreamFailed("the model's upstream failed", status=502)
+    if connecting and isinstance(exc, OSError):  # refused, no route, unknown host
+        return UpstreamFailed("the model's upstream cannot be reached", status=503)
+    if isinstance(exc, OSError | HTTPException):
         return UpstreamFailed("the model's upstream broke off the connection", status=502)
     return UpstreamFailed("the model's upstream failed", status=502)

@@ -437,7 +437,7 @@ def test_unreachable_upstream_is_503(inf: Inference) -> None:
 def test_the_upstream_credential_never_reaches_a_log_an_error_or_the_audit(
     inf: Inference, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("DEBUG")  # urllib3's request lines too
+    caplog.set_level("DEBUG")  # every library's debug lines too
     caplog.set_level("DEBUG", logger="gateway")
     inf.airlock.inference.upstream = HttpUpstream(timeout=0.2)
     bodies = [

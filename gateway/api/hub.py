@@ -264,10 +264,11 @@ def lfs_pointer_size(size: int) -> int:
 def _open(
     org: str, name: str, rev: str, *, writes: bool = False
 ) -> tuple[WeightsAccess, RevisionRow]:
-    """Authorize the caller's weights access; requests that do not write read without SQLite's
-    write lock (an audited refusal ends that transaction and writes in a new one)."""
+    """Authorize the caller's weights access; reads take no SQLite write lock (an audited
+    refusal ends that transaction and writes in a new one), except for a request that writes
+    and has no group commit to write through (gateway/db/group_commit.py)."""
     session = db()
-    if not writes:
+    if not writes or airlock().downloads.group is not None:
         begin_read_only(session)  # before authentication's first read
     return airlock().downloads.open_revision(
         session,

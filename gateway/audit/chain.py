@@ -20,6 +20,7 @@ from gateway.audit.canonical import (
     entry_hash,
     format_timestamp,
 )
+from gateway.db.group_commit import Batch
 from gateway.db.models import AuditEvent, AuditHead, Base, utcnow
 from gateway.db.prepared import Prepared
 from gateway.observability.metrics import count_decision
@@ -114,15 +115,7 @@ class AuditRecorder:
     ) -> None:
         """Add one event to the chain; it commits or rolls back with the change it records."""
         conn = session.connection()
-        fields = {
-            "action": str(action),
-            "actor_id": actor_id,
-            "org_id": org_id,
-            "subject_user_id": subject_user_id,
-            "model_id": model_id,
-            "effect": effect,
-            "payload": json.loads(canonical_json(payload or {})),
-        }
+        fields = _fields(action, actor_id, org_id, subject_user_id, model_id, effect, payload)
         if conn.dialect.name == "postgresql":
             _append_at_commit(conn, fields)
         else:
@@ -130,17 +123,91 @@ class AuditRecorder:
         if effect is not None:
             count_decision(str(action), effect, payload)
 
+    def record_in(
+        self,
+        batch: Batch,
+        action: AuditAction,
+        *,
+        actor_id: int | None,
+        org_id: int | None = None,
+        subject_user_id: int | None = None,
+        model_id: int | None = None,
+        effect: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`record` inside a group commit's batch (gateway/db/group_commit.py): the batch's
+        events are chained one after another from one read of the locked head, which is moved
+        once, just before the batch's COMMIT."""
+        fields = _fields(action, actor_id, org_id, subject_user_id, model_id, effect, payload)
+        conn = batch.conn
+        head = batch.state.get(_BATCH_HEAD)
+        if head is None:
+            head = batch.state[_BATCH_HEAD] = list(_locked_head(conn))
+            move = {"new_seq": 0, "new_hash": ""}
 
-def _append(conn: Connection, fields: dict[str, Any]) -> None:
-    """Lock the head, insert the event, move the head: three statements."""
+            def move_head() -> None:
+                move["new_seq"], move["new_hash"] = head[0], head[1]
+                _MOVE_HEAD.all(conn, move)
+
+            batch.before_commit(_BATCH_HEAD, move_head)
+        head[0], head[1] = _insert_event(conn, fields, head[0], head[1])
+        if effect is not None:
+            count_decision(str(action), effect, payload)
+
+
+_BATCH_HEAD = "audit_head"
+# Value types canonical JSON keeps as they are (subclasses such as enums take the slow path).
+_FLAT = frozenset({str, int, bool, type(None)})
+
+
+def _fields(
+    action: AuditAction,
+    actor_id: int | None,
+    org_id: int | None,
+    subject_user_id: int | None,
+    model_id: int | None,
+    effect: str | None,
+    payload: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """An event's columns but its place in the chain (the payload as its canonical JSON reads:
+    a flat payload of strings, integers, booleans and nulls already does)."""
+    flat = (
+        payload is not None
+        and type(payload) is dict
+        and all(type(v) in _FLAT for v in payload.values())
+    )
+    return {
+        "action": str(action),
+        "actor_id": actor_id,
+        "org_id": org_id,
+        "subject_user_id": subject_user_id,
+        "model_id": model_id,
+        "effect": effect,
+        "payload": dict(payload or {}) if flat else json.loads(canonical_json(payload or {})),
+    }
+
+
+def _locked_head(conn: Connection) -> tuple[int, str]:
+    """The head's sequence number and entry hash (its row locked on PostgreSQL)."""
     head = _LOCK_HEAD.all(conn, {})
     if len(head) != 1:
         raise RuntimeError("the audit head row is missing: the database is not migrated")
     seq, prev = head[0]
+    return seq, prev
+
+
+def _insert_event(conn: Connection, fields: dict[str, Any], seq: int, prev: str) -> tuple[int, str]:
+    """Insert the event after (seq, prev); the new end of the chain."""
     row = {"seq": seq + 1, "occurred_at": utcnow(), **fields, "prev_hash": prev}
     row["entry_hash"] = digest = entry_hash(prev, body_of(row))
     _APPEND_EVENT.all(conn, row)
-    _MOVE_HEAD.all(conn, {"new_seq": row["seq"], "new_hash": digest})
+    return seq + 1, digest
+
+
+def _append(conn: Connection, fields: dict[str, Any]) -> None:
+    """Lock the head, insert the event, move the head: three statements."""
+    seq, digest = _insert_event(conn, fields, *_locked_head(conn))
+    _MOVE_HEAD.all(conn, {"new_seq": seq, "new_hash": digest})
 
 
 # The event's canonical JSON around the two values only the locked head gives. Keys sort as

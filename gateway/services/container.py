@@ -9,6 +9,7 @@ from functools import cached_property, partial
 from gateway.audit import AuditRecorder
 from gateway.audit.forward import open_sink
 from gateway.db.engine import Database
+from gateway.db.group_commit import GroupCommit
 from gateway.fingerprint import keyring
 from gateway.geo import RequestGeo, geo_from_settings
 from gateway.kyc.dedup import SeenEvents
@@ -112,6 +113,8 @@ class Airlock:
 
     def close(self) -> None:
         """Release pooled connections."""
+        if self.downloads.group is not None:
+            self.downloads.group.close()
         self.db.dispose()
         self.limiter.close()
         self.geo.close()
@@ -154,6 +157,7 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
         limiter=limiter,
         signer=signer,
         storage=storage,
+        group=group_commit_for(db),
     )
     airlock = Airlock(
         settings,
@@ -184,3 +188,11 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
         for name, job in JOBS.items():
             in_process.register(name, partial(job, airlock))
     return airlock
+
+
+def group_commit_for(db: Database) -> GroupCommit | None:
+    """Group commits for a SQLite database file (one writer at a time: sharing the write lock
+    pays off); none for PostgreSQL or an in-memory database (each connection its own)."""
+    if db.is_sqlite and db.engine.url.database not in (None, "", ":memory:"):
+        return GroupCommit(db.engine)
+    return None

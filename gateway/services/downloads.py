@@ -6,15 +6,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
+from gateway.audit.canonical import format_timestamp
 from gateway.auth.tokens import Scope
-from gateway.db.models import Grant, GrantStatus, VettingStatus, utcnow
+from gateway.db.group_commit import Batch, GroupCommit
+from gateway.db.models import Base, Grant, GrantStatus, VettingStatus, utcnow
 from gateway.errors import (
     AccessDenied,
     AirlockError,
@@ -66,6 +69,7 @@ from gateway.storage import Storage
 from policies import GrantKind, ReleasePolicy, Subject, Tier
 
 log = logging.getLogger(__name__)
+_TICKETS = Base.metadata.tables["download_tickets"]
 
 DAY = 86400
 APPLY_PATH = "/api/v1/models/{repo}/access"
@@ -126,6 +130,26 @@ class Blob:
     claim: BlobClaim
 
 
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """What a ticket is for, decided in the request's read transaction (group commit path)."""
+
+    access: WeightsAccess
+    revision: RevisionRow
+    file: FileRow
+    served: Served
+    grant: GrantRow
+    tier: Tier
+    method: str
+    now: datetime
+    ttl: timedelta
+
+    @property
+    def expires(self) -> datetime:
+        """When the ticket's signed URL expires."""
+        return self.now + self.ttl
+
+
 @dataclass(frozen=True)
 class Ticket:
     """A signed URL for one file, and the headers a Hub client needs on the redirect."""
@@ -151,8 +175,10 @@ class DownloadService:
         limiter: Limiter,
         signer: BlobSigner,
         storage: Storage,
+        group: GroupCommit | None = None,
     ) -> None:
         self.audit = audit
+        self.group = group  # SQLite: tickets are written in group commits
         self.access = access
         self.policies = policies
         self.publishing = publishing
@@ -442,6 +468,9 @@ class DownloadService:
         now = utcnow()
         ttl = min(tier.signed_url_ttl, timedelta(hours=12))
         expires_at = now + ttl
+        if self.group is not None:
+            order = _Order(access, revision, file, served, grant, tier, method, now, ttl)
+            return self._issue_in_group(session, principal, order, base_url)
         ticket_id = self._insert_ticket(session, grant, file, served, method, now, expires_at)
         lease = _lease(grant, tier, ticket_id, ttl) if method == "GET" else None
         dims = _dimensions(grant, tier, served.size, method, lease)
@@ -468,6 +497,81 @@ class DownloadService:
                 self._release(lease)
             raise
         return Ticket(url, file, served, revision.commit_id, limit)
+
+    def _issue_in_group(
+        self, session: Session, principal: Principal, order: _Order, base_url: str
+    ) -> Ticket:
+        """SQLite: write the ticket, its lease and its audit event in a group commit shared
+        with the process's other writers (gateway/db/group_commit.py).
+
+        The decision was made in the request's read transaction, just before, which stays
+        open (in WAL mode a reader does not hold up the writer). The ticket is written after
+        every write committed in between, as on PostgreSQL (READ COMMITTED), where a
+        revocation committed after a GET's read also lets that GET's ticket through; a request
+        that begins after a revocation committed always sees it.
+        """
+        assert self.group is not None
+        try:  # the read transaction stays open: in WAL mode it does not hold up the writer
+            written = self.group.run(partial(self._write_ticket, order))
+        except LimiterUnavailable:
+            grant = order.grant
+            self._audit_refusal(session, principal, order.access.model, grant, _limiter_down(grant))
+            raise
+        if isinstance(written, LimitResult):  # refused: nothing was written
+            refused = written.refused
+            assert refused is not None
+            self._deny_limited(
+                session, principal, order.access.model, order.grant, refused, written
+            )
+        claim, limit = written
+        url = self.storage.presign(order.served.key, method=order.method, expires_at=order.expires)
+        url = url or self.signer.url(base_url, claim, order.file.path)
+        return Ticket(url, order.file, order.served, order.revision.commit_id, limit)
+
+    def _write_ticket(
+        self, order: _Order, batch: Batch
+    ) -> tuple[BlobClaim, LimitResult | None] | LimitResult:
+        """A group commit job: the ticket row, the limiter's charge (its lease named by the
+        ticket), the audit event; or the refusal, with nothing left written."""
+        grant, tier, served, file = order.grant, order.tier, order.served, order.file
+        expires_at = order.expires
+        values = {
+            "grant_id": grant.id,
+            "file_id": file.id,
+            "method": order.method,
+            "issued_at": order.now,
+            "expires_at": expires_at,
+            "size": served.size,
+        }
+        ticket_id = insert_ticket(batch.conn, values)
+        lease = _lease(grant, tier, ticket_id, order.ttl) if order.method == "GET" else None
+        dims = _dimensions(grant, tier, served.size, order.method, lease)
+        limit = self.limiter.acquire(dims) if dims else None
+        if limit is not None and not limit.allowed:
+            batch.conn.execute(delete(_TICKETS).where(_TICKETS.c.id == ticket_id))
+            return limit
+        if lease is not None:  # given back if the batch does not commit
+            batch.on_rollback(partial(self._release, lease))
+        claim = BlobClaim(
+            file.id,
+            served.sha256,
+            order.revision.commit_id,
+            grant.user_id,
+            grant.id,
+            order.method,
+            int(expires_at.timestamp()),
+            ticket_id,
+            served.staged,
+            lease is not None,
+        )
+        self.audit.record_in(
+            batch,
+            AuditAction.DOWNLOAD_ISSUE,
+            **self._ticket_event(
+                order.access, order.revision, file, served, grant, claim, expires_at
+            ),
+        )
+        return claim, limit
 
     def _insert_ticket(
         self,
@@ -501,15 +605,27 @@ class DownloadService:
         claim: BlobClaim,
         expires_at: datetime,
     ) -> None:
-        self.audit.record(
-            session,
-            AuditAction.DOWNLOAD_ISSUE,
-            actor_id=grant.user_id,
-            org_id=access.model.org_id,
-            subject_user_id=grant.user_id,
-            model_id=access.model.id,
-            effect="allow",
-            payload={
+        event = self._ticket_event(access, revision, file, served, grant, claim, expires_at)
+        self.audit.record(session, AuditAction.DOWNLOAD_ISSUE, **event)
+
+    @staticmethod
+    def _ticket_event(
+        access: WeightsAccess,
+        revision: RevisionRow,
+        file: FileRow,
+        served: Served,
+        grant: GrantRow,
+        claim: BlobClaim,
+        expires_at: datetime,
+    ) -> dict[str, Any]:
+        """The download:issue event of a ticket (keyword arguments of `record`)."""
+        return {
+            "actor_id": grant.user_id,
+            "org_id": access.model.org_id,
+            "subject_user_id": grant.user_id,
+            "model_id": access.model.id,
+            "effect": "allow",
+            "payload": {
                 "ticket_id": claim.ticket_id,
                 "grant_id": grant.id,
                 "tier": grant.tier,
@@ -519,9 +635,9 @@ class DownloadService:
                 "size": served.size,
                 "staged": served.staged,
                 "method": claim.method,
-                "expires_at": expires_at,
+                "expires_at": format_timestamp(expires_at),  # as canonical JSON writes it
             },
-        )
+        }
 
     def open_blob(
         self,
@@ -612,19 +728,7 @@ class DownloadService:
         try:
             result = self.limiter.acquire(dims)
         except LimiterUnavailable:
-            self._audit_refusal(
-                session,
-                principal,
-                model,
-                grant,
-                {
-                    "code": "rate_limiter_unavailable",
-                    "effect": "deny",
-                    "rule": f"tiers[{grant.tier}].limits",
-                    "message": "The rate limiter could not be reached, so the download was "
-                    "refused rather than let through uncounted; try again shortly.",
-                },
-            )
+            self._audit_refusal(session, principal, model, grant, _limiter_down(grant))
             raise
         if not result.allowed:
             refused = result.refused
@@ -640,7 +744,7 @@ class DownloadService:
         grant: GrantRow,
         refused: Dimension,
         result: LimitResult,
-    ) -> None:
+    ) -> NoReturn:
         never = result.retry_after == float("inf")
         message = _refusal_message(refused, result.retry_after)
         self._audit_refusal(
@@ -689,6 +793,17 @@ class DownloadService:
             payload=payload,
         )
         session.commit()
+
+
+def _limiter_down(grant: GrantRow) -> dict[str, str]:
+    """The reason of a download refused because the limiter could not be asked."""
+    return {
+        "code": "rate_limiter_unavailable",
+        "effect": "deny",
+        "rule": f"tiers[{grant.tier}].limits",
+        "message": "The rate limiter could not be reached, so the download was "
+        "refused rather than let through uncounted; try again shortly.",
+    }
 
 
 def bytes_gone(served: Served, file: FileRow) -> AirlockError:

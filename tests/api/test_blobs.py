@@ -238,3 +238,18 @@ def test_missing_bytes_are_503_not_a_traceback(hub: Hub) -> None:
     assert response.status_code == 503
     assert response.headers["Retry-After"]
     assert "Traceback" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("staged", [False, True])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_the_url_query_is_what_urlencode_would_write(staged: bool, method: str) -> None:
+    from gateway.services.signing import BlobSigner
+
+    claim = BlobClaim(
+        7, "ab" * 32, "cd" * 20, 12, 345, method, 2_000_000_000, 6789, staged, not staged
+    )
+    signer = BlobSigner("a secret")
+    url = urlsplit(signer.url("http://airlock.test", claim, "dir/a b+c.safetensors"))
+    assert url.path == "/blobs/7/a%20b%2Bc.safetensors"
+    assert url.query == urlencode({**claim.query(), "s": signer.signature(claim)})
+    assert BlobClaim.from_query(7, dict(parse_qsl(url.query))) == claim

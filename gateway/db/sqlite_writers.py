@@ -14,6 +14,7 @@ the sqlite3 shell).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -24,6 +25,10 @@ from typing import Any
 
 WAIT_SECONDS = 30.0  # as long as SQLite's busy timeout: then "database is locked", a 503
 POLL_SECONDS = 0.001
+CHECK_EVERY = 32  # commits between two looks at the WAL's size
+WAL_LIMIT_BYTES = 4 * 1024 * 1024  # checkpoint past this (SQLite's own default: 1000 pages)
+
+log = logging.getLogger(__name__)
 
 
 class WriterQueue:
@@ -32,6 +37,7 @@ class WriterQueue:
     def __init__(self, lock_path: Path) -> None:
         self._path = lock_path
         self._fd = -1
+        self.checkpointer = Checkpointer(database_of(lock_path))
         self._open()
         _QUEUES.add(self)
 
@@ -43,6 +49,7 @@ class WriterQueue:
             os.close(self._fd)
         self._threads = threading.Lock()
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.checkpointer.reset()
 
     def __del__(self) -> None:
         # With its engine gone: close the lock file (no holder is left to lose its lock).
@@ -83,6 +90,72 @@ class WriterQueue:
         self._threads.release()
 
 
+class Checkpointer:
+    """Checkpoints a WAL database from a thread of its own, so that no writer pays for it.
+
+    SQLite checkpoints on its own inside the COMMIT that takes the WAL past 1000 pages: that
+    writer copies the WAL into the database file and syncs it while it still holds the write
+    lock (and the queue), so every other writer waits for the disk. Connections that write
+    through the queue turn that off (`wal_autocheckpoint=0`, see `QueuedConnection.hold`);
+    instead, every CHECK_EVERY commits a writer looks at the WAL's size and, past
+    WAL_LIMIT_BYTES, wakes this process's checkpoint thread, which runs a PASSIVE checkpoint on
+    its own connection: that takes no write lock, and writers go on appending meanwhile. When
+    the last connection to the database closes, SQLite checkpoints what is left, as before.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.wal = database.with_name(database.name + "-wal")
+        self.runs = 0  # checkpoints run by this process (for tests)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget this process's thread: a forked child starts its own when needed."""
+        self._commits = 0
+        self._wake = threading.Event()
+        self._start = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def committed(self) -> None:
+        """A writer committed: now and then, look at the WAL and wake the thread if it is big."""
+        self._commits += 1
+        if self._commits % CHECK_EVERY:
+            return
+        try:
+            size = os.stat(self.wal).st_size
+        except OSError:
+            return
+        if size >= WAL_LIMIT_BYTES:
+            self._ensure_thread()
+            self._wake.set()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start:
+            if self._thread is None:
+                thread = threading.Thread(
+                    target=self._run, name=f"sqlite-checkpoint {self.database.name}", daemon=True
+                )
+                thread.start()
+                self._thread = thread
+
+    def _run(self) -> None:
+        wake = self._wake
+        conn = sqlite3.connect(self.database, timeout=WAIT_SECONDS, isolation_level=None)
+        try:
+            while True:
+                wake.wait()
+                wake.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.runs += 1
+                except sqlite3.Error as exc:  # the next wake-up tries again
+                    log.warning("WAL checkpoint of %s failed: %s", self.database.name, exc)
+        finally:
+            conn.close()
+
+
 _QUEUES: weakref.WeakSet[WriterQueue] = weakref.WeakSet()
 
 
@@ -102,17 +175,25 @@ class QueuedConnection(sqlite3.Connection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = None
+        self.checkpoints_handed = False
 
     def hold(self, queue: WriterQueue) -> None:
-        """Note that this connection's transaction holds `queue` until it ends."""
+        """Note that this connection's transaction holds `queue` until it ends (the first
+        time, hand its checkpoints to the queue's checkpointer)."""
+        if not self.checkpoints_handed:
+            self.execute("PRAGMA wal_autocheckpoint=0")
+            self.checkpoints_handed = True
         self.queue = queue
 
     def commit(self) -> None:
         """Commit, then let the next writer in."""
+        queue = self.queue
         try:
             super().commit()
         finally:
             self.leave()
+        if queue is not None:
+            queue.checkpointer.committed()
 
     def rollback(self) -> None:
         """Roll back, then let the next writer in."""
@@ -137,4 +218,12 @@ class QueuedConnection(sqlite3.Connection):
 
 def queue_path(database: Path) -> Path:
     """The lock file beside `database` (like SQLite's own `-wal` and `-shm` files)."""
-    return database.with_name(database.name + "-writers")
+    return database.with_name(database.name + QUEUE_SUFFIX)
+
+
+def database_of(lock_path: Path) -> Path:
+    """The database file a queue's lock file stands beside."""
+    return lock_path.with_name(lock_path.name.removesuffix(QUEUE_SUFFIX))
+
+
+QUEUE_SUFFIX = "-writers"

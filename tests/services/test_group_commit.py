@@ -201,7 +201,7 @@ def test_a_job_still_queued_after_the_wait_is_withdrawn(
 
 def test_only_a_sqlite_file_gets_a_group_commit(airlock: Airlock) -> None:
     assert group_commit_for(airlock.db) is not None
-    for url in ("sqlite://", "postgresql+psycopg://airlock@127.0.0.1:1/none"):
+    for url in ("sqlite:///:memory:", "postgresql+psycopg://airlock@127.0.0.1:1/none"):
         database = Database(url)  # no connection is made
         try:
             assert group_commit_for(database) is None, url

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.db.prepared import execute_driver
 from gateway.db.sqlite_writers import QueuedConnection, WriterQueue, queue_path
 
 READ_ONLY = "airlock_read_only"
@@ -128,7 +129,12 @@ def _sqlite_path(url: str) -> Path | None:
 
 def _configure_sqlite(engine: Engine, queue: WriterQueue | None) -> None:
     """Foreign keys on, WAL, and BEGIN IMMEDIATE so writers queue instead of deadlocking
-    (plain BEGIN for transactions begun with `begin_read_only`); writers wait in `queue`."""
+    (plain BEGIN for transactions begun with `begin_read_only`); writers wait in `queue`.
+
+    BEGIN runs on the DBAPI cursor (`execute_driver`): through `exec_driver_sql` SQLAlchemy's
+    statement machinery cost more than SQLite's own work for it, on every request. A locked
+    database is still SQLAlchemy's OperationalError; BEGIN is neither echoed nor seen by cursor
+    events."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -143,17 +149,17 @@ def _configure_sqlite(engine: Engine, queue: WriterQueue | None) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         if connection.get_execution_options().get(READ_ONLY, False):
-            connection.exec_driver_sql("BEGIN")
+            execute_driver(connection, "BEGIN")
             return
         driver = connection.connection.driver_connection
         if queue is None or not isinstance(driver, QueuedConnection):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            execute_driver(connection, "BEGIN IMMEDIATE")
             return
         if not queue.acquire():
             raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked"))
         driver.hold(queue)
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            execute_driver(connection, "BEGIN IMMEDIATE")
         except BaseException:
             driver.leave()
             raise

@@ -119,6 +119,18 @@ class _Plan:
         return rows
 
 
+def execute_driver(conn: Connection, sql: str) -> None:
+    """Run `sql` (a parameterless statement such as `BEGIN`) on `conn`'s DBAPI cursor: none of
+    SQLAlchemy's per-statement machinery, driver errors raised as SQLAlchemy's all the same."""
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, cursor, sql, exc) from exc
+    finally:
+        cursor.close()
+
+
 def _wrapped(conn: Connection, cursor: Any, sql: str, exc: Exception) -> DBAPIError:
     """A driver error as SQLAlchemy raises it; a dropped connection is invalidated first."""
     dialect = conn.dialect

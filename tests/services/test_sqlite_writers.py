@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from gateway.db.engine import Database, begin_read_only
 from gateway.db.sqlite_writers import WriterQueue, queue_path
@@ -61,6 +64,30 @@ def test_read_only_transactions_never_take_the_queue(tmp_path: Path) -> None:
         begin_read_only(session)
         session.execute(text("SELECT count(*) FROM t")).scalar_one()
         assert _queue_is_free(tmp_path)
+    database.dispose()
+
+
+def test_a_lock_held_outside_the_queue_fails_begin_as_operational_error(tmp_path: Path) -> None:
+    """BEGIN runs on the DBAPI cursor: a locked database is still SQLAlchemy's OperationalError
+    (a 503), the failed writer leaves the queue, and the next one gets in once the lock is gone."""
+    database = _database(tmp_path)
+    event.listen(database.engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout=50"))
+    database.engine.dispose()
+    other = sqlite3.connect(tmp_path / "w.db", isolation_level=None)  # not in the queue
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with database.session() as session, pytest.raises(OperationalError, match="locked"):
+            session.execute(text("INSERT INTO t VALUES (1)"))
+        assert _queue_is_free(tmp_path)
+        with database.session() as session:
+            begin_read_only(session)  # a deferred BEGIN takes no lock: reads go on
+            assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with database.session() as session:
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        session.commit()
     database.dispose()
 
 

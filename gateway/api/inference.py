@@ -61,9 +61,8 @@ def _relay(path: str, *, streams: bool) -> Response:
         events = service.open_stream(admission, path, sent)
         headers = {**SSE_HEADERS, **limits}
         return Response(events, mimetype="text/event-stream", headers=headers)
-    response = jsonify(service.complete(admission, path, sent))
-    response.headers.update(limits)
-    return response
+    answer = service.complete(admission, path, sent)
+    return Response(answer, mimetype="application/json", headers=limits)
 
 
 def _admit(path: str, body: dict[str, Any]) -> tuple[Admission, dict[str, Any]]:

@@ -381,19 +381,22 @@ class InferenceService:
             log.error("could not settle an inference request's limits; its lease will expire")
 
     # -- proxying ----------------------------------------------------------------------------
-    def complete(self, admission: Admission, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A non-streaming call: the upstream's JSON answer, audited with its usage."""
+    def complete(self, admission: Admission, path: str, body: dict[str, Any]) -> bytes:
+        """A non-streaming call: the upstream's JSON answer as the client gets it (its bytes as
+        sent, unless the model is renamed), audited with its usage."""
         status: int | str = 200
         used = None
         delivery = Delivery(admission, path, body, streamed=False)
         try:
-            answer = self.upstream.send(admission.target, path, _outbound(admission, body)).json()
+            reply = self.upstream.send(admission.target, path, _outbound(admission, body))
+            data, answer = reply.body()
             usage = answer.get("usage")
             used = usage if isinstance(usage, dict) else None
             if admission.target.model is not None and "model" in answer:
                 answer["model"] = admission.model.repo_id
+                data = json.dumps(answer).encode()
             delivery.answered(answer)
-            return answer
+            return data
         except UpstreamFailed as exc:
             status = exc.status
             raise

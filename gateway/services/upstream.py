@@ -41,8 +41,8 @@ class UpstreamTarget:
 class UpstreamReply(Protocol):
     """An open answer: a JSON body, or a stream of server-sent events."""
 
-    def json(self) -> dict[str, Any]:
-        """The whole JSON body (non-streaming)."""
+    def body(self) -> tuple[bytes, dict[str, Any]]:
+        """The whole JSON body (non-streaming) as sent, and parsed."""
         ...
 
     def events(self) -> Iterator[bytes]:
@@ -186,6 +186,10 @@ class HttpReply:
 
     def json(self) -> dict[str, Any]:
         """The whole body as a JSON object; 502 if it is not one."""
+        return self.body()[1]
+
+    def body(self) -> tuple[bytes, dict[str, Any]]:
+        """The whole body as sent, and as a JSON object; 502 if it is not one."""
         data = self._read()
         try:
             found = json.loads(data)
@@ -193,7 +197,7 @@ class HttpReply:
             raise UpstreamFailed("the model's upstream sent a body that is not JSON") from None
         if not isinstance(found, dict):
             raise UpstreamFailed("the model's upstream sent a body that is not a JSON object")
-        return found
+        return data, found
 
     def drain(self) -> None:
         """Read and drop the body (an error answer), keeping the connection if it can be."""

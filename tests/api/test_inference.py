@@ -17,6 +17,7 @@ from typing import IO, Any
 import httpx2
 import openai
 import pytest
+import urllib3
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, select, update
 from sqlalchemy import event as sqla_event
@@ -230,6 +231,16 @@ def test_chat_completion_is_relayed_and_audited_without_its_text(inf: Inference)
     assert event.payload["tokens_used"] == 9
     assert event.payload["upstream_status"] == 200
     assert "secret" not in json.dumps(event.payload)
+
+
+def test_an_answer_reaches_the_client_as_the_upstream_sent_it(
+    inf: Inference, upstream: ReferenceUpstream
+) -> None:
+    response = inf.post("/chat/completions", {**CHAT, "max_tokens": 4})
+    assert response.mimetype == "application/json"
+    sent = upstream.seen[-1].body
+    direct = urllib3.request("POST", upstream.base_url + "/chat/completions", json=sent)
+    assert response.get_data() == direct.data  # its bytes, not a re-serialization
 
 
 def test_stream_with_usage_ends_with_the_usage_chunk(inf: Inference) -> None:

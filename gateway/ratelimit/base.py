@@ -133,6 +133,11 @@ class Limiter(Protocol):
         """Charge `delta` more units (negative: refund), never refilling beyond full."""
         ...
 
+    def settle(self, dimensions: Sequence[Dimension], delta: int, lease: Lease | None) -> None:
+        """End a request in one call: `adjust` each of `dimensions` by `delta`, then give
+        `lease` back (if any)."""
+        ...
+
     def close(self) -> None:
         """Release connections, if any."""
         ...

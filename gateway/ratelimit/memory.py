@@ -83,31 +83,42 @@ class MemoryLimiter:
     def release(self, lease: Lease) -> None:
         """Give a lease back; unknown or expired leases are ignored."""
         with self._lock:
-            held = self._leases.get(lease.key)
-            if held is not None:
-                held.drop(lease.id)
+            self._release(lease)
+
+    def _release(self, lease: Lease) -> None:
+        held = self._leases.get(lease.key)
+        if held is not None:
+            held.drop(lease.id)
 
     def adjust(self, dimension: Dimension, delta: int) -> DimensionState:
         """Charge `delta` more units to `dimension` (negative refunds, never beyond full)."""
         dimension = gcra_only(dimension)
-        if isinstance(dimension, MonthlyQuota):
-            return self._adjust_month(dimension, delta)
         with self._lock:
-            now = self._clock()
-            tat = gcra_adjust(dimension, self._tat.get(dimension.key), now, delta)
-            if tat > now:
-                self._tat[dimension.key] = tat
-            else:
-                self._tat.pop(dimension.key, None)
-            return gcra_state(dimension, tat, now)
+            return self._adjust(dimension, delta)
 
-    def _adjust_month(self, quota: MonthlyQuota, delta: int) -> DimensionState:
-        """Charge `delta` to this month's count (never below zero)."""
+    def settle(self, dimensions: Sequence[Dimension], delta: int, lease: Lease | None) -> None:
+        """Adjust each of `dimensions` by `delta` and give `lease` back, under one lock."""
+        checked = [gcra_only(d) for d in dimensions]
         with self._lock:
+            for dimension in checked:
+                self._adjust(dimension, delta)
+            if lease is not None:
+                self._release(lease)
+
+    def _adjust(self, dimension: Dimension, delta: int) -> DimensionState:
+        """`adjust` with the lock held."""
+        if isinstance(dimension, MonthlyQuota):
             month, until_end = month_of(self._wall())
-            used = max(0, self._used(quota.key, month) + delta)
-            self._months[quota.key] = (month, used)
-            return quota_state(quota, used, until_end)
+            used = max(0, self._used(dimension.key, month) + delta)  # never below zero
+            self._months[dimension.key] = (month, used)
+            return quota_state(dimension, used, until_end)
+        now = self._clock()
+        tat = gcra_adjust(dimension, self._tat.get(dimension.key), now, delta)
+        if tat > now:
+            self._tat[dimension.key] = tat
+        else:
+            self._tat.pop(dimension.key, None)
+        return gcra_state(dimension, tat, now)
 
     def close(self) -> None:
         """Nothing to release in process."""

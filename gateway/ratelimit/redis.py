@@ -215,6 +215,39 @@ return {remaining, reset}
 """
 )
 
+# KEYS: n GCRA keys, then q calendar-quota keys, then at most one lease key. ARGV[1]: (quota,
+# window) of each GCRA dimension as 2n little-endian doubles; ARGV[2]: each calendar quota's
+# quota as q doubles; ARGV[3]: delta; ARGV[4]: the lease's id when there is a lease key. Does
+# what ADJUST and ADJUST_MONTH do for each key, then ZREM the lease: a request's end in one
+# round trip. Returns 0.
+SETTLE = (
+    _PRELUDE
+    + _MONTH
+    + """
+local n, q = #ARGV[1] / 16, #ARGV[2] / 8
+local delta = tonumber(ARGV[3])
+if delta ~= 0 and n > 0 then
+  local p = {struct.unpack('<' .. string.rep('d', 2 * n), ARGV[1])}
+  for i = 1, n do
+    local interval = p[2 * i] / p[2 * i - 1]
+    local tat = tonumber(redis.call('GET', KEYS[i])) or now
+    if tat < now then tat = now end
+    local new_tat = max(now, tat + delta * interval)
+    if new_tat > now then store(KEYS[i], new_tat) else redis.call('DEL', KEYS[i]) end
+  end
+end
+if delta ~= 0 and q > 0 then
+  local month, until_end = month_now()
+  for k = 1, q do
+    local used = max(month_used(KEYS[n + k], month) + delta, 0)
+    month_store(KEYS[n + k], month, used, until_end)
+  end
+end
+if #KEYS > n + q then redis.call('ZREM', KEYS[n + q + 1], ARGV[4]) end
+return 0
+"""
+)
+
 
 class _Script:
     """A Lua script run by its SHA; sent whole only when the server does not have it cached."""
@@ -251,6 +284,7 @@ class RedisLimiter:
         self._acquire = _Script(ACQUIRE)
         self._adjust = _Script(ADJUST)
         self._adjust_month = _Script(ADJUST_MONTH)
+        self._settle = _Script(SETTLE)
 
     @timed_admission
     def acquire(self, dimensions: Sequence[Dimension]) -> LimitResult:
@@ -292,6 +326,24 @@ class RedisLimiter:
         args: list[Arg] = [dimension.quota, dimension.window, delta]
         remaining, reset = self._call(self._adjust, [self._gcra_key(dimension)], args)
         return DimensionState(dimension, remaining, reset / MICRO)
+
+    def settle(self, dimensions: Sequence[Dimension], delta: int, lease: Lease | None) -> None:
+        """Adjust each of `dimensions` by `delta` and give `lease` back: one script, one round
+        trip (instead of one per dimension and one for the lease)."""
+        checked = [gcra_only(d) for d in dimensions]
+        gcra = [d for d in checked if not isinstance(d, MonthlyQuota)]
+        months = [d for d in checked if isinstance(d, MonthlyQuota)]
+        keys = [self._gcra_key(d) for d in gcra] + [self._month_prefix + q.key for q in months]
+        windows = [x for d in gcra for x in (d.quota, d.window)]
+        args: list[Arg] = [
+            struct.pack(f"<{len(windows)}d", *windows),
+            struct.pack(f"<{len(months)}d", *(q.quota for q in months)),
+            delta,
+        ]
+        if lease is not None:
+            keys.append(self._lease_key(lease))
+            args.append(lease.id)
+        self._call(self._settle, keys, args)
 
     def ping(self) -> None:
         """One round trip to Redis on the limiter's own pool (readiness checks, benchmarks)."""

@@ -370,13 +370,14 @@ class InferenceService:
         raise QuotaExhausted(message, retry_after=max(1, math.ceil(wait)), headers=headers)
 
     def _settle(self, admission: Admission, total: int | None) -> None:
-        """Charge what was really used instead of the reservation; free the lease."""
+        """Charge what was really used instead of the reservation; free the lease (one limiter
+        call: one round trip to Redis)."""
+        delta = 0 if total is None else total - admission.reserved
+        dims = admission.token_dims if delta else ()
+        if not dims and admission.lease is None:
+            return
         try:
-            if total is not None and total != admission.reserved:
-                for dim in admission.token_dims:
-                    self.limiter.adjust(dim, total - admission.reserved)
-            if admission.lease is not None:
-                self.limiter.release(admission.lease)
+            self.limiter.settle(dims, delta, admission.lease)
         except LimiterUnavailable:
             log.error("could not settle an inference request's limits; its lease will expire")
 

@@ -181,6 +181,31 @@ def test_adjust_may_overdraw_a_dimension_which_then_refuses(case: Case) -> None:
     assert refused.retry_after == pytest.approx(0.6 * HOUR, abs=1)
 
 
+def test_settle_adjusts_every_dimension_and_frees_the_lease_in_one_call(case: Case) -> None:
+    tokens, month = per_hour(10, key="tokens"), monthly(10)
+    charged = [per_hour(10, key="tokens", cost=8), monthly(10, cost=8), lease("a", quota=1)]
+    assert case.limiter.acquire(charged).allowed
+    assert not case.limiter.acquire([lease("b", quota=1)]).allowed
+    case.limiter.settle([tokens, month], -5, lease("a", quota=1))
+    after = case.limiter.acquire([tokens, month, lease("b", quota=1)])
+    assert after.allowed
+    assert [s.remaining for s in after.states] == [6, 6, 0]  # 8 - 5 + 1 used of each
+
+
+def test_settle_never_refunds_beyond_full_and_may_only_free_a_lease(case: Case) -> None:
+    tokens, month = per_hour(10, key="tokens"), monthly(10)
+    assert case.limiter.acquire([per_hour(10, key="tokens", cost=3), monthly(10, cost=3)]).allowed
+    case.limiter.settle([tokens, month], -100, None)
+    assert [case.limiter.adjust(d, 0).remaining for d in (tokens, month)] == [10, 10]
+    assert case.limiter.acquire([lease("a", quota=1)]).allowed
+    case.limiter.settle([], 0, lease("a", quota=1))
+    assert case.limiter.acquire([lease("b", quota=1)]).allowed
+    case.limiter.settle([tokens, month], 12, None)  # an overdraft, as adjust allows
+    assert [case.limiter.adjust(d, 0).remaining for d in (tokens, month)] == [0, 0]
+    with pytest.raises(ValueError, match="is a lease"):
+        case.limiter.settle([lease("b")], 1, None)
+
+
 def test_a_dimension_refills_continuously(case: Case) -> None:
     per_second = Dimension("fast", "per_second", 4, 1)
     assert all(case.limiter.acquire([per_second]).allowed for _ in range(4))

@@ -7,13 +7,13 @@ import secrets
 import time
 from collections.abc import Callable
 
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.exceptions import HTTPException
 
 from gateway.api import BLUEPRINTS
 from gateway.api.auth import TokenAuthenticator
-from gateway.api.context import close_session, db
+from gateway.api.context import close_session, db, unproxied
 from gateway.api.errors import render, render_http, render_unexpected
 from gateway.errors import AirlockError, InvalidCredentials
 from gateway.observability import metrics
@@ -85,11 +85,12 @@ def _authenticator(services: Airlock) -> Callable[[str], Principal | None]:
 
 
 def _assign_request_id() -> None:
-    state = g._get_current_object()  # one proxy lookup, not six
+    state = unproxied(g)  # one proxy lookup, not six
+    current: Request = unproxied(request)
     state.started = time.perf_counter()
-    state.surface = surface = metrics.surface_of(request.endpoint)
+    state.surface = surface = metrics.surface_of(current.endpoint)
     metrics.in_progress(surface).inc()
-    environ = request.environ
+    environ = current.environ
     incoming = next((environ[k] for k in REQUEST_ID_KEYS if k in environ), "")
     request_id = incoming[:128] if incoming.isprintable() and incoming else secrets.token_hex(12)
     state.request_id = request_id
@@ -114,15 +115,16 @@ def _finish_response(response: Response) -> Response:
 
 def _observe(response: Response) -> Response:
     """Count the request and write its access-log line (the path only: queries hold signatures)."""
-    state = g._get_current_object()
+    state = unproxied(g)
+    current: Request = unproxied(request)
     seconds = time.perf_counter() - state.get("started", time.perf_counter())
     surface = state.get("surface", "other")
-    method, status = request.method, response.status_code
+    method, status = current.method, response.status_code
     metrics.observe_request(surface, method, status, seconds)
     if not access_log.isEnabledFor(logging.INFO):  # the line's arguments cost when it is off
         return response
     caller = state.get("principal")
-    path = request.path
+    path = current.path
     access_log.info(
         "%s %s %s %.1fms",
         method,
@@ -143,7 +145,7 @@ def _observe(response: Response) -> Response:
 
 
 def _leave_request(_exc: BaseException | None = None) -> None:
-    state = g._get_current_object()
+    state = unproxied(g)
     surface = state.get("surface")
     if surface is not None:
         metrics.in_progress(surface).dec()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from gateway.audit.canonical import (
@@ -79,17 +79,11 @@ def event_body(event: AuditEvent) -> dict[str, Any]:
 _head = AuditHead.__table__.c
 _events = Base.metadata.tables["audit_events"]
 LOCK_HEAD = select(_head.seq, _head.entry_hash).where(_head.id == 1).with_for_update()
-MOVE_HEAD = (
-    update(Base.metadata.tables["audit_head"])
-    .where(_head.id == 1)
-    .values(seq=bindparam("new_seq"), entry_hash=bindparam("new_hash"))
-)
-# The three statements of an append as prebuilt DBAPI-level executions: an append costs three
-# statements on every audited request (a GET resolve among them).
+# The statements of a SQLite append as prebuilt DBAPI-level executions (every audited request
+# makes them): read the head, insert the event; the insert's trigger moves the head (0013).
 ROW_FIELDS = (*BODY_FIELDS, "prev_hash", "entry_hash")
 _LOCK_HEAD = Prepared(LOCK_HEAD)
 _APPEND_EVENT = Prepared(insert(_events).values({k: bindparam(k) for k in ROW_FIELDS}))
-_MOVE_HEAD = Prepared(MOVE_HEAD)
 
 
 class AuditRecorder:
@@ -135,24 +129,24 @@ class AuditRecorder:
         effect: str | None = None,
         payload: Mapping[str, Any] | None = None,
     ) -> None:
-        """`record` inside a group commit's batch (gateway/db/group_commit.py): the batch's
-        events are chained one after another from one read of the locked head, which is moved
-        once, just before the batch's COMMIT."""
+        """`record` inside a group commit's batch (gateway/db/group_commit.py): on SQLite the
+        batch's events follow one another from the head the batch last saw (read once, or
+        noted by `note_head`)."""
         fields = _fields(action, actor_id, org_id, subject_user_id, model_id, effect, payload)
         conn = batch.conn
-        head = batch.state.get(_BATCH_HEAD)
-        if head is None:
-            head = batch.state[_BATCH_HEAD] = list(_locked_head(conn))
-            move = {"new_seq": 0, "new_hash": ""}
-
-            def move_head() -> None:
-                move["new_seq"], move["new_hash"] = head[0], head[1]
-                _MOVE_HEAD.all(conn, move)
-
-            batch.before_commit(_BATCH_HEAD, move_head)
-        head[0], head[1] = _insert_event(conn, fields, head[0], head[1])
+        if conn.dialect.name == "postgresql":
+            _append_at_commit(conn, fields)
+        else:
+            head = batch.state.get(_BATCH_HEAD) or _locked_head(conn)
+            batch.state[_BATCH_HEAD] = _insert_event(conn, fields, *head)
         if effect is not None:
             count_decision(str(action), effect, payload)
+
+    @staticmethod
+    def note_head(batch: Batch, seq: int, entry_hash: str) -> None:
+        """The head as a statement of the batch just read it (the ticket insert returns it):
+        the batch's next event on SQLite follows it without reading it again."""
+        batch.state.setdefault(_BATCH_HEAD, (seq, entry_hash))
 
 
 _BATCH_HEAD = "audit_head"
@@ -205,9 +199,9 @@ def _insert_event(conn: Connection, fields: dict[str, Any], seq: int, prev: str)
 
 
 def _append(conn: Connection, fields: dict[str, Any]) -> None:
-    """Lock the head, insert the event, move the head: three statements."""
-    seq, digest = _insert_event(conn, fields, *_locked_head(conn))
-    _MOVE_HEAD.all(conn, {"new_seq": seq, "new_hash": digest})
+    """SQLite: read the head, insert the event; the insert's trigger moves the head (0013).
+    Two statements, serialized by the write lock the transaction holds."""
+    _insert_event(conn, fields, *_locked_head(conn))
 
 
 # The event's canonical JSON around the two values only the locked head gives. Keys sort as

@@ -39,26 +39,17 @@ WAIT_SECONDS = 75.0
 
 
 class Batch:
-    """What a job writes with: the shared connection (inside the batch's transaction), undo
-    callbacks for work outside the database, and hooks run once before the COMMIT."""
+    """What a job writes with: the shared connection (inside the batch's transaction), state
+    the batch's jobs share (the audit head), and undo callbacks for work outside the database."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.state: dict[str, Any] = {}  # per-batch state shared by jobs (the audit head)
         self._undo: list[Callable[[], None]] = []
-        self._before_commit: dict[str, Callable[[], None]] = {}
 
     def on_rollback(self, undo: Callable[[], None]) -> None:
         """Run `undo` if this batch's transaction is rolled back (a lease to give back)."""
         self._undo.append(undo)
-
-    def before_commit(self, key: str, hook: Callable[[], None]) -> None:
-        """Run `hook` once, after every job and before the COMMIT (the last one per key)."""
-        self._before_commit[key] = hook
-
-    def _finish(self) -> None:
-        for hook in self._before_commit.values():
-            hook()
 
     def _rolled_back(self) -> None:
         for undo in reversed(self._undo):
@@ -181,7 +172,6 @@ class GroupCommit:
                         slot.error = exc
                         raise _JobFailed from exc
                 failed = None
-                batch._finish()
         except _JobFailed:
             batch._rolled_back()
             return failed

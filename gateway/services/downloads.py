@@ -18,6 +18,7 @@ from gateway.audit.canonical import format_timestamp
 from gateway.auth.tokens import Scope
 from gateway.db.group_commit import Batch, GroupCommit
 from gateway.db.models import Base, Grant, GrantStatus, VettingStatus, utcnow
+from gateway.db.prepared import Prepared
 from gateway.errors import (
     AccessDenied,
     AirlockError,
@@ -50,6 +51,7 @@ from gateway.services.publishing import (
     load_vetting,
 )
 from gateway.services.rows import (
+    INSERT_TICKET,
     FileIndex,
     FileRow,
     GrantRow,
@@ -70,6 +72,15 @@ from policies import GrantKind, ReleasePolicy, Subject, Tier
 
 log = logging.getLogger(__name__)
 _TICKETS = Base.metadata.tables["download_tickets"]
+_HEAD = Base.metadata.tables["audit_head"].c
+# SQLite's group commit: the ticket's id and the audit head in one statement (a statement less
+# under the write lock; the head is current, its trigger moves it with every event).
+_TICKET_AND_HEAD = Prepared(
+    INSERT_TICKET.returning(
+        select(_HEAD.seq).where(_HEAD.id == 1).scalar_subquery(),
+        select(_HEAD.entry_hash).where(_HEAD.id == 1).scalar_subquery(),
+    )
+)
 
 DAY = 86400
 APPLY_PATH = "/api/v1/models/{repo}/access"
@@ -543,7 +554,8 @@ class DownloadService:
             "expires_at": expires_at,
             "size": served.size,
         }
-        ticket_id = insert_ticket(batch.conn, values)
+        ticket_id, head_seq, head_hash = _TICKET_AND_HEAD.all(batch.conn, values)[0]
+        self.audit.note_head(batch, head_seq, head_hash)  # no read of its own for the event
         lease = _lease(grant, tier, ticket_id, order.ttl) if order.method == "GET" else None
         dims = _dimensions(grant, tier, served.size, order.method, lease)
         limit = self.limiter.acquire(dims) if dims else None

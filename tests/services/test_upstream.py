@@ -3,6 +3,7 @@ translated to the status the gateway answers (502, 503 or 504)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import socketserver
 import threading
@@ -95,9 +96,9 @@ def test_a_json_answer_is_read_and_its_connection_reused(
     client: HttpUpstream, upstream: ReferenceUpstream
 ) -> None:
     target = UpstreamTarget(upstream.base_url, api_key="sk-up")
-    first = client.send(target, "/chat/completions", CHAT).json()
+    first = client.send(target, "/chat/completions", CHAT).body()[1]
     [idle] = [conn for conns in client.idle.values() for conn in conns]
-    again = client.send(target, "/chat/completions", CHAT).json()
+    again = client.send(target, "/chat/completions", CHAT).body()[1]
     assert first == again
     assert first["usage"]["total_tokens"] == 4
     assert [conn for conns in client.idle.values() for conn in conns] == [idle]
@@ -111,7 +112,7 @@ def test_a_connection_the_upstream_closed_while_idle_is_replaced(client: HttpUps
     with answering(ok(), close_after=True) as server:
         target = UpstreamTarget(server.base_url)
         for _ in range(3):
-            assert client.send(target, "/chat/completions", CHAT).json()["usage"]
+            assert client.send(target, "/chat/completions", CHAT).body()[1]["usage"]
             assert server.closed.acquire(timeout=5)  # closed while idle, before the next request
         assert len(server.accepted) == 3  # each request found its idle connection closed
 
@@ -171,7 +172,7 @@ def test_a_body_cut_short_is_502(client: HttpUpstream) -> None:
     with answering(cut, close_after=True) as server:
         reply = client.send(UpstreamTarget(server.base_url), "/chat/completions", CHAT)
         with pytest.raises(UpstreamFailed) as caught:
-            reply.json()
+            reply.body()
     assert (caught.value.status, caught.value.detail) == (
         502,
         "the model's upstream broke off the connection",
@@ -181,7 +182,7 @@ def test_a_body_cut_short_is_502(client: HttpUpstream) -> None:
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]"])
 def test_a_body_that_is_not_a_json_object_is_502(client: HttpUpstream, body: bytes) -> None:
     with answering(ok(body), close_after=False) as server, pytest.raises(UpstreamFailed) as caught:
-        client.send(UpstreamTarget(server.base_url), "/chat/completions", CHAT).json()
+        client.send(UpstreamTarget(server.base_url), "/chat/completions", CHAT).body()[1]
     assert caught.value.status == 502
     assert "not a JSON object" in caught.value.detail or "not JSON" in caught.value.detail
 
@@ -190,3 +191,41 @@ def _failure(client: HttpUpstream, target: UpstreamTarget) -> tuple[int, str]:
     with pytest.raises(UpstreamFailed) as caught:
         client.send(target, "/chat/completions", CHAT)
     return caught.value.status, caught.value.detail
+
+
+def test_the_request_names_its_host_type_and_length(
+    client: HttpUpstream, upstream: ReferenceUpstream
+) -> None:
+    client.send(UpstreamTarget(upstream.base_url), "/chat/completions", CHAT).body()[1]
+    seen = upstream.seen[-1].headers
+    assert seen["Host"] == upstream.base_url.removeprefix("http://").removesuffix("/v1")
+    assert seen["Content-Type"] == "application/json"
+    assert int(seen["Content-Length"]) == len(json.dumps(CHAT))
+    assert "Authorization" not in seen
+
+
+@pytest.mark.parametrize("key", ["sk-a\r\nX-Injected: 1", "sk a", "sk-ü"])
+def test_a_credential_that_is_not_a_token_is_refused_before_sending(
+    client: HttpUpstream, upstream: ReferenceUpstream, key: str
+) -> None:
+    before = len(upstream.seen)
+    target = UpstreamTarget(upstream.base_url, api_key=key)
+    assert _failure(client, target) == (
+        503,
+        "the model's upstream credential is not a usable token",
+    )
+    assert len(upstream.seen) == before
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "prefix"),
+    [
+        ("https://example.com/v1/", "example.com", "/v1"),
+        ("https://example.com:8443/v1", "example.com:8443", "/v1"),
+        ("http://[::1]:8000", "[::1]:8000", ""),
+        ("http://bücher.example/open ai", "xn--bcher-kva.example", "/open%20ai"),
+    ],
+)
+def test_a_base_url_gives_the_host_header_and_path_prefix(url: str, host: str, prefix: str) -> None:
+    origin = HttpUpstream(timeout=1)._origin(url)
+    assert (origin.host_header, origin.prefix) == (host, prefix)

@@ -106,7 +106,7 @@ def _finish_response(response: Response) -> Response:
     headers = response.headers
     present = {name.lower() for name, _ in headers.items()}  # one scan, not one per header
     if "x-request-id" not in present:
-        headers.add("X-Request-Id", g.get("request_id", ""))
+        headers.add("X-Request-Id", unproxied(g).get("request_id", ""))
     for name, value in DEFAULT_HEADERS:
         if name.lower() not in present:
             headers.add(name, value)

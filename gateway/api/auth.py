@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from flask import request
 
+from gateway.api.context import unproxied
 from gateway.errors import InvalidCredentials
 from gateway.services.principal import ANONYMOUS, Principal
 
@@ -20,7 +21,7 @@ class TokenAuthenticator:
 
     def current(self) -> Principal:
         """The caller: ANONYMOUS without an Authorization header, else a validated token."""
-        header = request.environ.get("HTTP_AUTHORIZATION")
+        header = unproxied(request).environ.get("HTTP_AUTHORIZATION")
         if not header:
             return ANONYMOUS
         return self.validate(header)

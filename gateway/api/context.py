@@ -37,7 +37,7 @@ def db() -> Session:
 
 def close_session(_exc: BaseException | None = None) -> None:
     """Teardown: roll back anything uncommitted and release the connection."""
-    session = g.pop("db_session", None)
+    session = unproxied(g).pop("db_session", None)
     if session is not None:
         session.close()
 

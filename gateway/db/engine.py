@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.db.prepared import execute_driver
 from gateway.db.sqlite_writers import QueuedConnection, WriterQueue, queue_path
 
-READ_ONLY = "airlock_read_only"
+# Set by `begin_read_only` around the begin it causes, read by the SQLite begin listener: a flag
+# in the context costs less than an execution option (a Connection.execution_options call).
+_READ_ONLY: ContextVar[bool] = ContextVar("airlock_read_only", default=False)
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable PostgreSQL fails the request (503) in bounded time
 # A row lock held longer than this (a stuck transaction) fails the waiting request with 503 rather
 # than holding it forever: the same 30 s as SQLite's busy timeout.
@@ -32,7 +35,11 @@ def begin_read_only(session: Session) -> None:
     none once the session's transaction has begun.
     """
     if not session.in_transaction():
-        session.connection(execution_options={READ_ONLY: True})
+        flag = _READ_ONLY.set(True)
+        try:
+            session.connection()
+        finally:
+            _READ_ONLY.reset(flag)
 
 
 def begin_reads(session: Session) -> None:
@@ -148,7 +155,7 @@ def _configure_sqlite(engine: Engine, queue: WriterQueue | None) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        if connection.get_execution_options().get(READ_ONLY, False):
+        if _READ_ONLY.get():
             execute_driver(connection, "BEGIN")
             return
         driver = connection.connection.driver_connection

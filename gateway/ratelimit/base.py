@@ -250,6 +250,8 @@ def decide(
 
     `planned`, `states` and `waits` are parallel lists in the order the limiter checked them.
     """
+    if not any(waits) and planned == list(dimensions):  # admitted, checked in the caller's order
+        return LimitResult(True, tuple(states))
     by_dimension = dict(zip(planned, states, strict=True))
     ordered = tuple(by_dimension[d] for d in dimensions)
     if not any(waits):

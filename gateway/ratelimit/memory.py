@@ -51,8 +51,8 @@ class MemoryLimiter:
         gcra, months, leases = split(dimensions)
         with self._lock:
             now = self._clock()
-            month, until_end = month_of(self._wall())
-            self._sweep(now, month)
+            self._sweep(now)
+            month, until_end = month_of(self._wall()) if months else (0, 0.0)
             plans = [gcra_check(d, self._tat.get(d.key), now) for d in gcra]
             used = [self._used(q.key, month) for q in months]
             held = [self._live(lease.key, now) for lease in leases]
@@ -136,11 +136,12 @@ class MemoryLimiter:
         held.prune(now)
         return held
 
-    def _sweep(self, now: float, month: int) -> None:
+    def _sweep(self, now: float) -> None:
         """Forget idle keys now and then, as Redis expires them (a full key refills to nothing)."""
         self._calls += 1
         if self._calls % SWEEP_EVERY:
             return
+        month, _ = month_of(self._wall())
         self._tat = {k: tat for k, tat in self._tat.items() if tat > now}
         self._months = {k: m for k, m in self._months.items() if m[0] == month}
         for held in self._leases.values():

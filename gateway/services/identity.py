@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -241,15 +243,32 @@ class IdentityService:
 
 def principal_for(token: TokenRow) -> Principal:
     """The principal a valid token stands for."""
+    return _principal(
+        token.id, token.user_id, token.username, tuple(token.scopes), token.memberships
+    )
+
+
+# Every request of a token builds the same principal from the same row: built once per distinct
+# (token, user, name, scopes, memberships), so a changed membership or scope is a new entry. The
+# token's validity (digest, expiry, revocation) is still checked on every request, before this.
+@functools.lru_cache(maxsize=1024)
+def _principal(
+    token_id: int,
+    user_id: int,
+    username: str,
+    scopes: tuple[str, ...],
+    memberships: tuple[tuple[int, str], ...],
+) -> Principal:
     roles: dict[int, set[Role]] = {}
-    for org_id, role in token.memberships:
+    for org_id, role in memberships:
         roles.setdefault(org_id, set()).add(Role(role))
     return Principal(
-        user_id=token.user_id,
-        username=token.username,
-        token_id=token.id,
-        scopes=frozenset(Scope(s) for s in token.scopes),
-        roles={org: frozenset(rs) for org, rs in roles.items()},
+        user_id=user_id,
+        username=username,
+        token_id=token_id,
+        scopes=frozenset(Scope(s) for s in scopes),
+        # shared by the requests of one token: read-only
+        roles=MappingProxyType({org: frozenset(rs) for org, rs in roles.items()}),
     )
 
 

@@ -48,6 +48,27 @@ def test_authenticate_resolves_scopes_and_roles(world: World, airlock: Airlock) 
     assert principal.roles == {world.org("acme").id: frozenset({Role.PUBLISHER})}
 
 
+def test_a_new_membership_shows_in_the_next_principal_of_the_same_token(
+    world: World, airlock: Airlock
+) -> None:
+    """Principals are reused per token row: a role added since is in the very next one."""
+    pat = world.actor("pat", org="acme", role=Role.PUBLISHER)
+    with airlock.db.session() as s:
+        first = airlock.identity.authenticate(s, pat.token)
+        assert airlock.identity.authenticate(s, pat.token) == first
+    with pytest.raises(TypeError):
+        first.roles[0] = frozenset()  # type: ignore[index]  # shared: read-only
+    other = world.org("other")
+    with airlock.db.session() as s:
+        airlock.identity.add_member(s, org=other, user=pat.user, role=Role.REVIEWER, actor_id=None)
+    with airlock.db.session() as s:
+        after = airlock.identity.authenticate(s, pat.token)
+    assert after.roles == {
+        world.org("acme").id: frozenset({Role.PUBLISHER}),
+        other.id: frozenset({Role.REVIEWER}),
+    }
+
+
 @pytest.mark.parametrize("token", ["", "Bearer x", "alk_short", "alk_" + "A" * 43, "x" * 300])
 def test_unknown_and_malformed_tokens_are_invalid(
     world: World, airlock: Airlock, token: str

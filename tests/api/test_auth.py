@@ -1,4 +1,5 @@
-"""The bearer header is parsed as Authlib's resource protector parses it (same token, same 401s)."""
+"""Bearer headers go through Authlib's resource protector: the token string it accepts
+reaches the lookup, every other header is the same 401."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ class AuditRecorder:
 
     def record(
         self,
-        session: Session,
+        into: Session | Batch,
         action: AuditAction,
         *,
         actor_id: int | None,
@@ -107,35 +107,17 @@ class AuditRecorder:
         effect: str | None = None,
         payload: Mapping[str, Any] | None = None,
     ) -> None:
-        """Add one event to the chain; it commits or rolls back with the change it records."""
-        conn = session.connection()
-        fields = _fields(action, actor_id, org_id, subject_user_id, model_id, effect, payload)
-        if conn.dialect.name == "postgresql":
-            _append_at_commit(conn, fields)
-        else:
-            _append(conn, fields)
-        if effect is not None:
-            count_decision(str(action), effect, payload)
+        """Add one event to the chain; it commits or rolls back with the change it records.
 
-    def record_in(
-        self,
-        batch: Batch,
-        action: AuditAction,
-        *,
-        actor_id: int | None,
-        org_id: int | None = None,
-        subject_user_id: int | None = None,
-        model_id: int | None = None,
-        effect: str | None = None,
-        payload: Mapping[str, Any] | None = None,
-    ) -> None:
-        """`record` inside a group commit's batch (gateway/db/group_commit.py): on SQLite the
-        batch's events follow one another from the head the batch last saw (read once, or
-        noted by `note_head`)."""
+        `into` is the session of that change or a group commit's batch
+        (gateway/db/group_commit.py); on SQLite a batch's events follow one another from the
+        head the batch last saw (read once, or noted by `note_head`)."""
         fields = _fields(action, actor_id, org_id, subject_user_id, model_id, effect, payload)
-        conn = batch.conn
+        batch, conn = (into, into.conn) if isinstance(into, Batch) else (None, into.connection())
         if conn.dialect.name == "postgresql":
             _append_at_commit(conn, fields)
+        elif batch is None:
+            _insert_event(conn, fields, *_locked_head(conn))  # the trigger moves the head (0013)
         else:
             head = batch.state.get(_BATCH_HEAD) or _locked_head(conn)
             batch.state[_BATCH_HEAD] = _insert_event(conn, fields, *head)
@@ -196,12 +178,6 @@ def _insert_event(conn: Connection, fields: dict[str, Any], seq: int, prev: str)
     row["entry_hash"] = digest = entry_hash(prev, body_of(row))
     _APPEND_EVENT.all(conn, row)
     return seq + 1, digest
-
-
-def _append(conn: Connection, fields: dict[str, Any]) -> None:
-    """SQLite: read the head, insert the event; the insert's trigger moves the head (0013).
-    Two statements, serialized by the write lock the transaction holds."""
-    _insert_event(conn, fields, *_locked_head(conn))
 
 
 # The event's canonical JSON around the two values only the locked head gives. Keys sort as

@@ -160,6 +160,62 @@ class _Order:
         """When the ticket's signed URL expires."""
         return self.now + self.ttl
 
+    def ticket_row(self) -> dict[str, Any]:
+        """The download_tickets row (its id comes from the insert)."""
+        return {
+            "grant_id": self.grant.id,
+            "file_id": self.file.id,
+            "method": self.method,
+            "issued_at": self.now,
+            "expires_at": self.expires,
+            "size": self.served.size,
+        }
+
+    def lease(self, ticket_id: int) -> Lease | None:
+        """A GET's concurrency slot, named by its ticket (None when the tier sets no limit)."""
+        return _lease(self.grant, self.tier, ticket_id, self.ttl) if self.method == "GET" else None
+
+    def dimensions(self, lease: Lease | None) -> list[Dimension]:
+        """What the download is charged against."""
+        return _dimensions(self.grant, self.tier, self.served.size, self.method, lease)
+
+    def claim(self, ticket_id: int, lease: Lease | None) -> BlobClaim:
+        """What the ticket's signed URL authorizes."""
+        return BlobClaim(
+            self.file.id,
+            self.served.sha256,
+            self.revision.commit_id,
+            self.grant.user_id,
+            self.grant.id,
+            self.method,
+            int(self.expires.timestamp()),
+            ticket_id,
+            self.served.staged,
+            lease is not None,
+        )
+
+    def event(self, claim: BlobClaim) -> dict[str, Any]:
+        """The download:issue event of the ticket (keyword arguments of `AuditRecorder.record`)."""
+        return {
+            "actor_id": self.grant.user_id,
+            "org_id": self.access.model.org_id,
+            "subject_user_id": self.grant.user_id,
+            "model_id": self.access.model.id,
+            "effect": "allow",
+            "payload": {
+                "ticket_id": claim.ticket_id,
+                "grant_id": self.grant.id,
+                "tier": self.grant.tier,
+                "commit": self.revision.commit_id,
+                "path": self.file.path,
+                "sha256": self.served.sha256,
+                "size": self.served.size,
+                "staged": self.served.staged,
+                "method": claim.method,
+                "expires_at": format_timestamp(self.expires),  # as canonical JSON writes it
+            },
+        }
+
 
 @dataclass(frozen=True)
 class Ticket:
@@ -476,38 +532,23 @@ class DownloadService:
         """
         grant, tier = access.grant_for(file.path)
         served = self.served(session, access=access, revision=revision, file=file)
-        now = utcnow()
         ttl = min(tier.signed_url_ttl, timedelta(hours=12))
-        expires_at = now + ttl
+        order = _Order(access, revision, file, served, grant, tier, method, utcnow(), ttl)
         if self.group is not None:
-            order = _Order(access, revision, file, served, grant, tier, method, now, ttl)
             return self._issue_in_group(session, principal, order, base_url)
-        ticket_id = self._insert_ticket(session, grant, file, served, method, now, expires_at)
-        lease = _lease(grant, tier, ticket_id, ttl) if method == "GET" else None
-        dims = _dimensions(grant, tier, served.size, method, lease)
-        limit = self._charge(session, principal, access.model, grant, dims)
+        # The ticket row first: its id names the download's lease.
+        ticket_id = insert_ticket(session.connection(), order.ticket_row())
+        lease = order.lease(ticket_id)
+        limit = self._charge(session, principal, access.model, grant, order.dimensions(lease))
         try:
-            claim = BlobClaim(
-                file.id,
-                served.sha256,
-                revision.commit_id,
-                grant.user_id,
-                grant.id,
-                method,
-                int(expires_at.timestamp()),
-                ticket_id,
-                served.staged,
-                lease is not None,
-            )
-            url = self.storage.presign(served.key, method=method, expires_at=expires_at)
-            url = url or self.signer.url(base_url, claim, file.path)
-            self._audit_ticket(session, access, revision, file, served, grant, claim, expires_at)
+            claim = order.claim(ticket_id, lease)
+            self.audit.record(session, AuditAction.DOWNLOAD_ISSUE, **order.event(claim))
             session.commit()
         except BaseException:
             if lease is not None:  # nothing was issued: give the slot back at once
                 self._release(lease)
             raise
-        return Ticket(url, file, served, revision.commit_id, limit)
+        return self._ticket(order, claim, limit, base_url)
 
     def _issue_in_group(
         self, session: Session, principal: Principal, order: _Order, base_url: str
@@ -535,6 +576,13 @@ class DownloadService:
                 session, principal, order.access.model, order.grant, refused, written
             )
         claim, limit = written
+        return self._ticket(order, claim, limit, base_url)
+
+    def _ticket(
+        self, order: _Order, claim: BlobClaim, limit: LimitResult | None, base_url: str
+    ) -> Ticket:
+        """The signed URL of an issued ticket (a presigned one from object storage, else our
+        own /blobs URL)."""
         url = self.storage.presign(order.served.key, method=order.method, expires_at=order.expires)
         url = url or self.signer.url(base_url, claim, order.file.path)
         return Ticket(url, order.file, order.served, order.revision.commit_id, limit)
@@ -544,112 +592,19 @@ class DownloadService:
     ) -> tuple[BlobClaim, LimitResult | None] | LimitResult:
         """A group commit job: the ticket row, the limiter's charge (its lease named by the
         ticket), the audit event; or the refusal, with nothing left written."""
-        grant, tier, served, file = order.grant, order.tier, order.served, order.file
-        expires_at = order.expires
-        values = {
-            "grant_id": grant.id,
-            "file_id": file.id,
-            "method": order.method,
-            "issued_at": order.now,
-            "expires_at": expires_at,
-            "size": served.size,
-        }
-        ticket_id, head_seq, head_hash = _TICKET_AND_HEAD.all(batch.conn, values)[0]
+        ticket_id, head_seq, head_hash = _TICKET_AND_HEAD.all(batch.conn, order.ticket_row())[0]
         self.audit.note_head(batch, head_seq, head_hash)  # no read of its own for the event
-        lease = _lease(grant, tier, ticket_id, order.ttl) if order.method == "GET" else None
-        dims = _dimensions(grant, tier, served.size, order.method, lease)
+        lease = order.lease(ticket_id)
+        dims = order.dimensions(lease)
         limit = self.limiter.acquire(dims) if dims else None
         if limit is not None and not limit.allowed:
             batch.conn.execute(delete(_TICKETS).where(_TICKETS.c.id == ticket_id))
             return limit
         if lease is not None:  # given back if the batch does not commit
             batch.on_rollback(partial(self._release, lease))
-        claim = BlobClaim(
-            file.id,
-            served.sha256,
-            order.revision.commit_id,
-            grant.user_id,
-            grant.id,
-            order.method,
-            int(expires_at.timestamp()),
-            ticket_id,
-            served.staged,
-            lease is not None,
-        )
-        self.audit.record_in(
-            batch,
-            AuditAction.DOWNLOAD_ISSUE,
-            **self._ticket_event(
-                order.access, order.revision, file, served, grant, claim, expires_at
-            ),
-        )
+        claim = order.claim(ticket_id, lease)
+        self.audit.record(batch, AuditAction.DOWNLOAD_ISSUE, **order.event(claim))
         return claim, limit
-
-    def _insert_ticket(
-        self,
-        session: Session,
-        grant: GrantRow,
-        file: FileRow,
-        served: Served,
-        method: str,
-        now: datetime,
-        expires_at: datetime,
-    ) -> int:
-        """Write the ticket row first: its id names the download's lease."""
-        values = {
-            "grant_id": grant.id,
-            "file_id": file.id,
-            "method": method,
-            "issued_at": now,
-            "expires_at": expires_at,
-            "size": served.size,
-        }
-        return insert_ticket(session.connection(), values)
-
-    def _audit_ticket(
-        self,
-        session: Session,
-        access: WeightsAccess,
-        revision: RevisionRow,
-        file: FileRow,
-        served: Served,
-        grant: GrantRow,
-        claim: BlobClaim,
-        expires_at: datetime,
-    ) -> None:
-        event = self._ticket_event(access, revision, file, served, grant, claim, expires_at)
-        self.audit.record(session, AuditAction.DOWNLOAD_ISSUE, **event)
-
-    @staticmethod
-    def _ticket_event(
-        access: WeightsAccess,
-        revision: RevisionRow,
-        file: FileRow,
-        served: Served,
-        grant: GrantRow,
-        claim: BlobClaim,
-        expires_at: datetime,
-    ) -> dict[str, Any]:
-        """The download:issue event of a ticket (keyword arguments of `record`)."""
-        return {
-            "actor_id": grant.user_id,
-            "org_id": access.model.org_id,
-            "subject_user_id": grant.user_id,
-            "model_id": access.model.id,
-            "effect": "allow",
-            "payload": {
-                "ticket_id": claim.ticket_id,
-                "grant_id": grant.id,
-                "tier": grant.tier,
-                "commit": revision.commit_id,
-                "path": file.path,
-                "sha256": served.sha256,
-                "size": served.size,
-                "staged": served.staged,
-                "method": claim.method,
-                "expires_at": format_timestamp(expires_at),  # as canonical JSON writes it
-            },
-        }
 
     def open_blob(
         self,

@@ -33,7 +33,7 @@ def appender(airlock: Airlock, n: int) -> Callable[[Batch], int]:
     """A job appending one audit event that names `n`; returns `n`."""
 
     def job(batch: Batch) -> int:
-        airlock.audit.record_in(
+        airlock.audit.record(
             batch, AuditAction.MODEL_TRACE, actor_id=None, effect="allow", payload={"n": n}
         )
         return n

@@ -108,10 +108,7 @@ class GroupCommit:
             if not slot.lead:
                 return _outcome(slot)
         try:
-            with self._mutex:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-            self._execute(batch)
+            self._execute()
         finally:
             with self._mutex:
                 if self._queue:
@@ -132,20 +129,29 @@ class GroupCommit:
                     self._queue.remove(slot)
                     raise OperationalError("group commit", None, Exception("database is locked"))
 
-    def _execute(self, slots: list[_Slot[Any]]) -> None:
-        """Run `slots`' jobs in one transaction; retry without a job that raised; then wake all.
+    def _take(self) -> list[_Slot[Any]]:
+        """The next batch: the queue's head (the leader's own job first), up to max_batch."""
+        with self._mutex:
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+        return batch
 
-        Every slot ends with a result or an error, and every follower is woken, whatever
-        happens (the leader's own slot is woken too, harmlessly)."""
-        pending = slots
+    def _execute(self) -> None:
+        """Run the queued jobs in one transaction; retry without a job that raised; wake all.
+
+        The batch is taken once the write lock is held: jobs queued while the leader waited
+        for it (another process's batch) join this one. Every slot ends with a result or an
+        error, and every follower is woken, whatever happens (the leader's own slot is woken
+        too, harmlessly)."""
+        pending: list[_Slot[Any]] = []
         try:
-            while pending:
-                failed = self._attempt(pending)
-                if failed is None:
-                    break
+            failed = self._attempt(pending)
+            while failed is not None:
                 failed.done.set()
-                pending = [s for s in pending if s is not failed]
+                pending.remove(failed)
+                failed = self._attempt(pending) if pending else None
         except BaseException as exc:  # the database failed the batch: it failed every job
+            pending = pending or self._take()  # the lock never came: fail those it was for
             for slot in pending:
                 slot.error = exc
             raise
@@ -153,16 +159,19 @@ class GroupCommit:
             for slot in pending:
                 slot.done.set()
 
-    def _attempt(self, slots: list[_Slot[Any]]) -> _Slot[Any] | None:
-        """One transaction over `slots`: None when it committed, else the slot that raised."""
-        self.batches += 1
-        self.jobs += len(slots)
+    def _attempt(self, pending: list[_Slot[Any]]) -> _Slot[Any] | None:
+        """One transaction over `pending` (filled from the queue once the lock is held when
+        empty): None when it committed, else the slot whose job raised."""
         conn = self._connection()
         batch = Batch(conn)
         failed: _Slot[Any] | None = None
         try:
             with conn.begin():
-                for slot in slots:
+                if not pending:
+                    pending.extend(self._take())
+                self.batches += 1
+                self.jobs += len(pending)
+                for slot in pending:
                     failed = slot
                     try:
                         slot.result = slot.job(batch)

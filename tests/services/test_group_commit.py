@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
 from gateway.audit import AuditAction
-from gateway.db import group_commit
+from gateway.db import group_commit, sqlite_writers
 from gateway.db.engine import Database
 from gateway.db.group_commit import Batch, GroupCommit
 from gateway.db.models import AuditEvent
@@ -83,16 +84,16 @@ def held(group: GroupCommit) -> Iterator[Callable[[int], None]]:
             time.sleep(0.005)
         gate.set()
 
+    running = threading.Event()
+
     def blocker(batch: Batch) -> int:
+        running.set()
         gate.wait(10)
         return -1
 
     holder = threading.Thread(target=group.run, args=(blocker,))
     holder.start()
-    deadline = time.monotonic() + 10
-    while not group._leading:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    assert running.wait(10), "the first batch never began"
     yield wait_for_queue
     gate.set()
     holder.join(10)
@@ -109,6 +110,39 @@ def test_jobs_queued_behind_a_batch_share_the_next_transaction(
     assert outcomes == {i: i for i in range(20)}
     assert sorted(events(airlock)) == list(range(20))
     assert group.batches - before == 1, "one transaction for all twenty"
+    assert chain_ok(airlock)
+
+
+def test_jobs_queued_while_the_leader_waits_for_the_lock_join_its_batch(
+    airlock: Airlock, group: GroupCommit
+) -> None:
+    path = Path(airlock.db.engine.url.database or "")
+    queue = next(q for q in sqlite_writers._QUEUES if q.checkpointer.database == path)
+    assert queue.acquire(), "another writer (this test) holds the write lock"
+    before = group.batches
+    try:
+        leader = threading.Thread(target=group.run, args=(appender(airlock, 0),))
+        leader.start()
+        deadline = time.monotonic() + 10
+        while not group._leading:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+
+        def queue_one(i: int) -> int:
+            return group.run(appender(airlock, i))
+
+        threads = [threading.Thread(target=queue_one, args=(i,)) for i in range(1, 6)]
+        for thread in threads:
+            thread.start()
+        while len(group._queue) < 6:  # the leader's job and five more, all waiting
+            assert time.monotonic() < deadline, "the jobs never queued"
+            time.sleep(0.001)
+    finally:
+        queue.release()
+    for thread in [leader, *threads]:
+        thread.join(10)
+    assert sorted(events(airlock)) == list(range(6))
+    assert group.batches - before == 1, "the jobs that queued meanwhile joined the batch"
     assert chain_ok(airlock)
 
 
@@ -182,14 +216,16 @@ def test_a_job_still_queued_after_the_wait_is_withdrawn(
     monkeypatch.setattr(group_commit, "WAIT_SECONDS", 0.2)
     gate = threading.Event()
 
+    running = threading.Event()
+
     def blocker(batch: Batch) -> int:
+        running.set()
         gate.wait(10)
         return -1
 
     holder = threading.Thread(target=group.run, args=(blocker,))
     holder.start()
-    while not group._leading:
-        time.sleep(0.001)
+    assert running.wait(10)
     with pytest.raises(OperationalError, match="database is locked"):
         group.run(appender(airlock, 1))
     gate.set()

@@ -60,8 +60,12 @@ typecheck:
 contracts:
 	$(BIN)/lint-imports
 
+# One worker per CPU; a module's tests stay on one worker (module-scoped servers and worlds).
+# The schemathesis run goes alone: it makes its tests per API operation at run time, and under
+# xdist it collapses into one test that checks no operation at all.
 pytest:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadscope --ignore=tests/api/test_openapi.py
+	$(BIN)/python -m pytest -q tests/api/test_openapi.py
 
 # A Celery worker and beat with the AIRLOCK_* settings (AIRLOCK_BROKER_URL set). The tests
 # start their own worker processes; nothing here runs behind them.

@@ -539,14 +539,14 @@ class DownloadService:
         # The ticket row first: its id names the download's lease.
         ticket_id = insert_ticket(session.connection(), order.ticket_row())
         lease = order.lease(ticket_id)
-        limit = self._charge(session, principal, access.model, grant, order.dimensions(lease))
+        dims = order.dimensions(lease)
+        limit = self._charge(session, principal, access.model, grant, dims)
         try:
             claim = order.claim(ticket_id, lease)
             self.audit.record(session, AuditAction.DOWNLOAD_ISSUE, **order.event(claim))
             session.commit()
         except BaseException:
-            if lease is not None:  # nothing was issued: give the slot back at once
-                self._release(lease)
+            self._give_back(dims)  # nothing was issued
             raise
         return self._ticket(order, claim, limit, base_url)
 
@@ -600,8 +600,8 @@ class DownloadService:
         if limit is not None and not limit.allowed:
             batch.conn.execute(delete(_TICKETS).where(_TICKETS.c.id == ticket_id))
             return limit
-        if lease is not None:  # given back if the batch does not commit
-            batch.on_rollback(partial(self._release, lease))
+        batch.on_rollback(partial(self._give_back, dims))  # the batch may be re-run: no
+        # attempt that did not commit keeps its charges
         claim = order.claim(ticket_id, lease)
         self.audit.record(batch, AuditAction.DOWNLOAD_ISSUE, **order.event(claim))
         return claim, limit
@@ -673,6 +673,18 @@ class DownloadService:
         if not path.is_file():
             raise bytes_gone(served, file)
         return path
+
+    def _give_back(self, dims: Sequence[Dimension]) -> None:
+        """Undo an admission whose ticket was not written: refund each charge, free the lease;
+        if the limiter cannot answer, the charges lapse with their windows."""
+        try:
+            for dim in dims:
+                if isinstance(dim, Lease):
+                    self.limiter.release(dim)
+                else:
+                    self.limiter.adjust(dim, -dim.cost)
+        except LimiterUnavailable:
+            log.warning("could not give back a download's charges; they lapse with their windows")
 
     def _release(self, lease: Lease) -> None:
         """Give a lease back; if the limiter cannot answer, the lease expires on its own."""

@@ -117,3 +117,34 @@ def test_a_revoked_grant_is_refused_on_the_next_get(app: Flask, world: World) ->
     assert refused.status_code == 403
     tickets, issued = written(hub)
     assert len(tickets) == len(issued) == 1
+
+
+def test_a_ticket_that_was_not_written_gives_its_charges_back(
+    app: Flask, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit write fails after the limiter admitted the GET: the batch rolls back, and the
+    download is not counted (one a day: the next GET still gets its ticket)."""
+    hub = make_hub(app.test_client(), world, policy=tuned_policy(downloads=1, concurrent=1))
+    audit, record = world.airlock.audit, world.airlock.audit.record
+    failures = [RuntimeError("the disk is full")]
+
+    def failing(into: object, action: object, **kw: object) -> None:
+        if str(action) == "download:issue" and failures:
+            raise failures.pop()
+        record(into, action, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(audit, "record", failing)
+    assert hub.get(URL, hub.researcher).status_code == 500
+    assert not failures
+    assert written(hub) == ([], [])
+    assert hub.get(URL, hub.researcher).status_code == 302, "neither the day nor the lease kept"
+
+
+@pytest.mark.parametrize("who", ["outsider", "anonymous"])
+def test_a_get_without_a_grant_writes_no_ticket(app: Flask, world: World, who: str) -> None:
+    hub = make_hub(app.test_client(), world, policy=tuned_policy(downloads=1000))
+    actor = hub.outsider if who == "outsider" else None
+    response = hub.get(URL, actor)
+    assert response.status_code == (403 if actor else 401)
+    assert response.headers["X-Error-Code"] == "GatedRepo"
+    assert written(hub) == ([], [])

@@ -8,7 +8,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +69,7 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
+        self.file = sqlite_file(url)  # None: PostgreSQL or an in-memory SQLite database
         self.engine = _make_engine(url, echo=echo)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -93,7 +94,7 @@ class Database:
 
 def _make_engine(url: str, *, echo: bool) -> Engine:
     if url.startswith("sqlite"):
-        path = _sqlite_path(url)
+        path = sqlite_file(url)
         queue = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,9 +129,13 @@ def _configure_postgres(engine: Engine) -> None:
         dbapi_connection.commit()  # a SET inside a rolled-back transaction would not stick
 
 
-def _sqlite_path(url: str) -> Path | None:
-    """The database file of a SQLite URL; None for an in-memory database."""
-    path = url.split(":///", 1)[-1].split("?", 1)[0]
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for an in-memory database (`sqlite://`,
+    `sqlite:///:memory:`) or another engine's URL."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    path = parsed.database
     return Path(path) if path and path != ":memory:" else None
 
 

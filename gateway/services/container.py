@@ -193,6 +193,6 @@ def build_airlock(settings: Settings, *, runner: TaskRunner | None = None) -> Ai
 def group_commit_for(db: Database) -> GroupCommit | None:
     """Group commits for a SQLite database file (one writer at a time: sharing the write lock
     pays off); none for PostgreSQL or an in-memory database (each connection its own)."""
-    if db.is_sqlite and db.engine.url.database not in (None, "", ":memory:"):
+    if db.file is not None:
         return GroupCommit(db.engine)
     return None

@@ -235,11 +235,18 @@ def test_a_job_still_queued_after_the_wait_is_withdrawn(
     assert group.run(appender(airlock, 2)) == 2
 
 
-def test_only_a_sqlite_file_gets_a_group_commit(airlock: Airlock) -> None:
+def test_only_a_sqlite_file_gets_a_group_commit(
+    airlock: Airlock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert group_commit_for(airlock.db) is not None
-    for url in ("sqlite:///:memory:", "postgresql+psycopg://airlock@127.0.0.1:1/none"):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # an in-memory URL once left a lock file in the working dir
+    for url in ("sqlite://", "sqlite:///:memory:", "postgresql+psycopg://airlock@127.0.0.1:1/x"):
         database = Database(url)  # no connection is made
         try:
+            assert database.file is None, url
             assert group_commit_for(database) is None, url
         finally:
             database.dispose()
+    assert list(cwd.iterdir()) == []

@@ -211,28 +211,19 @@ def test_a_database_failure_fails_every_job_of_the_batch(
 
 
 def test_a_job_still_queued_after_the_wait_is_withdrawn(
-    airlock: Airlock, group: GroupCommit, monkeypatch: pytest.MonkeyPatch
+    airlock: Airlock,
+    group: GroupCommit,
+    held: Callable[[int], None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(group_commit, "WAIT_SECONDS", 0.2)
-    gate = threading.Event()
-
-    running = threading.Event()
-
-    def blocker(batch: Batch) -> int:
-        running.set()
-        gate.wait(10)
-        return -1
-
-    holder = threading.Thread(target=group.run, args=(blocker,))
-    holder.start()
-    assert running.wait(10)
     with pytest.raises(OperationalError, match="database is locked"):
         group.run(appender(airlock, 1))
-    gate.set()
-    holder.join(10)
-    assert group._queue == []
-    assert events(airlock) == [], "the withdrawn job never ran"
+    assert group._queue == [], "the withdrawn job left the queue"
+    monkeypatch.setattr(group_commit, "WAIT_SECONDS", 75.0)
+    held(0)  # the first batch ends
     assert group.run(appender(airlock, 2)) == 2
+    assert events(airlock) == [2], "the withdrawn job never ran"
 
 
 def test_only_a_sqlite_file_gets_a_group_commit(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,6 +24,7 @@ CONNECT_TIMEOUT_SECONDS = 10  # an unreachable PostgreSQL fails the request (503
 # A row lock held longer than this (a stuck transaction) fails the waiting request with 503 rather
 # than holding it forever: the same 30 s as SQLite's busy timeout.
 LOCK_TIMEOUT_MS = 30_000
+_WAL_RETRY_SECONDS = 0.005
 
 
 def begin_read_only(session: Session) -> None:
@@ -139,6 +142,28 @@ def sqlite_file(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def use_wal(cursor: Any) -> None:
+    """Put the database behind a sqlite3 `cursor` in WAL mode (a no-op for an in-memory one).
+
+    WAL is recorded in the file, so a database already in it needs no switch and takes no lock
+    for one. The switch from a rollback journal needs the exclusive lock: processes opening a
+    fresh database at once each hold a read lock while they wait for it, and SQLite refuses
+    that deadlock at once instead of waiting out the busy timeout. So the switch is retried,
+    until the busy timeout, while the database is locked."""
+    deadline = time.monotonic() + LOCK_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode in ("wal", "memory"):
+                return
+            cursor.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(_WAL_RETRY_SECONDS)
+
+
 def _configure_sqlite(engine: Engine, queue: WriterQueue | None) -> None:
     """Foreign keys on, WAL, and BEGIN IMMEDIATE so writers queue instead of deadlocking
     (plain BEGIN for transactions begun with `begin_read_only`); writers wait in `queue`.
@@ -152,10 +177,10 @@ def _configure_sqlite(engine: Engine, queue: WriterQueue | None) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={LOCK_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from alembic import command
@@ -10,6 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
+from gateway.db.engine import LOCK_TIMEOUT_MS, sqlite_file, use_wal
 from gateway.db.models import Base
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -24,8 +26,16 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the database schema up to `revision`."""
+    """Bring the database schema up to `revision`; a SQLite file is left in WAL mode, so the
+    processes that open it next need not switch it (see `use_wal`)."""
     command.upgrade(alembic_config(database_url), revision)
+    path = sqlite_file(database_url)
+    if path is not None:
+        conn = sqlite3.connect(path, timeout=LOCK_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            use_wal(conn.cursor())
+        finally:
+            conn.close()
 
 
 def schema_drift(engine: Engine) -> list[object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db.prepared import execute_driver
@@ -110,10 +111,9 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
         url,
         echo=echo,
         # A PostgreSQL restart (or failover) leaves every pooled connection dead: each one is
-        # checked with a round trip before it is lent, and a dead pool is replaced at once, so
-        # the first request after a restart already succeeds. While the server is down, the
+        # checked before it is lent (`_configure_postgres`), and a dead pool is replaced at once,
+        # so the first request after a restart already succeeds. While the server is down, the
         # connect error surfaces as OperationalError: a 503, never a 500 (gateway/api/errors.py).
-        pool_pre_ping=True,
         pool_size=5,
         max_overflow=10,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
@@ -123,13 +123,57 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
 
 
 def _configure_postgres(engine: Engine) -> None:
-    """A lock wait gives up after LOCK_TIMEOUT_MS, as SQLite's busy timeout does."""
+    """A lock wait gives up after LOCK_TIMEOUT_MS, as SQLite's busy timeout does; a pooled
+    connection is checked before it is lent (see `_check_idle_connection`)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         with dbapi_connection.cursor() as cursor:
             cursor.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
         dbapi_connection.commit()  # a SET inside a rolled-back transaction would not stick
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        _check_idle_connection(engine, dbapi_connection, record.info.get(_IDLE_SINCE))
+
+
+_IDLE_SINCE = "airlock_idle_since"
+# A connection idle for longer is also pinged (one round trip) before it is lent.
+PING_AFTER_IDLE_SECONDS = 30.0
+
+
+def _check_idle_connection(engine: Engine, dbapi_connection: Any, idle_since: float | None) -> None:
+    """Refuse a pooled PostgreSQL connection that died while idle; the pool then replaces it,
+    and every connection pooled before (`InvalidatePoolError`: a restart kills them all).
+
+    SQLAlchemy's `pool_pre_ping` pays a round trip on every checkout, twice per inference
+    request. This check costs a poll of the socket instead: a server that shuts down or
+    restarts, or a backend that is terminated, sends its goodbye and closes the connection,
+    which makes the idle socket readable; nothing else arrives on an idle connection of ours
+    (no LISTEN). A connection idle for longer than PING_AFTER_IDLE_SECONDS, which may have
+    died without a word (a lost peer, a dropped NAT entry), is pinged as before. A connection
+    just made (no `idle_since`) is not checked."""
+    if idle_since is None:
+        return
+    dead = dbapi_connection.closed or dbapi_connection.broken
+    if not dead:
+        try:
+            readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            readable = [True]
+        dead = bool(readable)
+    if not dead and time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
+        try:
+            dead = not engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error:
+            dead = True
+    if dead:
+        raise InvalidatePoolError("the server closed this pooled connection")
 
 
 def sqlite_file(url: str) -> Path | None:

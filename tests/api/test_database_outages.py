@@ -1,9 +1,10 @@
 """PostgreSQL outages: the gateway rides out a restart and fails closed while it cannot go on.
 
 A private throwaway cluster (never the machine's shared server) is restarted under a running
-app. The pool checks each connection before lending it (`pool_pre_ping`), so the first request
-after a restart already succeeds; while the server is down, requests are 503 with a problem body
-(fail closed), and they succeed again as soon as it is back. On the shared test database: a row
+app. The pool checks each connection before lending it (a poll of its socket, a ping after a
+long idle), so the first request after a restart already succeeds; while the server is down,
+requests are 503 with a problem body (fail closed), and they succeed again as soon as it is
+back. On the shared test database: a row
 lock held past the lock timeout is a 503 too, with nothing issued (PostgreSQL's counterpart of
 the SQLite busy-timeout test in test_hub.py).
 """
@@ -20,6 +21,7 @@ from sqlalchemy import create_engine, event, func, select, text
 from werkzeug.test import TestResponse
 
 from gateway.app import create_app
+from gateway.db import engine as engine_module
 from gateway.db.migrate import upgrade
 from gateway.db.models import DownloadTicket
 from gateway.services.container import Airlock, build_airlock
@@ -123,3 +125,77 @@ def _short_lock_timeout(dbapi_connection: Any, _record: Any) -> None:
 def test_gateway_connections_wait_at_most_30_s_for_a_lock(airlock: Airlock) -> None:
     with airlock.db.session() as s:
         assert s.scalar(text("SHOW lock_timeout")) == "30s"
+
+
+def _backend_pids(airlock: Airlock) -> set[int]:
+    """The server processes behind the pool's idle connections."""
+    pool = airlock.db.engine.pool
+    conns = [pool.connect() for _ in range(pool.checkedin())]
+    try:
+        return {conn.driver_connection.info.backend_pid for conn in conns}  # type: ignore[union-attr]
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_a_pooled_connection_killed_by_the_server_is_replaced_before_it_is_lent(
+    airlock: Airlock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rob = World(airlock).actor("rob")
+    client = create_app(airlock=airlock).test_client()
+    assert whoami(client, rob).status_code == 200
+    pids = _backend_pids(airlock)
+    assert pids
+    killer = create_engine(airlock.settings.database_url)
+    try:
+        with killer.connect() as conn:
+            for pid in pids:
+                assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    finally:
+        killer.dispose()
+    pings = _count_pings(monkeypatch)
+    after = whoami(client, rob)
+    assert after.status_code == 200, after.get_data(as_text=True)
+    assert not pids & _backend_pids(airlock), "a killed connection was lent again"
+    assert pings == [], "the dead connections were found without a round trip"
+
+
+def test_a_healthy_idle_connection_is_lent_without_a_round_trip(
+    airlock: Airlock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rob = World(airlock).actor("rob")
+    client = create_app(airlock=airlock).test_client()
+    assert whoami(client, rob).status_code == 200
+    before = _backend_pids(airlock)
+    pings = _count_pings(monkeypatch)
+    for _ in range(3):
+        assert whoami(client, rob).status_code == 200
+    assert pings == []
+    assert _backend_pids(airlock) == before, "healthy connections were replaced"
+
+
+def test_a_connection_idle_for_long_is_pinged_before_it_is_lent(
+    airlock: Airlock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rob = World(airlock).actor("rob")
+    client = create_app(airlock=airlock).test_client()
+    assert whoami(client, rob).status_code == 200
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)
+    pings = _count_pings(monkeypatch)
+    assert whoami(client, rob).status_code == 200
+    assert pings, "a connection idle past the limit was lent unchecked"
+
+
+def _count_pings(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record each ping the pool makes (the dialect's own ping still runs)."""
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    seen: list[object] = []
+    real = PGDialect_psycopg.do_ping
+
+    def counting(self: PGDialect_psycopg, dbapi_connection: Any) -> bool:
+        seen.append(dbapi_connection)
+        return real(self, dbapi_connection)
+
+    monkeypatch.setattr(PGDialect_psycopg, "do_ping", counting)
+    return seen

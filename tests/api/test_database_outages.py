@@ -4,10 +4,9 @@ A private throwaway cluster (never the machine's shared server) is restarted und
 app. The pool checks each connection before lending it (a poll of its socket, a ping after a
 long idle), so the first request after a restart already succeeds; while the server is down,
 requests are 503 with a problem body (fail closed), and they succeed again as soon as it is
-back. On the shared test database: a row
-lock held past the lock timeout is a 503 too, with nothing issued (PostgreSQL's counterpart of
-the SQLite busy-timeout test in test_hub.py).
-"""
+back. On the shared test database: a row lock held past the lock timeout is a 503 too, with
+nothing issued (PostgreSQL's counterpart of the SQLite busy-timeout test in test_hub.py); a
+backend killed while its connection idles in the pool is replaced, without a round trip."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ from gateway.errors import (
     NotFound,
     QuotaExhausted,
     RateLimited,
+    ServiceUnavailable,
     UpstreamFailed,
 )
 from gateway.ratelimit import (
@@ -384,8 +385,10 @@ class InferenceService:
     # -- proxying ----------------------------------------------------------------------------
     def complete(self, admission: Admission, path: str, body: dict[str, Any]) -> bytes:
         """A non-streaming call: the upstream's JSON answer as the client gets it (its bytes as
-        sent, unless the model is renamed), audited with its usage."""
-        status: int | str = 200
+        sent, unless the model is renamed), audited with its usage.
+
+        An answer whose audit event cannot be written is withheld (503): nothing reaches the
+        client unrecorded. Its tokens stay charged: the upstream did the work."""
         used = None
         delivery = Delivery(admission, path, body, streamed=False)
         try:
@@ -397,12 +400,18 @@ class InferenceService:
                 answer["model"] = admission.model.repo_id
                 data = json.dumps(answer).encode()
             delivery.answered(answer)
-            return data
         except UpstreamFailed as exc:
-            status = exc.status
+            self._finish(delivery, exc.status, None)
             raise
-        finally:
-            self._finish(delivery, status, used)
+        except BaseException:
+            self._finish(delivery, 200, used)
+            raise
+        if not self._finish(delivery, 200, used):
+            raise ServiceUnavailable(
+                "The request could not be recorded in the audit log, so its answer was "
+                "withheld; try again shortly."
+            )
+        return data
 
     def open_stream(self, admission: Admission, path: str, body: dict[str, Any]) -> Iterator[bytes]:
         """Start a streaming call (errors before the first byte raise); relay it event by event.
@@ -457,9 +466,9 @@ class InferenceService:
             reply.close()
             self._finish(delivery, status, used)
 
-    def _finish(self, delivery: Delivery, status: int | str, used: dict[str, Any] | None) -> None:
+    def _finish(self, delivery: Delivery, status: int | str, used: dict[str, Any] | None) -> bool:
         """Settle the limits, then write the request's one audit event in its own transaction
-        (the request's may be gone)."""
+        (the request's may be gone); whether the event was written."""
         admission = delivery.admission
         total = _total(used)
         if total is None and delivery.streamed:
@@ -495,8 +504,10 @@ class InferenceService:
             session.commit()
         except Exception:
             log.exception("could not audit an inference request on %s", admission.model.repo_id)
+            return False
         finally:
             session.close()
+        return True
 
 
 class Delivery:

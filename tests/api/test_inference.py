@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -431,6 +433,47 @@ def test_cut_stream_ends_with_an_error_event(inf: Inference) -> None:
     assert event.payload["usage_reported"] is False
     # charged the prompt estimate and the two words delivered, not the reservation
     assert event.payload["tokens_used"] == 6 + 2 < event.payload["tokens_reserved"]
+
+
+@pytest.mark.sqlite
+def test_an_answer_whose_audit_event_cannot_be_written_is_withheld(inf: Inference) -> None:
+    """The database stays locked by another writer while the upstream works: the answer is
+    503, never delivered unrecorded; the next request, the lock gone, is served and audited."""
+    engine = inf.airlock.db.engine
+    engine.dispose()  # new connections wait 0.2 s for a lock instead of 30
+    sqla_event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout=200"))
+    path = inf.airlock.settings.database_url.split(":///", 1)[1]
+    body = {**CHAT, "airlock_test": {"stall": 1}}
+    answer = in_thread(lambda: inf.post("/chat/completions", body))
+    time.sleep(0.3)  # admitted (reads only); the upstream is still thinking
+    writer = sqlite3.connect(path, timeout=30, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        withheld = answer()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    error(withheld, 503, "service_unavailable")
+    assert "withheld" in withheld.json["error"]["message"]
+    assert "choices" not in withheld.get_data(as_text=True)
+    assert inf.audit("inference:serve") == []
+    served = inf.post("/chat/completions", CHAT)
+    assert served.status_code == 200 and served.json["choices"]
+    assert len(inf.audit("inference:serve")) == 1
+
+
+def in_thread(call: Callable[[], TestResponse]) -> Callable[[], TestResponse]:
+    """Start `call` now; the returned function waits for its response."""
+    found: list[TestResponse] = []
+    thread = threading.Thread(target=lambda: found.append(call()))
+    thread.start()
+
+    def wait() -> TestResponse:
+        thread.join(timeout=60)
+        assert found, "the request did not finish"
+        return found[0]
+
+    return wait
 
 
 def test_unreachable_upstream_is_503(inf: Inference) -> None:

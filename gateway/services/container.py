@@ -8,6 +8,7 @@ from functools import cached_property, partial
 
 from gateway.audit import AuditRecorder
 from gateway.audit.forward import open_sink
+from gateway.audit.outbox import AuditOutbox
 from gateway.db.engine import Database
 from gateway.db.group_commit import GroupCommit
 from gateway.fingerprint import keyring
@@ -99,6 +100,7 @@ class Airlock:
             limiter=self.limiter,
             output_cap=self.settings.inference_max_tokens,
             lease_ttl=self.settings.inference_lease_seconds,
+            outbox=AuditOutbox(self.settings.data_dir / "audit-outbox"),
         )
 
     @cached_property

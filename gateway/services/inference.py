@@ -23,9 +23,10 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction, AuditRecorder
+from gateway.audit.outbox import AuditOutbox
 from gateway.auth.tokens import Scope
 from gateway.db.engine import begin_one_statement
-from gateway.db.models import Model
+from gateway.db.models import Model, utcnow
 from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
@@ -107,8 +108,10 @@ class InferenceService:
         limiter: Limiter,
         output_cap: int,
         lease_ttl: float,
+        outbox: AuditOutbox | None = None,
     ) -> None:
         self.limiter = limiter
+        self.outbox = outbox  # where refused events wait (None: they are lost, logged)
         self.output_cap = output_cap
         self.lease_ttl = lease_ttl
         self.audit = audit
@@ -406,7 +409,7 @@ class InferenceService:
         except BaseException:
             self._finish(delivery, 200, used)
             raise
-        if not self._finish(delivery, 200, used):
+        if not self._finish(delivery, 200, used, withheld_unless_recorded=True):
             raise ServiceUnavailable(
                 "The request could not be recorded in the audit log, so its answer was "
                 "withheld; try again shortly."
@@ -466,9 +469,21 @@ class InferenceService:
             reply.close()
             self._finish(delivery, status, used)
 
-    def _finish(self, delivery: Delivery, status: int | str, used: dict[str, Any] | None) -> bool:
+    def _finish(
+        self,
+        delivery: Delivery,
+        status: int | str,
+        used: dict[str, Any] | None,
+        *,
+        withheld_unless_recorded: bool = False,
+    ) -> bool:
         """Settle the limits, then write the request's one audit event in its own transaction
-        (the request's may be gone); whether the event was written."""
+        (the request's may be gone); whether it was written.
+
+        An event the database refuses is spooled to the outbox (gateway/audit/outbox.py) and
+        written later, unless the caller withholds the answer when it is not recorded (then
+        nothing was delivered). Each event written successfully lets the spooled ones follow.
+        """
         admission = delivery.admission
         total = _total(used)
         if total is None and delivery.streamed:
@@ -488,26 +503,58 @@ class InferenceService:
             payload["chunks_delivered"] = delivery.chunks
         if admission.digests:
             payload.update(delivery.digests())
+        event = {
+            "action": str(AuditAction.INFERENCE_SERVE),
+            "actor_id": admission.user_id,
+            "org_id": admission.model.org_id,
+            "subject_user_id": admission.user_id,
+            "model_id": admission.model.id,
+            "effect": "allow",
+            "payload": payload,
+        }
+        try:
+            self._record(event)
+        except Exception:
+            log.exception("could not audit an inference request on %s", admission.model.repo_id)
+            if not withheld_unless_recorded:
+                self._spool(event)
+            return False
+        if self.outbox is not None and self.outbox.waiting:
+            self.outbox.drain(self._record)
+        return True
+
+    def _record(self, event: dict[str, Any]) -> None:
+        """Write one inference event (keyword arguments of `AuditRecorder.record`) in its own
+        transaction."""
         session = self.sessions()
         try:
             begin_one_statement(session)  # the event is the transaction's only statement
             self.audit.record(
                 session,
-                AuditAction.INFERENCE_SERVE,
-                actor_id=admission.user_id,
-                org_id=admission.model.org_id,
-                subject_user_id=admission.user_id,
-                model_id=admission.model.id,
-                effect="allow",
-                payload=payload,
+                AuditAction(event["action"]),
+                actor_id=event["actor_id"],
+                org_id=event["org_id"],
+                subject_user_id=event["subject_user_id"],
+                model_id=event["model_id"],
+                effect=event["effect"],
+                payload=event["payload"],
             )
             session.commit()
-        except Exception:
-            log.exception("could not audit an inference request on %s", admission.model.repo_id)
-            return False
         finally:
             session.close()
-        return True
+
+    def _spool(self, event: dict[str, Any]) -> None:
+        """Keep a refused event for later, marked with when it happened."""
+        if self.outbox is None:
+            log.error("no audit outbox configured: an inference event is lost")
+            return
+        late = {**event, "payload": {**event["payload"], "spooled_at": utcnow().isoformat()}}
+        try:
+            path = self.outbox.put(late)
+        except OSError:
+            log.critical("could not spool an inference event either: it is lost", exc_info=True)
+            return
+        log.warning("inference event spooled to %s until the database takes it", path.name)
 
 
 class Delivery:

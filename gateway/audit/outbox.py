@@ -1,0 +1,140 @@
+"""Audit events that could not be written when they happened, kept on disk until they are.
+
+An inference stream's event is written when the stream ends, after its content reached the
+client. If the database refuses it then, dropping it would leave served content unrecorded;
+instead the event is spooled here, one JSON file each (written to a temporary name, fsynced,
+renamed), and written to the log later: by the next event the process records successfully,
+and by any process of the deployment that finds files here when it starts.
+
+A file is claimed by renaming it to a name carrying the claiming process's id, so two
+processes never write one event twice; a claim left by a process that died is given back
+when the next outbox opens the directory. Delivery is at least once: a process that dies
+after committing a spooled event and before deleting its file writes it again.
+
+Pure standard library: what an event is (its `record` keyword arguments) is the caller's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".json"
+_CLAIM = ".claim-"
+
+
+class AuditOutbox:
+    """The spool directory of one deployment's host (`<data dir>/audit-outbox`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._draining = threading.Lock()
+        self._give_back_orphans()
+        self._waiting = self.count() > 0
+
+    @property
+    def waiting(self) -> bool:
+        """Whether events may be waiting: cheap enough to ask after every event written."""
+        return self._waiting
+
+    def count(self) -> int:
+        """Events spooled and not yet written (claimed ones included)."""
+        if not self.directory.is_dir():
+            return 0
+        return sum(1 for p in self.directory.iterdir() if _is_event(p) or _CLAIM in p.name)
+
+    def put(self, event: dict[str, Any]) -> Path:
+        """Spool one event (JSON-serializable) durably; its file."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{secrets.token_hex(6)}{SUFFIX}"
+        temporary = self.directory / f".{name}.tmp"
+        data = json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = self.directory / name
+        os.rename(temporary, final)
+        _fsync_directory(self.directory)
+        self._waiting = True
+        return final
+
+    def drain(self, write: Callable[[dict[str, Any]], None]) -> int:
+        """Write spooled events, oldest first, each with `write` (its own transaction); stop at
+        the first that fails (left spooled). How many were written. A thread already draining
+        makes this a no-op."""
+        if not self._draining.acquire(blocking=False):
+            return 0
+        written = 0
+        try:
+            for path in sorted(p for p in self._listing() if _is_event(p)):
+                claimed = path.with_name(f"{path.name}{_CLAIM}{os.getpid()}")
+                try:
+                    os.rename(path, claimed)
+                except FileNotFoundError:
+                    continue  # another process took it
+                try:
+                    event = json.loads(claimed.read_bytes())
+                except ValueError:
+                    os.rename(claimed, path.with_name(f"{path.name}.unreadable"))
+                    log.error("spooled audit event %s is unreadable; set aside", path.name)
+                    continue
+                try:
+                    write(event)
+                except Exception:
+                    os.rename(claimed, path)
+                    log.warning("a spooled audit event could not be written yet; kept for later")
+                    return written
+                claimed.unlink()
+                written += 1
+            self._waiting = self.count() > 0
+            return written
+        finally:
+            self._draining.release()
+
+    def _listing(self) -> list[Path]:
+        return list(self.directory.iterdir()) if self.directory.is_dir() else []
+
+    def _give_back_orphans(self) -> None:
+        """Claims of processes that no longer run go back to the spool."""
+        for path in self._listing():
+            if _CLAIM not in path.name:
+                continue
+            name, _, pid = path.name.rpartition(_CLAIM)
+            if pid.isdigit() and not _running(int(pid)):
+                with contextlib.suppress(FileNotFoundError):  # another process gave it back
+                    os.rename(path, path.with_name(name))
+
+
+def _is_event(path: Path) -> bool:
+    return path.name.endswith(SUFFIX) and not path.name.startswith(".")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

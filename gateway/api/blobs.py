@@ -13,7 +13,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from gateway.api.context import airlock, db
 from gateway.api.errors import hub_error
-from gateway.db.engine import begin_read_only
+from gateway.db.engine import begin_reads
 from gateway.db.models import utcnow
 from gateway.services.downloads import Blob, bytes_gone
 from gateway.services.signing import BlobClaim
@@ -46,7 +46,7 @@ def blob(file_id: int, filename: str) -> Response:
     The end of a GET (completed, failed or cut off by the client) frees its ticket's lease.
     """
     session = db()
-    begin_read_only(session)  # one read, never a write
+    begin_reads(session)  # one read, never a write (PostgreSQL: no transaction)
     downloads = airlock().downloads
     found = downloads.open_blob(
         session,

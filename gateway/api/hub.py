@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from gateway.api.context import airlock, base_url, db, principal, request_country
 from gateway.api.errors import render
-from gateway.db.engine import begin_read_only
+from gateway.db.engine import begin_read_only, begin_reads
 from gateway.db.models import ApiToken, Organization, User, utcnow
 from gateway.errors import AuthenticationRequired, EntryNotFound, InvalidInput
 from gateway.services.downloads import Served, WeightsAccess, apply_url_for, ratelimit_headers
@@ -94,7 +94,7 @@ def paths_info(org: str, name: str, rev: str) -> Response:
 # -- identity ------------------------------------------------------------------------------------
 @bp.get("/api/whoami-v2")
 def whoami() -> Response:
-    begin_read_only(db())
+    begin_reads(db())
     caller = principal()
     if not caller.authenticated:
         raise AuthenticationRequired("Invalid credentials in Authorization header")
@@ -268,8 +268,10 @@ def _open(
     refusal ends that transaction and writes in a new one), except for a request that writes
     and has no group commit to write through (gateway/db/group_commit.py)."""
     session = db()
-    if not writes or airlock().downloads.group is not None:
-        begin_read_only(session)  # before authentication's first read
+    if not writes:
+        begin_reads(session)  # before authentication's first read (PostgreSQL: no transaction)
+    elif airlock().downloads.group is not None:
+        begin_read_only(session)  # the group commit writes; these reads take no write lock
     return airlock().downloads.open_revision(
         session,
         principal=principal(),

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -30,6 +31,8 @@ from tests.api.hubkit import (
     sha256,
 )
 from tests.factories import World, policy_text
+from tests.pg import on_both_engines
+from tests.roundtrips import server_round_trips
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 APPLY_URL = f"http://airlock.test/api/v1/models/{REPO}/access"
@@ -601,3 +604,25 @@ def test_a_revision_still_being_vetted_is_503_not_served(hub: Hub) -> None:
     assert response.status_code == 503
     assert "still being vetted" in response.headers["X-Error-Message"]
     assert response.headers["Retry-After"]
+
+
+# -- round trips ----------------------------------------------------------------------------------
+@on_both_engines
+def test_resolve_makes_a_fixed_number_of_round_trips(hub: Hub, tmp_path: Path) -> None:
+    """HEAD reads the token, then the model with its grants, facts, policy and revision in one
+    statement: on PostgreSQL two statements outside any transaction (each has its own snapshot
+    under READ COMMITTED anyway), on SQLite a read-only transaction around them. GET makes the
+    same reads, then writes its ticket and its event in one transaction."""
+    url = f"/{REPO}/resolve/main/config.json"
+    engine = hub.world.airlock.db.engine
+    with server_round_trips(engine, tmp_path / "libpq.trace") as sent:
+        assert hub.head(url, hub.researcher).status_code == 200  # opens the connections
+        assert hub.get(url, hub.researcher).status_code == 302
+        sent()
+        assert hub.head(url, hub.researcher).status_code == 200
+        head = sent()
+        assert hub.get(url, hub.researcher).status_code == 302
+        get = sent()
+    name = engine.dialect.name
+    assert len(head) == {"sqlite": 4, "postgresql": 2}[name], "\n".join(head)
+    assert len(get) == {"sqlite": 8, "postgresql": 6}[name], "\n".join(get)

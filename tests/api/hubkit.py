@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -155,3 +157,17 @@ def make_hub(client: FlaskClient, world: World, policy: str | None = None) -> Hu
     world.kyc(reviewer, researcher)
     grant = world.grant(researcher, model)
     return Hub(client, world, publisher, reviewer, researcher, outsider, model, grant)
+
+
+def in_thread(call: Callable[[], TestResponse]) -> Callable[[], TestResponse]:
+    """Start `call` now; the returned function waits for its response."""
+    found: list[TestResponse] = []
+    thread = threading.Thread(target=lambda: found.append(call()))
+    thread.start()
+
+    def wait() -> TestResponse:
+        thread.join(timeout=60)
+        assert found, "the request did not finish"
+        return found[0]
+
+    return wait

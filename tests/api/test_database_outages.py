@@ -126,6 +126,14 @@ def test_gateway_connections_wait_at_most_30_s_for_a_lock(airlock: Airlock) -> N
         assert s.scalar(text("SHOW lock_timeout")) == "30s"
 
 
+def signed_in(airlock: Airlock) -> tuple[FlaskClient, Actor]:
+    """A client of the app and a user whose first request went through (connections pooled)."""
+    rob = World(airlock).actor("rob")
+    client = create_app(airlock=airlock).test_client()
+    assert whoami(client, rob).status_code == 200
+    return client, rob
+
+
 def _backend_pids(airlock: Airlock) -> set[int]:
     """The server processes behind the pool's idle connections."""
     pool = airlock.db.engine.pool
@@ -140,9 +148,7 @@ def _backend_pids(airlock: Airlock) -> set[int]:
 def test_a_pooled_connection_killed_by_the_server_is_replaced_before_it_is_lent(
     airlock: Airlock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rob = World(airlock).actor("rob")
-    client = create_app(airlock=airlock).test_client()
-    assert whoami(client, rob).status_code == 200
+    client, rob = signed_in(airlock)
     pids = _backend_pids(airlock)
     assert pids
     killer = create_engine(airlock.settings.database_url)
@@ -162,9 +168,7 @@ def test_a_pooled_connection_killed_by_the_server_is_replaced_before_it_is_lent(
 def test_a_healthy_idle_connection_is_lent_without_a_round_trip(
     airlock: Airlock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rob = World(airlock).actor("rob")
-    client = create_app(airlock=airlock).test_client()
-    assert whoami(client, rob).status_code == 200
+    client, rob = signed_in(airlock)
     before = _backend_pids(airlock)
     pings = _count_pings(monkeypatch)
     for _ in range(3):
@@ -176,9 +180,7 @@ def test_a_healthy_idle_connection_is_lent_without_a_round_trip(
 def test_a_connection_idle_for_long_is_pinged_before_it_is_lent(
     airlock: Airlock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rob = World(airlock).actor("rob")
-    client = create_app(airlock=airlock).test_client()
-    assert whoami(client, rob).status_code == 200
+    client, rob = signed_in(airlock)
     monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)
     pings = _count_pings(monkeypatch)
     assert whoami(client, rob).status_code == 200

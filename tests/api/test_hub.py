@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,7 +14,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event, func, select
-from werkzeug.test import TestResponse
 
 from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, DownloadTicket, Grant, utcnow
@@ -27,6 +25,7 @@ from tests.api.hubkit import (
     Hub,
     bearer,
     fresh_model,
+    in_thread,
     make_hub,
     sha256,
 )
@@ -480,20 +479,6 @@ class Writer:
         self.conn.execute("UPDATE organizations SET name = name || '.'")
         self.conn.execute("COMMIT")
         self.conn.close()
-
-
-def in_thread(call: Callable[[], TestResponse]) -> Callable[[], TestResponse]:
-    """Start `call` now; the returned function waits for its response."""
-    found: list[TestResponse] = []
-    thread = threading.Thread(target=lambda: found.append(call()))
-    thread.start()
-
-    def wait() -> TestResponse:
-        thread.join(timeout=60)
-        assert found, "the request did not finish"
-        return found[0]
-
-    return wait
 
 
 @pytest.mark.sqlite

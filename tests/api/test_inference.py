@@ -7,7 +7,6 @@ import hashlib
 import json
 import sqlite3
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from gateway.services.container import Airlock
 from gateway.services.inference import CONTENT, go_duration
 from gateway.services.upstream import HttpUpstream
 from gateway.settings import Settings, load_settings
-from tests.api.hubkit import bearer, fresh_model
+from tests.api.hubkit import bearer, fresh_model, in_thread
 from tests.factories import Actor, World
 from tests.pg import on_both_engines
 from tests.redis_server import REDIS_URL, throwaway_prefix
@@ -439,20 +438,8 @@ def test_cut_stream_ends_with_an_error_event(inf: Inference) -> None:
 def test_an_answer_whose_audit_event_cannot_be_written_is_withheld(inf: Inference) -> None:
     """The database stays locked by another writer while the upstream works: the answer is
     503, never delivered unrecorded; the next request, the lock gone, is served and audited."""
-    engine = inf.airlock.db.engine
-    engine.dispose()  # new connections wait 0.2 s for a lock instead of 30
-    sqla_event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout=200"))
-    path = inf.airlock.settings.database_url.split(":///", 1)[1]
     body = {**CHAT, "airlock_test": {"stall": 1}}
-    answer = in_thread(lambda: inf.post("/chat/completions", body))
-    time.sleep(0.3)  # admitted (reads only); the upstream is still thinking
-    writer = sqlite3.connect(path, timeout=30, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")
-    try:
-        withheld = answer()
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
+    withheld = locked_while(inf, lambda: inf.post("/chat/completions", body))
     error(withheld, 503, "service_unavailable")
     assert "withheld" in withheld.json["error"]["message"]
     assert "choices" not in withheld.get_data(as_text=True)
@@ -466,22 +453,10 @@ def test_an_answer_whose_audit_event_cannot_be_written_is_withheld(inf: Inferenc
 def test_a_streams_event_the_database_refuses_is_spooled_then_written(inf: Inference) -> None:
     """A stream's content reached the client before its event could be written: the event
     waits in the outbox and is written, chained, right after the next event that succeeds."""
-    engine = inf.airlock.db.engine
-    engine.dispose()  # new connections wait 0.2 s for a lock instead of 30
-    sqla_event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout=200"))
-    path = inf.airlock.settings.database_url.split(":///", 1)[1]
     outbox = inf.airlock.inference.outbox
     assert outbox is not None and outbox.count() == 0
     body = {**CHAT, "stream": True, "airlock_test": {"delay": 0.1}}
-    streamed = in_thread(lambda: _read(inf.post("/chat/completions", body)))
-    time.sleep(0.3)  # streaming; its event is written when it ends
-    writer = sqlite3.connect(path, timeout=30, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")
-    try:
-        response = streamed()
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
+    response = locked_while(inf, lambda: _read(inf.post("/chat/completions", body)))
     assert response.status_code == 200
     assert response.get_data(as_text=True).endswith("data: [DONE]\n\n")
     assert inf.audit("inference:serve") == [] and outbox.count() == 1
@@ -497,23 +472,28 @@ def test_a_streams_event_the_database_refuses_is_spooled_then_written(inf: Infer
         assert verify_chain(s.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()).ok
 
 
+def locked_while(inf: Inference, call: Callable[[], TestResponse]) -> TestResponse:
+    """Run `call` (a request whose upstream takes a second) in a thread; 0.3 s in, when it has
+    been admitted (reads only), another connection takes SQLite's write lock and holds it until
+    the call has returned. The app's connections give up on the lock after 0.2 s."""
+    engine = inf.airlock.db.engine
+    engine.dispose()
+    sqla_event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout=200"))
+    path = inf.airlock.settings.database_url.split(":///", 1)[1]
+    answer = in_thread(call)
+    time.sleep(0.3)
+    writer = sqlite3.connect(path, timeout=30, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        return answer()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 def _read(response: TestResponse) -> TestResponse:
     response.get_data()  # the whole stream, as a client reads it
     return response
-
-
-def in_thread(call: Callable[[], TestResponse]) -> Callable[[], TestResponse]:
-    """Start `call` now; the returned function waits for its response."""
-    found: list[TestResponse] = []
-    thread = threading.Thread(target=lambda: found.append(call()))
-    thread.start()
-
-    def wait() -> TestResponse:
-        thread.join(timeout=60)
-        assert found, "the request did not finish"
-        return found[0]
-
-    return wait
 
 
 def test_unreachable_upstream_is_503(inf: Inference) -> None:

@@ -31,6 +31,7 @@ from gateway.web.pages import (
 bp = audience_blueprint("web_auth", public=True)
 log = logging.getLogger(__name__)
 PROVIDER = "sso"
+INCOMPLETE_LINK = "This sign-in link is incomplete: copy the whole link from its message."
 SIGN_IN_FAILED = (
     "Signing in through your identity provider failed, and nothing was signed in. "
     "Start again from the sign-in page."
@@ -67,10 +68,26 @@ def login() -> Any:
 
 @bp.get("/login/link")
 def login_link() -> Any:
-    """Redeem a one-time login link and sign this browser in (the secret rides in the query
-    string, which the access log never writes)."""
+    """The page a one-time login link opens: one button that signs this browser in.
+
+    Opening the link spends nothing: mail security scanners and chat link previews fetch
+    links before people click them, and a link spent on a GET would be gone by then. The
+    secret rides in the query string, which the access log never writes, and in the page's
+    form; the page is not cached and sends no referrer."""
+    token = request.args.get("token", "")
+    if not token:
+        return page("signin_failed.html", 400, title="Sign-in link refused", detail=INCOMPLETE_LINK)
+    response = current_app.make_response(page("login_link.html", token=token))
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@bp.post("/login/link")
+def login_link_redeem() -> Any:
+    """Redeem a one-time login link (its secret posted by the link's page) and sign this
+    browser in. No CSRF token: there is no session yet; the link's secret is the proof."""
     try:
-        user_id = web_auth().redeem_link(db(), request.args.get("token", ""))
+        user_id = web_auth().redeem_link(db(), request.form.get("token", ""))
     except InvalidCredentials as exc:
         return page("signin_failed.html", 400, title="Sign-in link refused", detail=exc.detail)
     return _signed_in(user_id, "link", url_for("web_researcher.home"))

@@ -99,8 +99,12 @@ def _load_session() -> None:
     )
 
 
+# POSTs made before any session exists, which carry their own proof (a login link's secret).
+CSRF_EXEMPT = frozenset({"web_auth.login_link_redeem"})
+
+
 def _check_csrf() -> None:
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+    if request.method in ("GET", "HEAD", "OPTIONS") or request.endpoint in CSRF_EXEMPT:
         return
     sid = g.get("web_sid")
     if not sid or not web_auth().csrf_valid(sid, request.form.get(CSRF_FIELD)):
@@ -119,7 +123,10 @@ def _require_sign_in() -> Response | None:
 def secure_headers(response: Response) -> Response:
     """The web's security headers, on every /ui response (errors and unknown paths too)."""
     if request.path == "/ui" or request.path.startswith("/ui/"):
+        stricter = response.headers.get("Referrer-Policy") == "no-referrer"
         response.headers.update(SECURITY_HEADERS)
+        if stricter:  # a page with a secret in its URL sends no referrer at all
+            response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
 

@@ -60,3 +60,11 @@ def wait_healthy(endpoint: str, process: subprocess.Popen[bytes], log: Path) -> 
         except (urllib.error.URLError, OSError):
             time.sleep(0.1)
     pytest.fail(f"airlock demo did not become healthy in 30 s:\n{log.read_text()}")
+
+
+def sign_in(page: Any, link: str) -> None:
+    """Open a one-time login link in a Playwright page and press its button, as a person does
+    (opening the link alone signs nothing in); the home page once signed in."""
+    page.goto(link)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/ui/")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.live import Server
+from tests.e2e.live import Server, sign_in
 from tests.e2e.test_web_researcher import _post, browser, demo
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +50,7 @@ class Browser:
 
 def _researcher_asks(researcher: Browser, link: str) -> int:
     page = researcher.page
-    page.goto(link)
+    sign_in(page, link)
     researcher.nav("Models")
     page.get_by_role("link", name=REPO).click()
     tier = page.locator("section", has=page.get_by_role("heading", name=f"Tier {TIER}"))
@@ -70,7 +70,7 @@ def _researcher_asks(researcher: Browser, link: str) -> int:
 
 def _reviewer_approves(reviewer: Browser, link: str, request_id: int) -> None:
     page = reviewer.page
-    page.goto(link)
+    sign_in(page, link)
     reviewer.nav("Review queue")
     page.get_by_role("link", name=f"#{request_id}").click()
     page.wait_for_url(f"**/ui/review/{request_id}")
@@ -126,7 +126,7 @@ def test_request_review_grant_token_and_audit_in_the_browser(
     _researcher_takes_a_token(people["rob"])
 
     officer = people["carol"]
-    officer.page.goto(links["compliance"])
+    sign_in(officer.page, links["compliance"])
     asked = _officer_finds(officer, "request:create")
     assert f'"request_id": {request_id}' in asked and "approval_required" in asked
     approved = _officer_finds(officer, "request:approve")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.live import Server
+from tests.e2e.live import Server, sign_in
 from tests.e2e.test_web_researcher import _post, browser, demo
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,7 @@ def test_reviewer_approves_the_pending_weights_request(
     refused: list[str] = []
     page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
 
-    page.goto(demo["login_links"]["reviewer"])
+    sign_in(page, demo["login_links"]["reviewer"])
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Review queue").click()
     page.wait_for_url("**/ui/review")
     page.screenshot(path=shots / "review-queue.png", full_page=True)
@@ -76,7 +76,7 @@ def test_publisher_pages_render_and_validate_in_place(
     context = browser.new_context()
     context.set_default_timeout(10_000)
     page = context.new_page()
-    page.goto(demo["login_links"]["publisher"])
+    sign_in(page, demo["login_links"]["publisher"])
     page.goto(f"{server.endpoint}/ui/manage/models/{REPO}/grants")
     page.screenshot(path=shots / "manage-grants.png", full_page=True)
     page.goto(f"{server.endpoint}/ui/manage/models/{REPO}/policy")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.live import Server
+from tests.e2e.live import Server, sign_in
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = Path("/usr/bin/chromium")
@@ -75,7 +75,7 @@ def test_researcher_requests_the_weights_tier_and_sees_it_pending(
     refused: list[str] = []
     page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
 
-    page.goto(links["researcher"])
+    sign_in(page, links["researcher"])
     assert page.url.endswith("/ui/")
     page.get_by_text("Signed in as").wait_for()
     page.screenshot(path=shots / "home.png", full_page=True)
@@ -110,6 +110,7 @@ def test_researcher_requests_the_weights_tier_and_sees_it_pending(
     assert not refused, refused  # no inline script or style was blocked by the policy
 
     again = browser.new_context().new_page()
-    again.goto(links["researcher"])
+    again.goto(links["researcher"])  # opening it again is harmless; pressing is refused
+    again.get_by_role("button", name="Sign in").click()
     assert "not valid, was used, or has expired" in again.locator("main").inner_text()
     context.close()

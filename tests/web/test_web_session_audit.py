@@ -17,7 +17,7 @@ from gateway.services.audit_log import PERSONAL_ACTIONS, AuditLogService
 from gateway.services.container import Airlock
 from tests.factories import World
 from tests.pg import on_both_engines
-from tests.web.webkit import csrf_of, login_link, sign_in
+from tests.web.webkit import csrf_of, login_link, redeem, sign_in
 
 
 def _events(airlock: Airlock, prefix: str = "session:") -> list[AuditEvent]:
@@ -45,7 +45,7 @@ def test_a_link_sign_in_writes_one_session_create_without_secrets(
 ) -> None:
     world.actor("rob")
     link = login_link(airlock, "rob")
-    response = client.get(link)
+    response = redeem(client, link)
     assert response.status_code == 302
     secret = parse_qs(urlsplit(link).query)["token"][0]
     cookie = response.headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
@@ -91,8 +91,8 @@ def test_a_used_link_writes_session_deny_and_a_tampered_one_nothing(
 ) -> None:
     world.actor("rob")
     link = login_link(airlock, "rob")
-    assert client.get(link).status_code == 302
-    again = app.test_client().get(link)
+    assert redeem(client, link).status_code == 302
+    again = redeem(app.test_client(), link)
     assert again.status_code == 400
     [deny] = [e for e in _events(airlock) if e.action == "session:deny"]
     rob = _user_id(airlock, "rob")
@@ -100,10 +100,10 @@ def test_a_used_link_writes_session_deny_and_a_tampered_one_nothing(
     assert deny.payload == {"method": "login_link", "reasons": [{"code": "login_link_used"}]}
     assert parse_qs(urlsplit(link).query)["token"][0] not in json.dumps(deny.payload)
     assert ocsf_event(_as_row(deny))["activity_id"] == 99
-    assert app.test_client().get(link + "x").status_code == 400
+    assert redeem(app.test_client(), link + "x").status_code == 400
     assert len([e for e in _events(airlock) if e.action == "session:deny"]) == 1
     expired = login_link(airlock, "rob", ttl=timedelta(seconds=-1))
-    assert app.test_client().get(expired).status_code == 400
+    assert redeem(app.test_client(), expired).status_code == 400
     codes = [e.payload["reasons"][0]["code"] for e in _events(airlock, "session:deny")]
     assert codes == ["login_link_used", "login_link_expired"]
     assert _chain_ok(airlock)

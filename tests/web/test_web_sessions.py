@@ -11,11 +11,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
 from gateway.app import create_app
-from gateway.db.models import LoginLink, WebSession, utcnow
+from gateway.db.models import AuditEvent, LoginLink, WebSession, utcnow
 from gateway.services.container import Airlock
 from tests.factories import World
 from tests.pg import on_both_engines
-from tests.web.webkit import csrf_of, login_link, sign_in, web_auth
+from tests.web.webkit import csrf_of, login_link, redeem, sign_in, web_auth
 
 COOKIE = "airlock_session"
 
@@ -32,13 +32,13 @@ def test_a_login_link_signs_in_once(
 ) -> None:
     caplog.set_level(logging.INFO)
     link = login_link(airlock, rob)
-    first = client.get(link)
+    first = redeem(client, link)
     assert first.status_code == 302 and first.location.endswith("/ui/")
     cookie = first.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
     assert "Signed in as <strong>rob</strong>" in client.get("/ui/").text
     other = Flask.test_client(client.application)
-    again = other.get(link)
+    again = redeem(other, link)
     assert again.status_code == 400
     assert "not valid, was used, or has expired" in again.text
     assert other.get("/ui/").status_code == 302  # still signed out
@@ -50,21 +50,21 @@ def test_expired_and_tampered_links_are_refused(
     client: FlaskClient, airlock: Airlock, rob: str
 ) -> None:
     expired = login_link(airlock, rob, ttl=timedelta(seconds=-1))
-    assert client.get(expired).status_code == 400
+    assert redeem(client, expired).status_code == 400
     good = login_link(airlock, rob)
     tampered = good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB")
-    assert client.get(tampered).status_code == 400
-    assert client.get("/ui/login/link?token=not-a-link").status_code == 400
+    assert redeem(client, tampered).status_code == 400
+    assert redeem(client, "/ui/login/link?token=not-a-link").status_code == 400
     assert client.get("/ui/login/link").status_code == 400
     assert client.get("/ui/").status_code == 302
-    assert client.get(good).status_code == 302  # the untampered one still works
+    assert redeem(client, good).status_code == 302  # the untampered one still works
 
 
 def test_links_and_sessions_are_stored_hashed(
     client: FlaskClient, airlock: Airlock, rob: str
 ) -> None:
     link = login_link(airlock, rob)
-    client.get(link)
+    redeem(client, link)
     sid = client.get_cookie(COOKIE)
     assert sid is not None
     with airlock.db.session() as session:
@@ -80,7 +80,7 @@ def test_secure_cookie_on_https(airlock: Airlock, rob: str) -> None:
         services, "settings", airlock.settings.with_overrides(public_url="https://a.test")
     )
     app = create_app(airlock=services)
-    response = app.test_client().get(login_link(airlock, rob))
+    response = redeem(app.test_client(), login_link(airlock, rob))
     cookie = response.headers["Set-Cookie"]
     assert cookie.startswith("__Host-airlock=") and "Secure" in cookie and "HttpOnly" in cookie
 
@@ -191,3 +191,40 @@ def test_next_never_leaves_the_site(client: FlaskClient) -> None:
     for target in ("https://evil.test/ui/", "//evil.test/ui", "/ui/\\evil"):
         page = client.get("/ui/login", query_string={"next": target})
         assert "evil" not in page.text
+
+
+def test_opening_a_link_spends_nothing_until_its_button_is_pressed(
+    client: FlaskClient, app: Flask, airlock: Airlock, rob: str
+) -> None:
+    """Mail scanners and link previews GET links before people do: that must not use them."""
+    link = login_link(airlock, rob)
+    for _ in range(3):  # a scanner, a preview, the person
+        opened = app.test_client().get(link)
+        assert opened.status_code == 200
+        assert "Set-Cookie" not in opened.headers
+        assert opened.headers["Referrer-Policy"] == "no-referrer"
+        assert opened.headers["Cache-Control"] == "no-store"
+        assert 'method="post" action="/ui/login/link"' in opened.text
+    with airlock.db.session() as session:
+        assert session.scalars(select(LoginLink.used_at)).one() is None
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action.like("session:%"))
+            )
+            == 0
+        )
+    assert redeem(client, link).status_code == 302
+    assert "Signed in as <strong>rob</strong>" in client.get("/ui/").text
+
+
+def test_redeeming_needs_the_links_secret_in_the_form(
+    client: FlaskClient, airlock: Airlock, rob: str
+) -> None:
+    link = login_link(airlock, rob)
+    secret = link.rsplit("=", 1)[1]
+    assert client.post(link).status_code == 400  # in the query string only: not taken
+    assert client.post("/ui/login/link", data={"token": ""}).status_code == 400
+    assert client.get("/ui/").status_code == 302  # still signed out
+    assert client.post("/ui/login/link", data={"token": secret}).status_code == 302

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import timedelta
 
 from flask.testing import FlaskClient
 from sqlalchemy import select
+from werkzeug.test import TestResponse
 
 from gateway.db.models import User
 from gateway.services.container import Airlock
 from gateway.services.web_auth import WebAuthService
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+TOKEN_FIELD = re.compile(r'name="token" value="([^"]*)"')
 
 
 def web_auth(airlock: Airlock) -> WebAuthService:
@@ -28,9 +31,18 @@ def login_link(airlock: Airlock, username: str, ttl: timedelta | None = None) ->
     return f"/ui/login/link?token={token}"
 
 
+def redeem(client: FlaskClient, link: str) -> TestResponse:
+    """Open a login link, then press its page's button, as a person does: the POST's answer."""
+    opened = client.get(link)
+    assert opened.status_code == 200, opened.text[:500]
+    found = TOKEN_FIELD.search(opened.text)
+    assert found, opened.text[:500]
+    return client.post("/ui/login/link", data={"token": html.unescape(found.group(1))})
+
+
 def sign_in(client: FlaskClient, airlock: Airlock, username: str) -> None:
     """Sign the client's browser in as `username` through a login link."""
-    response = client.get(login_link(airlock, username))
+    response = redeem(client, login_link(airlock, username))
     assert response.status_code == 302, response.text
 
 

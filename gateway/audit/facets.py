@@ -33,6 +33,8 @@ class RefusalCode(StrEnum):
     LOGIN_LINK_EXPIRED = "login_link_expired"
     LOGIN_LINK_USED = "login_link_used"
     NO_GRANT = "no_grant"
+    OIDC_EMAIL_UNVERIFIED = "oidc_email_unverified"
+    OIDC_UNKNOWN_ACCOUNT = "oidc_unknown_account"
     RATE_LIMITED = "rate_limited"
     RATE_LIMITER_UNAVAILABLE = "rate_limiter_unavailable"
     REVISION_NOT_VETTED = "revision_not_vetted"

@@ -14,6 +14,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from gateway.audit import AuditAction
+from gateway.audit.facets import RefusalCode
 from gateway.auth.tokens import Scope
 from gateway.db.models import LoginLink, Membership, OidcIdentity, Role, User, WebSession, utcnow
 from gateway.errors import Forbidden, InvalidCredentials
@@ -251,7 +252,8 @@ class WebAuthService:
         if link is None:
             return
         used = link.used_at is not None
-        reason = {"code": "login_link_used"} if used else {"code": "login_link_expired"}
+        code = RefusalCode.LOGIN_LINK_USED if used else RefusalCode.LOGIN_LINK_EXPIRED
+        reason = {"code": str(code)}
         payload = {"method": "login_link", "reasons": [reason]}
         self._record(session, AuditAction.SESSION_DENY, link.user_id, payload, effect="deny")
         session.commit()
@@ -284,12 +286,32 @@ class WebAuthService:
         if user is None and allow_signup and email:
             user = self._sign_up(session, email, claims)
         if user is None:
+            unverified = bool(claims.get("email")) and email is None
+            self._deny_oidc(session, issuer, subject, unverified=unverified)
             raise UnknownAccount(_unknown_message(claims, email))
         session.add(
             OidcIdentity(user_id=user.id, issuer=issuer, subject=subject, last_login_at=utcnow())
         )
         session.commit()
         return user.id
+
+    def _deny_oidc(self, session: Session, issuer: str, subject: str, *, unverified: bool) -> None:
+        """Audit a verified identity refused for want of an account (or of a verified email) as
+        session:deny. It names no Airlock user, so the event carries the issuer and a digest of
+        the subject, never the email: repeated attempts by one identity share the digest."""
+        session.rollback()
+        code = RefusalCode.OIDC_EMAIL_UNVERIFIED if unverified else RefusalCode.OIDC_UNKNOWN_ACCOUNT
+        identity = hashlib.sha256(f"{issuer}\0{subject}".encode()).hexdigest()[:16]
+        payload = {
+            "method": "oidc",
+            "issuer": issuer,
+            "subject_sha256": identity,
+            "reasons": [{"code": str(code)}],
+        }
+        self.identity.audit.record(
+            session, AuditAction.SESSION_DENY, actor_id=None, effect="deny", payload=payload
+        )
+        session.commit()
 
     def _sign_up(self, session: Session, email: str, claims: Mapping[str, Any]) -> User:
         local = email.split("@")[0].lower()

@@ -182,3 +182,46 @@ def test_an_oidc_sign_in_writes_one_session_create_naming_the_issuer(
         assert event.payload["method"] == "oidc" and event.payload["issuer"] == provider.issuer
         assert len(event.payload["session"]) == 12
         assert AuditLogService().verify(session).ok
+
+
+def _session_denials(sso: Airlock) -> list[AuditEvent]:
+    with sso.db.session() as session:
+        query = select(AuditEvent).where(AuditEvent.action == "session:deny")
+        return list(session.scalars(query.order_by(AuditEvent.seq)).all())
+
+
+@on_both_engines
+def test_a_verified_identity_refused_for_want_of_an_account_is_audited_without_its_email(
+    web: FlaskClient, sso: Airlock, provider: Provider
+) -> None:
+    World(sso).actor("rob")
+    provider.sign_in_as("idp-zed", "zed@example.org")
+    assert _back(web, _to_provider(web)).status_code == 403
+    provider.sign_in_as("idp-zed", "zed@example.org")
+    assert _back(web, _to_provider(web)).status_code == 403
+    provider.sign_in_as("idp-mallory", "rob@example.org", verified=False)
+    assert _back(web, _to_provider(web)).status_code == 403
+    zed, again, mallory = _session_denials(sso)
+    assert zed.payload["reasons"] == [{"code": "oidc_unknown_account"}]
+    assert mallory.payload["reasons"] == [{"code": "oidc_email_unverified"}]
+    for event in (zed, again, mallory):
+        assert event.effect == "deny" and event.actor_id is None and event.subject_user_id is None
+        assert set(event.payload) == {"method", "issuer", "subject_sha256", "reasons"}
+        assert event.payload["method"] == "oidc" and event.payload["issuer"] == provider.issuer
+        assert "example.org" not in str(event.payload) and "idp-" not in str(event.payload)
+    assert zed.payload["subject_sha256"] == again.payload["subject_sha256"]
+    assert zed.payload["subject_sha256"] != mallory.payload["subject_sha256"]
+    with sso.db.session() as session:
+        assert AuditLogService().verify(session).ok
+        assert session.scalar(select(User).where(User.email == "zed@example.org")) is None
+
+
+def test_a_refusal_that_names_no_verified_identity_is_not_audited(
+    web: FlaskClient, sso: Airlock, provider: Provider
+) -> None:
+    """A forged or replayed callback, or a bad ID token, names nobody: logged, not audited."""
+    provider.mode = "wrong_signature"
+    provider.sign_in_as("idp-rob-1", "rob@example.org")
+    assert _back(web, _to_provider(web)).status_code == 400
+    assert web.get("/ui/login/sso/callback?state=forged&code=x").status_code == 400
+    assert _session_denials(sso) == []

@@ -100,6 +100,7 @@ class WeightsAccess:
     model: ModelRow
     policy: ReleasePolicy
     grants: tuple[tuple[GrantRow, Tier], ...]
+    request_country: str | None = None  # where the request came from, as the decision saw it
 
     def allows(self, path: str) -> bool:
         """Whether any grant's file globs cover `path`."""
@@ -213,6 +214,7 @@ class _Order:
                 "staged": self.served.staged,
                 "method": claim.method,
                 "expires_at": format_timestamp(self.expires),  # as canonical JSON writes it
+                **_country(self.access.request_country),
             },
         }
 
@@ -368,7 +370,9 @@ class DownloadService:
         checked = self._recheck(
             session, principal, model, policy, usable, found.facts, request_country, apply_url
         )
-        return WeightsAccess(model, policy, provisioned_first(session, checked))
+        return WeightsAccess(
+            model, policy, provisioned_first(session, checked), request_country=request_country
+        )
 
     def _recheck(
         self,
@@ -1014,3 +1018,8 @@ def _human_wait(seconds: float) -> str:
     if whole < 3600:
         return f"{(whole + 59) // 60} min"
     return f"{whole // 3600} h {(whole % 3600) // 60} min"
+
+
+def _country(request_country: str | None) -> dict[str, str]:
+    """The request's country for an allowed event's payload, when it is known."""
+    return {"request_country": request_country} if request_country else {}

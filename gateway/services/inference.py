@@ -91,6 +91,7 @@ class Admission:
     token_dims: tuple[Dimension, ...] = ()
     lease: Lease | None = None
     limit: LimitResult | None = None
+    request_country: str | None = None  # where the request came from, as the decision saw it
 
 
 class InferenceService:
@@ -191,7 +192,17 @@ class InferenceService:
             self._deny(session, user_id, found.model, reasons, request_country)
         grant, tier = max(kept, key=lambda kt: (_room(kt[1].limits), kt[0].id))
         target, digests = self._target(found.model, found.upstream)
-        return Admission(user_id, found.model, grant, tier, target, time.monotonic(), digests)
+        started = time.monotonic()
+        return Admission(
+            user_id,
+            found.model,
+            grant,
+            tier,
+            target,
+            started,
+            digests,
+            request_country=request_country,
+        )
 
     def _live(
         self,
@@ -501,6 +512,8 @@ class InferenceService:
         }
         if delivery.streamed:
             payload["chunks_delivered"] = delivery.chunks
+        if admission.request_country:
+            payload["request_country"] = admission.request_country
         if admission.digests:
             payload.update(delivery.digests())
         event = {

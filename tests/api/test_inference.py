@@ -27,6 +27,7 @@ from gateway.audit import verify_chain
 from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, Grant, KycVerification, Model, Role, utcnow
 from gateway.devtools.upstream import ReferenceUpstream, completion_text
+from gateway.geo import RequestGeo
 from gateway.ratelimit.base import month_of
 from gateway.ratelimit.redis import RedisLimiter
 from gateway.services.container import Airlock
@@ -1014,3 +1015,16 @@ def test_an_inference_request_makes_a_fixed_number_of_round_trips(
         events = s.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
         assert [e.action for e in events[-2:]] == ["inference:serve"] * 2
         assert verify_chain(events).ok
+
+
+def test_a_served_request_records_the_country_its_decision_used(inf: Inference) -> None:
+    proxy, header = "10.0.0.5", "X-Airlock-Country"
+    inf.airlock.geo = RequestGeo(trusted_proxies=(proxy,), header=header)
+    headers = {**bearer(inf.researcher), header: "DE"}
+    for peer in (proxy, "127.0.0.1"):  # from anyone but the proxy the header is a spoof
+        response = inf.client.post(
+            "/v1/chat/completions", json=CHAT, headers=headers, environ_base={"REMOTE_ADDR": peer}
+        )
+        assert response.status_code == 200, response.get_data(as_text=True)
+    countries = [e.payload.get("request_country") for e in inf.audit("inference:serve")]
+    assert countries == ["DE", None]

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from gateway.db.models import Role
+from gateway.db.models import AuditEvent, Role
 from gateway.settings import Settings
 from tests.api.hubkit import FILES, REPO, bearer
 from tests.factories import Actor, World, policy_text
@@ -108,3 +109,15 @@ def test_downloads_use_the_trusted_country_only(client: FlaskClient, researcher:
         message = response.headers["X-Error-Message"]
         assert "request location 'IR' matches 'IR' (Iran)" in message, message
         assert "which this tier denies." in message
+    # each allowed download's event records the country its decision used, never a spoofed one
+    issued = [e.payload.get("request_country") for e in _events(client, "download:issue")]
+    assert issued == ["US", "DE"]
+    denied = [e.payload.get("request_country") for e in _events(client, "download:deny")]
+    assert denied == ["IR", "IR"]
+
+
+def _events(client: FlaskClient, action: str) -> list[AuditEvent]:
+    airlock = client.application.extensions["airlock"]
+    with airlock.db.session() as session:
+        query = select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)
+        return list(session.scalars(query).all())

@@ -163,10 +163,11 @@ def _check_idle_connection(engine: Engine, dbapi_connection: Any, idle_since: fl
     dead = dbapi_connection.closed or dbapi_connection.broken
     if not dead:
         try:
-            readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+            poller = select.poll()  # not select(): a busy process's descriptors pass 1024
+            poller.register(dbapi_connection.fileno(), select.POLLIN)
+            dead = bool(poller.poll(0))  # readable while idle: a goodbye, or end of file
         except (OSError, ValueError):
-            readable = [True]
-        dead = bool(readable)
+            dead = True
     if not dead and time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
         try:
             dead = not engine.dialect.do_ping(dbapi_connection)

@@ -200,3 +200,29 @@ def _count_pings(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
     monkeypatch.setattr(PGDialect_psycopg, "do_ping", counting)
     return seen
+
+
+def test_connections_past_descriptor_1024_are_checked_too(
+    airlock: Airlock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy process holds many files: select() cannot watch a descriptor past 1024 and the
+    check must not mistake that for a dead connection."""
+    import os
+
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        airlock.db.engine.dispose()  # the next connection gets a descriptor past the filler
+        client, rob = signed_in(airlock)
+        before = _backend_pids(airlock)
+        pings = _count_pings(monkeypatch)
+        assert whoami(client, rob).status_code == 200
+        assert _backend_pids(airlock) == before and pings == []
+        pool = airlock.db.engine.pool
+        conn = pool.connect()
+        try:
+            assert conn.driver_connection.fileno() > 1024  # type: ignore[union-attr]
+        finally:
+            conn.close()
+    finally:
+        for fd in filler:
+            os.close(fd)

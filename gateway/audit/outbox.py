@@ -53,6 +53,13 @@ class AuditOutbox:
             return 0
         return sum(1 for p in self.directory.iterdir() if _is_event(p) or _CLAIM in p.name)
 
+    def oldest_age(self) -> float:
+        """Seconds since the oldest waiting event was spooled (0.0 when none waits)."""
+        stamps = [
+            int(p.name[:20]) for p in self._listing() if _is_event(p) and p.name[:20].isdigit()
+        ]
+        return max(0.0, (time.time_ns() - min(stamps)) / 1e9) if stamps else 0.0
+
     def put(self, event: dict[str, Any]) -> Path:
         """Spool one event (JSON-serializable) durably; its file."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)

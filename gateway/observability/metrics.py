@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,6 +25,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.core import GaugeMetricFamily
 
 SURFACES = {
     "access": "api",
@@ -190,10 +191,45 @@ def check_mode(metrics_dir: Path | None) -> None:
         raise RuntimeError(f"the metrics directory {metrics_dir} does not exist")
 
 
-def exposition(metrics_dir: Path | None) -> tuple[bytes, str]:
-    """The text exposition of this process, or of every process sharing `metrics_dir`."""
+class Spool(Protocol):
+    """What the audit outbox tells about itself (gateway/audit/outbox.py)."""
+
+    def count(self) -> int: ...
+
+    def oldest_age(self) -> float: ...
+
+
+class SpoolCollector:
+    """The audit outbox's backlog, read from its directory when scraped: the same figures in
+    every process of a host, so nothing is merged across processes."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Two gauges: events waiting, and the age of the oldest."""
+        yield GaugeMetricFamily(
+            "airlock_audit_outbox_events",
+            "Audit events spooled because the database refused them, not yet written.",
+            value=self.spool.count(),
+        )
+        yield GaugeMetricFamily(
+            "airlock_audit_outbox_oldest_age_seconds",
+            "Seconds since the oldest spooled audit event was refused (0 when none waits).",
+            value=self.spool.oldest_age(),
+        )
+
+
+def exposition(metrics_dir: Path | None, spool: Spool | None = None) -> tuple[bytes, str]:
+    """The text exposition of this process, or of every process sharing `metrics_dir`, with
+    the audit outbox's backlog when given."""
     registry = REGISTRY if metrics_dir is None else multiprocess_registry(metrics_dir)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    body = generate_latest(registry)
+    if spool is not None:
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(SpoolCollector(spool))
+        body += generate_latest(extra)
+    return body, CONTENT_TYPE_LATEST
 
 
 def multiprocess_registry(metrics_dir: Path) -> CollectorRegistry:

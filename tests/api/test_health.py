@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -310,3 +311,26 @@ def test_an_unknown_log_format_is_refused_at_start(tmp_path: Path) -> None:
     env = {"AIRLOCK_LOG_FORMAT": "xml", "AIRLOCK_SECRET_KEY": "x"}
     with pytest.raises(ValueError, match="AIRLOCK_LOG_FORMAT must be one of json, text"):
         load_settings(env, data_dir=tmp_path)
+
+
+def test_metrics_show_the_audit_outbox_backlog(airlock: Airlock, client: FlaskClient) -> None:
+    def scraped() -> dict[str, float]:
+        text = client.get("/metrics").get_data(as_text=True)
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("airlock_audit_outbox_")
+        }
+
+    assert scraped() == {
+        "airlock_audit_outbox_events": 0.0,
+        "airlock_audit_outbox_oldest_age_seconds": 0.0,
+    }
+    outbox = airlock.inference.outbox
+    assert outbox is not None
+    outbox.put({"action": "inference:serve", "payload": {}})
+    outbox.put({"action": "inference:serve", "payload": {}})
+    time.sleep(0.05)
+    found = scraped()
+    assert found["airlock_audit_outbox_events"] == 2.0
+    assert 0.05 <= found["airlock_audit_outbox_oldest_age_seconds"] < 60

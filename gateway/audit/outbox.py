@@ -3,8 +3,9 @@
 An inference stream's event is written when the stream ends, after its content reached the
 client. If the database refuses it then, dropping it would leave served content unrecorded;
 instead the event is spooled here, one JSON file each (written to a temporary name, fsynced,
-renamed), and written to the log later: by the next event the process records successfully,
-and by any process of the deployment that finds files here when it starts.
+renamed), and written to the log later: right after the next event the process records
+successfully, and by a background thread every RETRY_SECONDS while any wait (also in a process
+that finds files here when it starts).
 
 A file is claimed by renaming it to a name carrying the claiming process's id, so two
 processes never write one event twice; a claim left by a process that died is given back
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".json"
 _CLAIM = ".claim-"
+RETRY_SECONDS = 10.0  # between background attempts while events wait
 
 
 class AuditOutbox:
@@ -39,8 +41,42 @@ class AuditOutbox:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._draining = threading.Lock()
+        self._write: Callable[[dict[str, Any]], None] | None = None
+        self._retrying: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self._closed = threading.Event()
         self._give_back_orphans()
         self._waiting = self.count() > 0
+
+    def attach(self, write: Callable[[dict[str, Any]], None]) -> None:
+        """How spooled events are written (each in its own transaction). While any wait, a
+        background thread tries every RETRY_SECONDS, so they are written even when no new event
+        comes to carry them (a gateway restarted with events waiting and no inference traffic).
+        """
+        self._write = write
+        self._retry_soon()
+
+    def close(self) -> None:
+        """Stop the background retries (spooled files stay for the next process)."""
+        self._closed.set()
+
+    def _retry_soon(self) -> None:
+        if self._write is None or not self._waiting or self._closed.is_set():
+            return
+        with self._starting:
+            if self._retrying is not None and self._retrying.is_alive():
+                return
+            self._retrying = threading.Thread(target=self._retry, name="audit-outbox", daemon=True)
+            self._retrying.start()
+
+    def _retry(self) -> None:
+        write = self._write
+        assert write is not None
+        while self._waiting and not self._closed.wait(RETRY_SECONDS):
+            try:
+                self.drain(write)
+            except OSError:
+                log.exception("the audit outbox could not be read; retrying later")
 
     @property
     def waiting(self) -> bool:
@@ -76,6 +112,7 @@ class AuditOutbox:
         os.rename(temporary, final)
         _fsync_directory(self.directory)
         self._waiting = True
+        self._retry_soon()
         return final
 
     def drain(self, write: Callable[[dict[str, Any]], None]) -> int:

@@ -100,8 +100,13 @@ class Airlock:
             limiter=self.limiter,
             output_cap=self.settings.inference_max_tokens,
             lease_ttl=self.settings.inference_lease_seconds,
-            outbox=AuditOutbox(self.settings.data_dir / "audit-outbox"),
+            outbox=self.audit_outbox,
         )
+
+    @cached_property
+    def audit_outbox(self) -> AuditOutbox:
+        """Where audit events the database refused wait (`<data dir>/audit-outbox`)."""
+        return AuditOutbox(self.settings.data_dir / "audit-outbox")
 
     @cached_property
     def tracing(self) -> TraceService:
@@ -114,7 +119,9 @@ class Airlock:
         )
 
     def close(self) -> None:
-        """Release pooled connections."""
+        """Release pooled connections; stop background retries."""
+        if "audit_outbox" in self.__dict__:
+            self.audit_outbox.close()
         if self.downloads.group is not None:
             self.downloads.group.close()
         self.db.dispose()

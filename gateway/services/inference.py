@@ -121,6 +121,8 @@ class InferenceService:
         self.upstream = upstream
         self.keys = keys
         self.sessions = sessions
+        if outbox is not None:
+            outbox.attach(self._record)  # spooled events are retried in the background too
 
     # -- publisher configuration -------------------------------------------------------------
     def set_upstream(

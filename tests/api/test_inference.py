@@ -23,14 +23,17 @@ from sqlalchemy import event as sqla_event
 from sqlalchemy import select, update
 from werkzeug.test import TestResponse
 
+from gateway.app import create_app
+from gateway.audit import outbox as outbox_module
 from gateway.audit import verify_chain
+from gateway.audit.outbox import AuditOutbox
 from gateway.auth.tokens import Scope
 from gateway.db.models import AuditEvent, Grant, KycVerification, Model, Role, utcnow
 from gateway.devtools.upstream import ReferenceUpstream, completion_text
 from gateway.geo import RequestGeo
 from gateway.ratelimit.base import month_of
 from gateway.ratelimit.redis import RedisLimiter
-from gateway.services.container import Airlock
+from gateway.services.container import Airlock, build_airlock
 from gateway.services.inference import CONTENT, go_duration
 from gateway.services.upstream import HttpUpstream
 from gateway.settings import Settings, load_settings
@@ -1028,3 +1031,34 @@ def test_a_served_request_records_the_country_its_decision_used(inf: Inference) 
         assert response.status_code == 200, response.get_data(as_text=True)
     countries = [e.payload.get("request_country") for e in inf.audit("inference:serve")]
     assert countries == ["DE", None]
+
+
+def test_events_spooled_before_a_restart_are_written_without_new_traffic(
+    inf: Inference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "RETRY_SECONDS", 0.05)
+    left = AuditOutbox(inf.airlock.settings.data_dir / "audit-outbox")  # a process now gone
+    payload = {"tokens_used": 7, "upstream_status": 200, "spooled_at": "2026-11-27T00:00:00"}
+    user = inf.researcher.user.id
+    left.put(
+        {
+            "action": "inference:serve",
+            "actor_id": user,
+            "org_id": inf.model.org_id,
+            "subject_user_id": user,
+            "model_id": inf.model.id,
+            "effect": "allow",
+            "payload": payload,
+        }
+    )
+    restarted = build_airlock(inf.airlock.settings)
+    try:
+        create_app(airlock=restarted)  # and no request at all
+        deadline = time.monotonic() + 10
+        while not inf.audit("inference:serve") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        [event] = inf.audit("inference:serve")
+        assert event.payload == payload and event.actor_id == user
+        assert restarted.audit_outbox.count() == 0
+    finally:
+        restarted.close()

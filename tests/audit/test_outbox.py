@@ -7,11 +7,13 @@ import multiprocessing
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.audit import outbox as outbox_module
 from gateway.audit.outbox import AuditOutbox
 
 
@@ -109,3 +111,28 @@ def test_an_unreadable_file_is_set_aside_not_lost(
     assert written == [event(1)]
     assert [p.name for p in tmp_path.iterdir()] == ["00000000000000000000-bad.json.unreadable"]
     assert "unreadable" in caplog.text
+
+
+def test_waiting_events_are_retried_in_the_background_until_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "RETRY_SECONDS", 0.02)
+    outbox = AuditOutbox(tmp_path)
+    written: list[dict[str, Any]] = []
+    refusals = [RuntimeError("database is locked")] * 3  # down for the first three tries
+
+    def write(found: dict[str, Any]) -> None:
+        if refusals:
+            raise refusals.pop()
+        written.append(found)
+
+    outbox.attach(write)
+    outbox.put(event(1))  # no later event comes to carry it
+    deadline = time.monotonic() + 10
+    while outbox.count() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert written == [event(1)] and not outbox.waiting
+    outbox.close()
+    outbox.put(event(2))  # closed: nothing retries any more
+    time.sleep(0.1)
+    assert written == [event(1)] and outbox.count() == 1

@@ -46,7 +46,7 @@ def metrics() -> Response:
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="airlock-metrics"'
         return response
-    body, content_type = exposition(settings.metrics_dir, airlock().inference.outbox)
+    body, content_type = exposition(settings.metrics_dir, airlock().audit_outbox)
     return Response(body, content_type=content_type)
 
 

@@ -42,8 +42,8 @@ class AuditOutbox:
         self.directory = directory
         self._draining = threading.Lock()
         self._write: Callable[[dict[str, Any]], None] | None = None
-        self._retrying: threading.Thread | None = None
-        self._starting = threading.Lock()
+        self._retrying: threading.Thread | None = None  # guarded by _state, like _waiting
+        self._state = threading.Lock()  # a spool and a drain's "nothing left" never cross
         self._closed = threading.Event()
         self._give_back_orphans()
         self._waiting = self.count() > 0
@@ -61,22 +61,33 @@ class AuditOutbox:
         self._closed.set()
 
     def _retry_soon(self) -> None:
-        if self._write is None or not self._waiting or self._closed.is_set():
+        if self._write is None or self._closed.is_set():
             return
-        with self._starting:
-            if self._retrying is not None and self._retrying.is_alive():
+        with self._state:
+            if not self._waiting or self._retrying is not None:
                 return
             self._retrying = threading.Thread(target=self._retry, name="audit-outbox", daemon=True)
             self._retrying.start()
 
     def _retry(self) -> None:
+        """Try every RETRY_SECONDS; leave only when nothing waits, decided under the same lock
+        a spool sets `waiting` under, so an event spooled meanwhile starts a new thread."""
         write = self._write
         assert write is not None
-        while self._waiting and not self._closed.wait(RETRY_SECONDS):
-            try:
-                self.drain(write)
-            except OSError:
-                log.exception("the audit outbox could not be read; retrying later")
+        try:
+            while not self._closed.wait(RETRY_SECONDS):
+                try:
+                    self.drain(write)
+                except OSError:
+                    log.exception("the audit outbox could not be read; retrying later")
+                with self._state:
+                    if not self._waiting:
+                        self._retrying = None
+                        return
+        finally:
+            with self._state:
+                if self._retrying is threading.current_thread():
+                    self._retrying = None
 
     @property
     def waiting(self) -> bool:
@@ -109,9 +120,10 @@ class AuditOutbox:
         finally:
             os.close(fd)
         final = self.directory / name
-        os.rename(temporary, final)
+        with self._state:  # the file appears and `waiting` turns on together
+            os.rename(temporary, final)
+            self._waiting = True
         _fsync_directory(self.directory)
-        self._waiting = True
         self._retry_soon()
         return final
 
@@ -143,7 +155,8 @@ class AuditOutbox:
                     return written
                 claimed.unlink()
                 written += 1
-            self._waiting = self.count() > 0
+            with self._state:
+                self._waiting = self.count() > 0
             return written
         finally:
             self._draining.release()

@@ -129,10 +129,42 @@ def test_waiting_events_are_retried_in_the_background_until_written(
     outbox.attach(write)
     outbox.put(event(1))  # no later event comes to carry it
     deadline = time.monotonic() + 10
-    while outbox.count() and time.monotonic() < deadline:
+    while outbox.waiting and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert written == [event(1)] and not outbox.waiting
+    assert written == [event(1)] and outbox.count() == 0 and not outbox.waiting
     outbox.close()
     outbox.put(event(2))  # closed: nothing retries any more
     time.sleep(0.1)
     assert written == [event(1)] and outbox.count() == 1
+
+
+def test_events_spooled_while_the_retry_thread_finishes_are_not_stranded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spools racing the background thread's "nothing left, stop": every event is written."""
+    monkeypatch.setattr(outbox_module, "RETRY_SECONDS", 0.001)
+    outbox = AuditOutbox(tmp_path)
+    written: list[int] = []
+    lock = threading.Lock()
+
+    def write(found: dict[str, Any]) -> None:
+        with lock:
+            written.append(found["payload"]["n"])
+
+    outbox.attach(write)
+
+    def spool(first: int) -> None:
+        for n in range(first, first + 50):
+            outbox.put(event(n))
+            time.sleep(0.001)
+
+    spoolers = [threading.Thread(target=spool, args=(k * 50,)) for k in range(4)]
+    for thread in spoolers:
+        thread.start()
+    for thread in spoolers:
+        thread.join()
+    deadline = time.monotonic() + 20
+    while len(written) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    outbox.close()
+    assert sorted(written) == list(range(200)) and outbox.count() == 0

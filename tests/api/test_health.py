@@ -326,8 +326,7 @@ def test_metrics_show_the_audit_outbox_backlog(airlock: Airlock, client: FlaskCl
         "airlock_audit_outbox_events": 0.0,
         "airlock_audit_outbox_oldest_age_seconds": 0.0,
     }
-    outbox = airlock.inference.outbox
-    assert outbox is not None
+    outbox = airlock.audit_outbox
     outbox.put({"action": "inference:serve", "payload": {}})
     outbox.put({"action": "inference:serve", "payload": {}})
     time.sleep(0.05)

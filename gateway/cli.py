@@ -849,6 +849,32 @@ def audit_checkpoint() -> None:
         click.echo("the audit log is empty: nothing to sign")
 
 
+@audit.command("outbox")
+@click.option("--drain", is_flag=True, help="Write the waiting events to the audit log now.")
+def audit_outbox(drain: bool) -> None:
+    """Audit events this host spooled because the database refused them (a stream's
+    inference:serve event), waiting in <data dir>/audit-outbox: how many, how old; with
+    --drain, write them now (a gateway does it on its own while it runs). Exit 1 when events
+    are still waiting afterwards."""
+    airlock = _services()
+    try:
+        outbox = airlock.audit_outbox
+        if drain:
+            written = outbox.drain(airlock.inference.write_event)
+            click.echo(f"wrote {written} spooled event(s) to the audit log")
+        waiting, age = outbox.count(), outbox.oldest_age()
+    finally:
+        airlock.close()
+    if not waiting:
+        click.echo(f"audit outbox {outbox.directory}: empty")
+        return
+    click.echo(
+        f"audit outbox {outbox.directory}: {waiting} event(s) waiting, the oldest spooled "
+        f"{age:.0f} s ago" + ("" if drain else "; `airlock audit outbox --drain` writes them")
+    )
+    sys.exit(1)
+
+
 @audit.command("keys")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write them to this file.")
 def audit_keys(out: str | None) -> None:

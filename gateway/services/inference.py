@@ -122,7 +122,7 @@ class InferenceService:
         self.keys = keys
         self.sessions = sessions
         if outbox is not None:
-            outbox.attach(self._record)  # spooled events are retried in the background too
+            outbox.attach(self.write_event)  # spooled events are retried in the background too
 
     # -- publisher configuration -------------------------------------------------------------
     def set_upstream(
@@ -528,19 +528,19 @@ class InferenceService:
             "payload": payload,
         }
         try:
-            self._record(event)
+            self.write_event(event)
         except Exception:
             log.exception("could not audit an inference request on %s", admission.model.repo_id)
             if not withheld_unless_recorded:
                 self._spool(event)
             return False
         if self.outbox is not None and self.outbox.waiting:
-            self.outbox.drain(self._record)
+            self.outbox.drain(self.write_event)
         return True
 
-    def _record(self, event: dict[str, Any]) -> None:
-        """Write one inference event (keyword arguments of `AuditRecorder.record`) in its own
-        transaction."""
+    def write_event(self, event: dict[str, Any]) -> None:
+        """Write one inference event (keyword arguments of `AuditRecorder.record`, as spooled)
+        in its own transaction."""
         session = self.sessions()
         try:
             begin_one_statement(session)  # the event is the transaction's only statement

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import event, select
 
+from gateway.api.blobs import ClosingFile, cork
 from gateway.db.models import Model, RevisionFile
 from gateway.services.signing import BlobClaim
 from tests.api.hubkit import FILES, REPO, Hub, make_hub, sha256
@@ -254,3 +258,58 @@ def test_the_url_query_is_what_urlencode_would_write(staged: bool, method: str) 
     assert url.path == "/blobs/7/a%20b%2Bc.safetensors"
     assert url.query == urlencode({**claim.query(), "s": signer.signature(claim)})
     assert BlobClaim.from_query(7, dict(parse_qsl(url.query))) == claim
+
+
+# -- TCP_CORK under gunicorn ----------------------------------------------------------------------
+@pytest.fixture
+def connected() -> Iterator[socket.socket]:
+    """The server side of a real loopback TCP connection."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        try:
+            yield server
+        finally:
+            server.close()
+            client.close()
+
+
+def corked(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+
+
+def test_a_blob_body_goes_out_corked_and_the_socket_is_uncorked_when_the_file_closes(
+    connected: socket.socket, tmp_path: Path
+) -> None:
+    order: list[str] = []
+    uncork = cork({"gunicorn.socket": connected})
+    assert uncork is not None and corked(connected) == 1
+    (tmp_path / "blob").write_bytes(b"x" * 10)
+    file = ClosingFile(
+        tmp_path / "blob", lambda: order.append(f"lease freed, cork {corked(connected)}")
+    )
+    file.also_on_close(uncork)
+    file.close()
+    file.close()  # a second close reports nothing again
+    assert order == ["lease freed, cork 0"] and corked(connected) == 0
+
+
+def test_a_failing_end_step_does_not_skip_the_others(
+    connected: socket.socket, tmp_path: Path
+) -> None:
+    uncork = cork({"gunicorn.socket": connected})
+    (tmp_path / "blob").write_bytes(b"x")
+    file = ClosingFile(tmp_path / "blob", lambda: 1 / 0)  # type: ignore[func-returns-value]
+    file.also_on_close(uncork)
+    file.close()
+    assert corked(connected) == 0
+
+
+def test_no_cork_without_a_socket_of_ours_and_none_after_the_client_left(
+    connected: socket.socket,
+) -> None:
+    assert cork({}) is None  # another WSGI server (the demo's, the test client)
+    uncork = cork({"gunicorn.socket": connected})
+    assert uncork is not None
+    connected.close()
+    uncork()  # the socket is gone: nothing to flush, no error

@@ -3,6 +3,7 @@ part when the server starts and when a worker exits."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -11,11 +12,17 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from gateway.app import create_app
 from gateway.db.migrate import upgrade
+from gateway.services.container import build_airlock
+from gateway.settings import load_settings
+from tests.api.hubkit import FILES, REPO, bearer, make_hub, sha256
 from tests.deploy.conftest import DEPLOY, ROOT, VENV_BIN, wait_http
+from tests.factories import World
 from tests.ports import free_port
 from tests.processes import stop_process
 
@@ -109,3 +116,38 @@ def test_metrics_add_up_across_workers_and_outlive_a_worker(gunicorn: Gunicorn) 
     assert len(access) >= 31
     booted = [json.loads(line) for line in log_lines if "Booting worker" in line]
     assert booted and booted[0]["logger"] == "gunicorn.error", "gunicorn's own lines are JSON"
+
+
+def test_blobs_download_whole_through_gunicorn_with_their_bodies_corked(
+    gunicorn: Gunicorn, tmp_path: Path
+) -> None:
+    """Under gunicorn /blobs corks the socket for the body (TCP_CORK) and uncorks it when the
+    file closes: each file arrives whole, and the keep-alive connection goes on serving."""
+    settings = load_settings(
+        {
+            "AIRLOCK_DATABASE_URL": f"sqlite:///{tmp_path / 'airlock.db'}",
+            "AIRLOCK_SECRET_KEY": "gunicorn-test",
+        },
+        data_dir=tmp_path,
+    )
+    services = build_airlock(settings)
+    try:
+        hub = make_hub(create_app(airlock=services).test_client(), World(services))
+    finally:
+        services.close()
+    conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
+    try:
+        for name in ("model.safetensors", "config.json", "model.safetensors"):
+            conn.request("GET", f"/{REPO}/resolve/main/{name}", headers=bearer(hub.researcher))
+            redirect = conn.getresponse()
+            redirect.read()
+            assert redirect.status == 302, redirect.status
+            signed = urlsplit(redirect.headers["Location"])
+            conn.request("GET", f"{signed.path}?{signed.query}")
+            blob = conn.getresponse()
+            data = blob.read()
+            assert blob.status == 200 and sha256(data) == sha256(FILES[name]), name
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()

@@ -63,6 +63,13 @@ end
 local function store(key, tat)
   redis.call('SET', key, tat, 'PX', max(ceil((tat - now) * 1000), 1))
 end
+local function adjust_tat(key, interval, delta)
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = max(now, tat + delta * interval)
+  if new_tat > now then store(key, new_tat) else redis.call('DEL', key) end
+  return new_tat
+end
 """
 
 # The UTC calendar month of Redis's TIME (year * 12 + month - 1) and the seconds to its end, by
@@ -94,6 +101,11 @@ end
 local function month_store(key, month, used, until_end)
   redis.call('HSET', key, 'm', month, 'u', used)
   redis.call('PEXPIRE', key, max(ceil(until_end * 1000), 1))
+end
+local function adjust_month(key, month, until_end, delta)
+  local used = max(month_used(key, month) + delta, 0)
+  month_store(key, month, used, until_end)
+  return used
 end
 """
 
@@ -194,8 +206,7 @@ ADJUST_MONTH = (
     + """
 local quota = tonumber(ARGV[1])
 local month, until_end = month_now()
-local used = max(month_used(KEYS[1], month) + tonumber(ARGV[2]), 0)
-month_store(KEYS[1], month, used, until_end)
+local used = adjust_month(KEYS[1], month, until_end, tonumber(ARGV[2]))
 return {min(max(quota - used, 0), quota), micros(until_end)}
 """
 )
@@ -206,10 +217,7 @@ ADJUST = (
     + """
 local quota = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2]) / quota
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new_tat = max(now, tat + tonumber(ARGV[3]) * interval)
-if new_tat > now then store(KEYS[1], new_tat) else redis.call('DEL', KEYS[1]) end
+local new_tat = adjust_tat(KEYS[1], interval, tonumber(ARGV[3]))
 local remaining, reset = gcra_state(quota, interval, new_tat)
 return {remaining, reset}
 """
@@ -229,18 +237,13 @@ local delta = tonumber(ARGV[3])
 if delta ~= 0 and n > 0 then
   local p = {struct.unpack('<' .. string.rep('d', 2 * n), ARGV[1])}
   for i = 1, n do
-    local interval = p[2 * i] / p[2 * i - 1]
-    local tat = tonumber(redis.call('GET', KEYS[i])) or now
-    if tat < now then tat = now end
-    local new_tat = max(now, tat + delta * interval)
-    if new_tat > now then store(KEYS[i], new_tat) else redis.call('DEL', KEYS[i]) end
+    adjust_tat(KEYS[i], p[2 * i] / p[2 * i - 1], delta)
   end
 end
 if delta ~= 0 and q > 0 then
   local month, until_end = month_now()
   for k = 1, q do
-    local used = max(month_used(KEYS[n + k], month) + delta, 0)
-    month_store(KEYS[n + k], month, used, until_end)
+    adjust_month(KEYS[n + k], month, until_end, delta)
   end
 end
 if #KEYS > n + q then redis.call('ZREM', KEYS[n + q + 1], ARGV[4]) end

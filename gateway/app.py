@@ -43,8 +43,7 @@ def create_app(settings: Settings | None = None, *, airlock: Airlock | None = No
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.session_interface = NoCookieSessions()
     app.extensions["airlock"] = services
-    if services.audit_outbox.waiting:  # events spooled before a restart: retry them from now
-        _ = services.inference
+    services.audit_outbox.retry_waiting()  # what an earlier process spooled: retried from now
     app.extensions["airlock_auth"] = TokenAuthenticator(_authenticator(services))
     app.extensions["airlock_readiness"] = ReadinessProbe(services)
     metrics.check_mode(services.settings.metrics_dir)

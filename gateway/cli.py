@@ -860,7 +860,7 @@ def audit_outbox(drain: bool) -> None:
     try:
         outbox = airlock.audit_outbox
         if drain:
-            written = outbox.drain(airlock.inference.write_event)
+            written = outbox.drain()
             click.echo(f"wrote {written} spooled event(s) to the audit log")
         waiting, age = outbox.count(), outbox.oldest_age()
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -20,6 +20,7 @@ from gateway.audit.canonical import (
     entry_hash,
     format_timestamp,
 )
+from gateway.db.engine import begin_one_statement
 from gateway.db.group_commit import Batch
 from gateway.db.models import AuditEvent, AuditHead, Base, utcnow
 from gateway.db.prepared import Prepared
@@ -123,6 +124,20 @@ class AuditRecorder:
             batch.state[_BATCH_HEAD] = _insert_event(conn, fields, *head)
         if effect is not None:
             count_decision(str(action), effect, payload)
+
+    def record_alone(self, sessions: Callable[[], Session], event: Mapping[str, Any]) -> None:
+        """Write one event in a transaction of its own (one statement on PostgreSQL): `event`
+        holds `record`'s keyword arguments and the action under "action" (as an event is
+        spooled to the outbox, gateway/audit/outbox.py)."""
+        fields = dict(event)
+        action = AuditAction(fields.pop("action"))
+        session = sessions()
+        try:
+            begin_one_statement(session)  # the event is the transaction's only statement
+            self.record(session, action, **fields)
+            session.commit()
+        finally:
+            session.close()
 
     @staticmethod
     def note_head(batch: Batch, seq: int, entry_hash: str) -> None:

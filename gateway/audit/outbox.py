@@ -54,13 +54,15 @@ class AuditOutbox:
         comes to carry them (a gateway restarted with events waiting and no inference traffic).
         """
         self._write = write
-        self._retry_soon()
+        self.retry_waiting()
 
     def close(self) -> None:
         """Stop the background retries (spooled files stay for the next process)."""
         self._closed.set()
 
-    def _retry_soon(self) -> None:
+    def retry_waiting(self) -> None:
+        """Start the background retries if events wait and none run (a process that finds
+        events an earlier one spooled)."""
         if self._write is None or self._closed.is_set():
             return
         with self._state:
@@ -124,13 +126,16 @@ class AuditOutbox:
             os.rename(temporary, final)
             self._waiting = True
         _fsync_directory(self.directory)
-        self._retry_soon()
+        self.retry_waiting()
         return final
 
-    def drain(self, write: Callable[[dict[str, Any]], None]) -> int:
-        """Write spooled events, oldest first, each with `write` (its own transaction); stop at
-        the first that fails (left spooled). How many were written. A thread already draining
-        makes this a no-op."""
+    def drain(self, write: Callable[[dict[str, Any]], None] | None = None) -> int:
+        """Write spooled events, oldest first, each with `write` (its own transaction; by
+        default the attached writer); stop at the first that fails (left spooled). How many
+        were written. A thread already draining makes this a no-op."""
+        write = write or self._write
+        if write is None:
+            raise RuntimeError("no writer attached to the audit outbox")
         if not self._draining.acquire(blocking=False):
             return 0
         written = 0

@@ -105,8 +105,11 @@ class Airlock:
 
     @cached_property
     def audit_outbox(self) -> AuditOutbox:
-        """Where audit events the database refused wait (`<data dir>/audit-outbox`)."""
-        return AuditOutbox(self.settings.data_dir / "audit-outbox")
+        """Where audit events the database refused wait (`<data dir>/audit-outbox`), each
+        written later in a transaction of its own."""
+        outbox = AuditOutbox(self.settings.data_dir / "audit-outbox")
+        outbox.attach(partial(self.audit.record_alone, self.db.sessionmaker))
+        return outbox
 
     @cached_property
     def tracing(self) -> TraceService:

@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 from gateway.audit import AuditAction, AuditRecorder
 from gateway.audit.outbox import AuditOutbox
 from gateway.auth.tokens import Scope
-from gateway.db.engine import begin_one_statement
 from gateway.db.models import Model, utcnow
 from gateway.errors import (
     AccessDenied,
@@ -121,8 +120,6 @@ class InferenceService:
         self.upstream = upstream
         self.keys = keys
         self.sessions = sessions
-        if outbox is not None:
-            outbox.attach(self.write_event)  # spooled events are retried in the background too
 
     # -- publisher configuration -------------------------------------------------------------
     def set_upstream(
@@ -528,35 +525,15 @@ class InferenceService:
             "payload": payload,
         }
         try:
-            self.write_event(event)
+            self.audit.record_alone(self.sessions, event)
         except Exception:
             log.exception("could not audit an inference request on %s", admission.model.repo_id)
             if not withheld_unless_recorded:
                 self._spool(event)
             return False
         if self.outbox is not None and self.outbox.waiting:
-            self.outbox.drain(self.write_event)
+            self.outbox.drain()
         return True
-
-    def write_event(self, event: dict[str, Any]) -> None:
-        """Write one inference event (keyword arguments of `AuditRecorder.record`, as spooled)
-        in its own transaction."""
-        session = self.sessions()
-        try:
-            begin_one_statement(session)  # the event is the transaction's only statement
-            self.audit.record(
-                session,
-                AuditAction(event["action"]),
-                actor_id=event["actor_id"],
-                org_id=event["org_id"],
-                subject_user_id=event["subject_user_id"],
-                model_id=event["model_id"],
-                effect=event["effect"],
-                payload=event["payload"],
-            )
-            session.commit()
-        finally:
-            session.close()
 
     def _spool(self, event: dict[str, Any]) -> None:
         """Keep a refused event for later, marked with when it happened."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import select
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db.prepared import execute_driver
 from gateway.db.sqlite_writers import QueuedConnection, WriterQueue, queue_path
+from gateway.sockets import readable_while_idle
 
 # Set by `begin_read_only` around the begin it causes, read by the SQLite begin listener: a flag
 # in the context costs less than an execution option (a Connection.execution_options call).
@@ -160,14 +160,11 @@ def _check_idle_connection(engine: Engine, dbapi_connection: Any, idle_since: fl
     just made (no `idle_since`) is not checked."""
     if idle_since is None:
         return
-    dead = dbapi_connection.closed or dbapi_connection.broken
-    if not dead:
-        try:
-            poller = select.poll()  # not select(): a busy process's descriptors pass 1024
-            poller.register(dbapi_connection.fileno(), select.POLLIN)
-            dead = bool(poller.poll(0))  # readable while idle: a goodbye, or end of file
-        except (OSError, ValueError):
-            dead = True
+    dead = (
+        dbapi_connection.closed
+        or dbapi_connection.broken
+        or readable_while_idle(dbapi_connection.fileno())
+    )
     if not dead and time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
         try:
             dead = not engine.dialect.do_ping(dbapi_connection)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import select
 import ssl
 import threading
 import weakref
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from gateway.errors import UpstreamFailed
+from gateway.sockets import readable_while_idle
 
 MAX_EVENT_BYTES = 4 * 1024**2
 HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces or line breaks
@@ -147,7 +147,7 @@ class HttpUpstream:
             idle = self.idle.get(origin)
             while idle:
                 conn = idle.pop()
-                if conn.sock is not None and not _dropped(conn):
+                if conn.sock is not None and not readable_while_idle(conn.sock):
                     return conn
                 conn.close()
         conn = self._connection(origin)
@@ -280,13 +280,6 @@ def _close_idle(idle: dict[_Origin, list[HTTPConnection]]) -> None:
         for conn in conns:
             conn.close()
     idle.clear()
-
-
-def _dropped(conn: HTTPConnection) -> bool:
-    """Whether an idle connection is readable: closed by the upstream (or sending unasked)."""
-    poller = select.poll()
-    poller.register(conn.sock, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def translate(exc: BaseException, *, connecting: bool = False) -> UpstreamFailed:

@@ -3,8 +3,8 @@
 An inference stream's event is written when the stream ends, after its content reached the
 client. If the database refuses it then, dropping it would leave served content unrecorded;
 instead the event is spooled here, one JSON file each (written to a temporary name, fsynced,
-renamed), and written to the log later: right after the next event the process records
-successfully, and by a background thread every RETRY_SECONDS while any wait (also in a process
+renamed), and written to the log later by a background thread: at once after the next event
+the process records successfully, and every RETRY_SECONDS while any wait (also in a process
 that finds files here when it starts).
 
 A file is claimed by renaming it to a name carrying the claiming process's id, so two
@@ -45,6 +45,7 @@ class AuditOutbox:
         self._retrying: threading.Thread | None = None  # guarded by _state, like _waiting
         self._state = threading.Lock()  # a spool and a drain's "nothing left" never cross
         self._closed = threading.Event()
+        self._wake = threading.Event()  # a retry now, not at the next RETRY_SECONDS
         self._give_back_orphans()
         self._waiting = self.count() > 0
 
@@ -59,6 +60,14 @@ class AuditOutbox:
     def close(self) -> None:
         """Stop the background retries (spooled files stay for the next process)."""
         self._closed.set()
+        self._wake.set()
+
+    def nudge(self) -> None:
+        """The database just took an event: retry what waits now, on the background thread
+        (never on the caller's: a request that succeeds does not pay for a backlog)."""
+        if self._waiting:
+            self._wake.set()
+            self.retry_waiting()
 
     def retry_waiting(self) -> None:
         """Start the background retries if events wait and none run (a process that finds
@@ -72,12 +81,17 @@ class AuditOutbox:
             self._retrying.start()
 
     def _retry(self) -> None:
-        """Try every RETRY_SECONDS; leave only when nothing waits, decided under the same lock
-        a spool sets `waiting` under, so an event spooled meanwhile starts a new thread."""
+        """Try every RETRY_SECONDS, or at once when nudged; leave only when nothing waits,
+        decided under the same lock a spool sets `waiting` under, so an event spooled
+        meanwhile starts a new thread."""
         write = self._write
         assert write is not None
         try:
-            while not self._closed.wait(RETRY_SECONDS):
+            while True:
+                self._wake.wait(RETRY_SECONDS)
+                self._wake.clear()
+                if self._closed.is_set():
+                    return
                 try:
                     self.drain(write)
                 except OSError:

@@ -492,7 +492,8 @@ class InferenceService:
 
         An event the database refuses is spooled to the outbox (gateway/audit/outbox.py) and
         written later, unless the caller withholds the answer when it is not recorded (then
-        nothing was delivered). Each event written successfully lets the spooled ones follow.
+        nothing was delivered). Each event written successfully sends the spooled ones after it
+        (on the outbox's thread).
         """
         admission = delivery.admission
         total = _total(used)
@@ -531,8 +532,8 @@ class InferenceService:
             if not withheld_unless_recorded:
                 self._spool(event)
             return False
-        if self.outbox is not None and self.outbox.waiting:
-            self.outbox.drain()
+        if self.outbox is not None:
+            self.outbox.nudge()  # the database takes events again: the spooled ones follow
         return True
 
     def _spool(self, event: dict[str, Any]) -> None:

@@ -456,7 +456,8 @@ def test_an_answer_whose_audit_event_cannot_be_written_is_withheld(inf: Inferenc
 @pytest.mark.sqlite
 def test_a_streams_event_the_database_refuses_is_spooled_then_written(inf: Inference) -> None:
     """A stream's content reached the client before its event could be written: the event
-    waits in the outbox and is written, chained, right after the next event that succeeds."""
+    waits in the outbox and is written, chained, right after the next event that succeeds
+    (on the outbox's own thread, not the request's)."""
     outbox = inf.airlock.inference.outbox
     assert outbox is not None and outbox.count() == 0
     body = {**CHAT, "stream": True, "airlock_test": {"delay": 0.1}}
@@ -465,7 +466,10 @@ def test_a_streams_event_the_database_refuses_is_spooled_then_written(inf: Infer
     assert response.get_data(as_text=True).endswith("data: [DONE]\n\n")
     assert inf.audit("inference:serve") == [] and outbox.count() == 1
 
-    assert inf.post("/chat/completions", CHAT).status_code == 200
+    assert inf.post("/chat/completions", CHAT).status_code == 200  # nudges the outbox's thread
+    deadline = time.monotonic() + 5  # well before its own next try (RETRY_SECONDS, 10 s)
+    while outbox.waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
     events = inf.audit("inference:serve")
     assert outbox.count() == 0
     assert [e.payload.get("chunks_delivered") for e in events] == [None, 16]

@@ -168,3 +168,21 @@ def test_events_spooled_while_the_retry_thread_finishes_are_not_stranded(
         time.sleep(0.01)
     outbox.close()
     assert sorted(written) == list(range(200)) and outbox.count() == 0
+
+
+def test_a_nudge_retries_at_once_on_the_background_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "RETRY_SECONDS", 60.0)
+    outbox = AuditOutbox(tmp_path)
+    written: list[tuple[dict[str, Any], str]] = []
+    outbox.attach(lambda found: written.append((found, threading.current_thread().name)))
+    outbox.put(event(1))
+    time.sleep(0.05)
+    assert written == []  # its own next try is a minute away
+    outbox.nudge()
+    deadline = time.monotonic() + 5
+    while outbox.waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert written == [(event(1), "audit-outbox")]
+    outbox.close()

@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from gateway.app import create_app
 from gateway.db.migrate import upgrade
 from gateway.demo import seed
+from gateway.devtools.upstream import ReferenceUpstream
 from gateway.services.container import Airlock, build_airlock
 from gateway.settings import Settings, load_settings
 from tests.factories import World
@@ -136,3 +137,11 @@ def seeded_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     seed(demo_airlock, root)
     demo_airlock.close()
     return root
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ReferenceUpstream]:
+    """The reference OpenAI-compatible upstream on a loopback port, one per test module."""
+    server = ReferenceUpstream().start()
+    yield server
+    server.stop()

@@ -77,13 +77,6 @@ POLICY = textwrap.dedent("""\
 CHAT = {"model": REPO, "messages": [{"role": "user", "content": "tell me a secret story"}]}
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[ReferenceUpstream]:
-    server = ReferenceUpstream().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     """Settings with the model's upstream credential set in the environment."""

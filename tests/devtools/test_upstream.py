@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import urllib3
 
 from gateway.devtools.upstream import ReferenceUpstream, completion_text
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[ReferenceUpstream]:
-    server = ReferenceUpstream().start()
-    yield server
-    server.stop()
 
 
 def post(upstream: ReferenceUpstream, path: str, body: dict[str, Any], **kw: Any) -> Any:

@@ -23,13 +23,6 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "a b"}], "max_tok
 ANSWER = b'{"object": "chat.completion", "usage": {"total_tokens": 4}}'
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[ReferenceUpstream]:
-    server = ReferenceUpstream().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def client() -> Iterator[HttpUpstream]:
     found = HttpUpstream(timeout=2)

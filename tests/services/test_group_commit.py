@@ -72,6 +72,18 @@ def in_threads(count: int, work: Callable[[int], object]) -> dict[int, object]:
     return outcomes
 
 
+def behind_held_batch(
+    held: Callable[[int], None], count: int, work: Callable[[int], object]
+) -> dict[int, object]:
+    """Queue `count` jobs (work(0..count-1), each on its thread) behind the held first batch,
+    then let it go; each outcome by index."""
+    releaser = threading.Thread(target=held, args=(count,))
+    releaser.start()
+    outcomes = in_threads(count, work)
+    releaser.join(10)
+    return outcomes
+
+
 @pytest.fixture
 def held(group: GroupCommit) -> Iterator[Callable[[int], None]]:
     """Hold the first batch's transaction open until `n` more jobs are queued behind it."""
@@ -103,10 +115,7 @@ def test_jobs_queued_behind_a_batch_share_the_next_transaction(
     airlock: Airlock, group: GroupCommit, held: Callable[[int], None]
 ) -> None:
     before = group.batches  # the blocker's batch has begun
-    releaser = threading.Thread(target=held, args=(20,))
-    releaser.start()
-    outcomes = in_threads(20, lambda i: group.run(appender(airlock, i)))
-    releaser.join(10)
+    outcomes = behind_held_batch(held, 20, lambda i: group.run(appender(airlock, i)))
     assert outcomes == {i: i for i in range(20)}
     assert sorted(events(airlock)) == list(range(20))
     assert group.batches - before == 1, "one transaction for all twenty"
@@ -173,10 +182,7 @@ def test_a_job_that_raises_is_left_out_and_the_others_commit(
 
         return run
 
-    releaser = threading.Thread(target=held, args=(6,))
-    releaser.start()
-    outcomes = in_threads(6, lambda i: group.run(job(i)))
-    releaser.join(10)
+    outcomes = behind_held_batch(held, 6, lambda i: group.run(job(i)))
     assert isinstance(outcomes.pop(3), ValueError)
     assert outcomes == {i: i for i in (0, 1, 2, 4, 5)}
     assert sorted(events(airlock)) == [0, 1, 2, 4, 5], "job 3's event was rolled back"
@@ -199,10 +205,7 @@ def test_a_database_failure_fails_every_job_of_the_batch(
 
         return run
 
-    releaser = threading.Thread(target=held, args=(4,))
-    releaser.start()
-    outcomes = in_threads(4, lambda i: group.run(job(i)))
-    releaser.join(10)
+    outcomes = behind_held_batch(held, 4, lambda i: group.run(job(i)))
     assert all(isinstance(v, OperationalError) for v in outcomes.values()), outcomes
     assert events(airlock) == []
     assert sorted(undone) == [0, 1, 2], "the undos of the jobs that ran (3 never did)"

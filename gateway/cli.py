@@ -862,7 +862,7 @@ def audit_outbox(drain: bool) -> None:
         if drain:
             written = outbox.drain()
             click.echo(f"wrote {written} spooled event(s) to the audit log")
-        waiting, age = outbox.count(), outbox.oldest_age()
+        waiting, age = outbox.backlog()
     finally:
         airlock.close()
     if not waiting:

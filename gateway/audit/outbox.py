@@ -112,16 +112,18 @@ class AuditOutbox:
 
     def count(self) -> int:
         """Events spooled and not yet written (claimed ones included)."""
-        if not self.directory.is_dir():
-            return 0
-        return sum(1 for p in self.directory.iterdir() if _is_event(p) or _CLAIM in p.name)
+        return len(self._waiting_files())
 
-    def oldest_age(self) -> float:
-        """Seconds since the oldest waiting event was spooled (0.0 when none waits)."""
-        stamps = [
-            int(p.name[:20]) for p in self._listing() if _is_event(p) and p.name[:20].isdigit()
-        ]
-        return max(0.0, (time.time_ns() - min(stamps)) / 1e9) if stamps else 0.0
+    def backlog(self) -> tuple[int, float]:
+        """How many events wait (claimed ones included) and the seconds since the oldest of
+        them was spooled (0.0 when none), from one look at the directory."""
+        files = self._waiting_files()
+        stamps = [int(p.name[:20]) for p in files if p.name[:20].isdigit()]
+        age = max(0.0, (time.time_ns() - min(stamps)) / 1e9) if stamps else 0.0
+        return len(files), age
+
+    def _waiting_files(self) -> list[Path]:
+        return [p for p in self._listing() if _is_event(p) or _CLAIM in p.name]
 
     def put(self, event: dict[str, Any]) -> Path:
         """Spool one event (JSON-serializable) durably; its file."""

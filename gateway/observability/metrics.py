@@ -194,9 +194,7 @@ def check_mode(metrics_dir: Path | None) -> None:
 class Spool(Protocol):
     """What the audit outbox tells about itself (gateway/audit/outbox.py)."""
 
-    def count(self) -> int: ...
-
-    def oldest_age(self) -> float: ...
+    def backlog(self) -> tuple[int, float]: ...
 
 
 class SpoolCollector:
@@ -208,15 +206,16 @@ class SpoolCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Two gauges: events waiting, and the age of the oldest."""
+        waiting, oldest = self.spool.backlog()
         yield GaugeMetricFamily(
             "airlock_audit_outbox_events",
             "Audit events spooled because the database refused them, not yet written.",
-            value=self.spool.count(),
+            value=waiting,
         )
         yield GaugeMetricFamily(
             "airlock_audit_outbox_oldest_age_seconds",
             "Seconds since the oldest spooled audit event was refused (0 when none waits).",
-            value=self.spool.oldest_age(),
+            value=oldest,
         )
 
 
